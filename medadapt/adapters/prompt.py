@@ -1,0 +1,220 @@
+"""Prompt adapters: learnable text context (CoOp) and visual prompt tokens (VPT-shallow).
+
+The text side replaces the words of the prompt template before the label with learnable vectors:
+the text ``"<ctx_text> <label><suffix>"`` is tokenised as usual and, inside the text tower's token
+embedding, the rows of the ``<ctx_text>`` tokens are swapped for the adapter's ``ctx`` parameter.
+With ``ctx_init="template"`` the vectors start as the template words' own embeddings, so an
+untrained prompt adapter reproduces the zero-shot model. The vision side prepends
+``n_visual_tokens`` learnable tokens to the patch sequence right after the embeddings (after the
+class token when there is one). Both work through forward hooks, so any family whose
+``FamilySpec`` names the two embedding modules is supported.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import AdapterError
+
+PROMPT_CONFIG_NAME = "prompt_config.json"
+PROMPT_WEIGHTS_NAME = "prompt_model.safetensors"
+PLACEHOLDER = "X"
+
+
+@dataclass
+class PromptConfig:
+    """Configuration of a prompt adapter.
+
+    ``ctx_init``: ``"template"`` (start from the domain template's words before ``{}``; random
+    when the template starts with the label), ``"random"`` (``n_ctx`` placeholder words,
+    normal(0, ``init_std``) vectors), or any literal text whose token embeddings start the context.
+    ``n_visual_tokens``: learnable tokens prepended to the vision sequence (0 = text only).
+    ``ctx_text`` and ``n_ctx_tokens`` are resolved when the adapter is created and saved with it.
+    """
+
+    n_ctx: int = field(default=4, metadata={"help": "placeholder words when the context starts random"})
+    ctx_init: str = field(default="template", metadata={"help": "'template', 'random' or literal text"})
+    n_visual_tokens: int = field(default=0, metadata={"help": "visual prompt tokens (VPT-shallow)"})
+    init_std: float = field(default=0.02, metadata={"help": "std of random initialisation"})
+    ctx_text: str | None = None
+    n_ctx_tokens: int | None = None
+    text_dim: int | None = None
+    vision_dim: int | None = None
+    adapter_type: str = "prompt"
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 1:
+            raise AdapterError(f"PromptConfig.n_ctx must be >= 1, got {self.n_ctx}.")
+        if self.n_visual_tokens < 0:
+            raise AdapterError(f"PromptConfig.n_visual_tokens must be >= 0, got {self.n_visual_tokens}.")
+        if not self.ctx_init:
+            raise AdapterError("PromptConfig.ctx_init must be 'template', 'random' or some text.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PromptConfig":
+        """Build from a saved dict; unknown keys (from a newer medadapt) are dropped with a warning."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"PromptConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def split_template(prompt: str) -> tuple[str, str]:
+    """``"a chest x-ray showing {}."`` -> (``"a chest x-ray showing"``, ``"."``)."""
+    prefix, suffix = prompt.split("{}", 1)
+    return prefix.rstrip(), suffix
+
+
+class PromptAdapter(nn.Module):
+    """Learnable text context vectors and optional visual prompt tokens."""
+
+    def __init__(self, config: PromptConfig) -> None:
+        super().__init__()
+        if config.n_ctx_tokens is None or config.text_dim is None or config.vision_dim is None:
+            raise AdapterError("PromptAdapter needs a resolved PromptConfig; use PromptAdapter.create().")
+        self.config = config
+        self.ctx = nn.Parameter(torch.zeros(config.n_ctx_tokens, config.text_dim))
+        self.visual = (
+            nn.Parameter(torch.zeros(config.n_visual_tokens, config.vision_dim)) if config.n_visual_tokens else None
+        )
+
+    @classmethod
+    def create(cls, config: PromptConfig, backbone: Any, template: str = "{}", seed: int | None = None) -> "PromptAdapter":
+        """Resolve ``config`` against a backbone (context text, token count, dims) and initialise it."""
+        cfg = PromptConfig.from_dict(config.to_dict())
+        text_embedding = backbone.family.text_token_embedding(backbone.model)
+        cfg.text_dim = int(text_embedding.weight.shape[1])
+        vision_cfg = getattr(backbone.model.config, "vision_config", None)
+        cfg.vision_dim = int(getattr(vision_cfg, "hidden_size"))
+        prefix, _ = split_template(template)
+        if cfg.ctx_init == "template" and prefix:
+            cfg.ctx_text = prefix
+        elif cfg.ctx_init in ("template", "random"):
+            cfg.ctx_text = " ".join([PLACEHOLDER] * cfg.n_ctx)
+        else:
+            cfg.ctx_text = cfg.ctx_init.strip()
+        ids, positions = tokenize_with_context(backbone, [f"{cfg.ctx_text} label."], cfg.ctx_text)
+        cfg.n_ctx_tokens = int(positions.shape[1])
+        adapter = cls(cfg)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            if cfg.ctx_init == "random" or (cfg.ctx_init == "template" and not prefix):
+                adapter.ctx.normal_(0.0, cfg.init_std, generator=generator)
+            else:
+                token_ids = ids["input_ids"][0, positions[0]]
+                adapter.ctx.copy_(text_embedding.weight[token_ids].detach().float())
+            if adapter.visual is not None:
+                adapter.visual.normal_(0.0, cfg.init_std, generator=generator)
+        return adapter.to(text_embedding.weight.device)
+
+    def texts(self, labels: list[str], template: str) -> list[str]:
+        """The texts fed to the tokenizer for ``labels`` under ``template`` (context first)."""
+        _, suffix = split_template(template)
+        return [f"{self.config.ctx_text} {label}{suffix}" for label in labels]
+
+
+def tokenize_texts(backbone: Any, texts: list[str], **extra: Any) -> dict[str, torch.Tensor]:
+    """Tokenise like the backbone's processor does (SigLIP pads to max length)."""
+    padding = "max_length" if backbone.family.pad_to_max_length else True
+    return backbone.tokenizer(
+        texts,
+        padding=padding,
+        truncation=True,
+        max_length=backbone.text_max_length(),
+        return_tensors="pt",
+        **extra,
+    )
+
+
+def tokenize_with_context(backbone: Any, texts: list[str], ctx_text: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Tokenise ``texts`` (each starting with ``ctx_text``) and find the context token positions.
+
+    Returns the tokenizer output and a ``(len(texts), n_ctx_tokens)`` LongTensor of positions: the
+    tokens whose character span lies inside ``ctx_text``.
+    """
+    try:
+        encoded = tokenize_texts(backbone, texts, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise AdapterError(f"prompt adapters need a fast tokenizer with offsets: {exc}") from exc
+    offsets = encoded.pop("offset_mapping")
+    end = len(ctx_text)
+    rows = []
+    for row in offsets:
+        inside = [i for i, (s, e) in enumerate(row.tolist()) if e > s and e <= end]
+        rows.append(inside)
+    counts = {len(r) for r in rows}
+    if len(counts) != 1 or 0 in counts:
+        raise AdapterError(
+            f"prompt context {ctx_text!r} tokenises into a varying or empty number of tokens {sorted(counts)}; "
+            "choose another ctx_init."
+        )
+    return dict(encoded), torch.tensor(rows, dtype=torch.long)
+
+
+class PromptHooks:
+    """Forward hooks on the text token embedding and vision embeddings of one backbone.
+
+    They do nothing unless a context (``text`` / ``vision``) is open, so the base model is
+    untouched outside medadapt's own calls.
+    """
+
+    def __init__(self, backbone: Any) -> None:
+        self._text: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._vision: torch.Tensor | None = None
+        self._has_cls = backbone.family.vision_has_cls(backbone.model)
+        model = backbone.model
+        self._handles = [
+            backbone.family.text_token_embedding(model).register_forward_hook(self._text_hook),
+            backbone.family.vision_embeddings(model).register_forward_hook(self._vision_hook),
+        ]
+
+    def _text_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self._text is None:
+            return None
+        positions, ctx = self._text
+        positions = positions.to(output.device)
+        rows = torch.arange(output.shape[0], device=output.device).unsqueeze(1).expand_as(positions)
+        output = output.clone()
+        output[rows, positions] = ctx.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+        return output
+
+    def _vision_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self._vision is None:
+            return None
+        tokens = self._vision.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+        k = 1 if self._has_cls else 0
+        return torch.cat([output[:, :k], tokens, output[:, k:]], dim=1)
+
+    @contextmanager
+    def text(self, positions: torch.Tensor, ctx: torch.Tensor) -> Iterator[None]:
+        self._text = (positions, ctx)
+        try:
+            yield
+        finally:
+            self._text = None
+
+    @contextmanager
+    def vision(self, tokens: torch.Tensor | None) -> Iterator[None]:
+        self._vision = tokens
+        try:
+            yield
+        finally:
+            self._vision = None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()

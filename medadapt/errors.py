@@ -1,0 +1,31 @@
+"""Exceptions raised by medadapt. Every one carries a message that names the problem."""
+
+from __future__ import annotations
+
+
+class MedAdaptError(Exception):
+    """Base class of all medadapt errors."""
+
+
+class UnsupportedBackboneError(MedAdaptError, ValueError):
+    """The model is not a dual encoder medadapt knows how to adapt."""
+
+
+class DomainError(MedAdaptError, ValueError):
+    """A domain is unknown, duplicated or badly specified."""
+
+
+class AdapterError(MedAdaptError, ValueError):
+    """An adapter is unknown, duplicated, of the wrong kind or built for another base model."""
+
+
+class ImageError(MedAdaptError, ValueError):
+    """An input image cannot be decoded or has an unsupported shape or mode."""
+
+
+class StageFileError(MedAdaptError, ValueError):
+    """A saved stage (manifest or adapter folder) is missing, corrupted or does not match."""
+
+
+class BaseMismatchError(StageFileError):
+    """A save was made for a different base model than the one given."""

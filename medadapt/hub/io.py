@@ -1,0 +1,315 @@
+"""Save a ContinualVLM as composable stage folders, and load saves (whole or one stage at a time).
+
+Layout of a save::
+
+    manifest.json                 base, domains in order, adapters, sha256 of every file
+    <adapter>/adapter_config.json + adapter_model.safetensors      (LoRA: standard peft folder)
+    <adapter>/prompt_config.json  + prompt_model.safetensors       (prompt adapter)
+    base/...                      (only when the base cannot be reloaded from a Hub id or folder)
+
+Saves are atomic: new folders are written to a staging folder, the old manifest is removed,
+changed adapter folders are swapped in with ``os.replace`` and the new manifest is written last,
+so an interrupted save never leaves a folder that loads as valid. Unchanged adapter folders are
+left untouched (byte-identical).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from .._io import atomic_write_json, sha256_file
+from ..adapters.prompt import PROMPT_CONFIG_NAME, PROMPT_WEIGHTS_NAME, PromptAdapter, PromptConfig
+from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
+from ..domains import Domain
+from ..errors import AdapterError, BaseMismatchError, StageFileError
+from .manifest import FORMAT, FORMAT_VERSION, LORA_FILES, MANIFEST_NAME, PROMPT_FILES, hash_folder, read_manifest, verify_files
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import ContinualVLM
+
+BASE_FOLDER = "base"
+
+
+# -- saving ----------------------------------------------------------------------------------------
+def _write_adapter(model: "ContinualVLM", name: str, folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True)
+    if model.adapter_type(name) == "lora":
+        config = copy.deepcopy(model.lora.config(name))
+        config.base_model_name_or_path = model.backbone.source
+        config.revision = model.backbone.revision
+        config.save_pretrained(str(folder))
+        state = {k: v.cpu() for k, v in model.lora.state_dict(name).items()}
+        save_file(state, str(folder / LORA_FILES[1]), metadata={"format": "pt"})
+        return hash_folder(folder, LORA_FILES)
+    prompt = model.prompt_adapters[name]
+    (folder / PROMPT_CONFIG_NAME).write_text(prompt.config.to_json() + "\n", encoding="utf-8")
+    state = {k: v.detach().cpu().contiguous() for k, v in prompt.state_dict().items()}
+    save_file(state, str(folder / PROMPT_WEIGHTS_NAME), metadata={"format": "pt"})
+    return hash_folder(folder, PROMPT_FILES)
+
+
+def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], base_files: dict[str, str] | None) -> dict[str, Any]:
+    """The manifest dict for ``model`` given each adapter's files entry."""
+    backbone = model.backbone
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medadapt_version": __version__,
+        "base": {
+            "source": backbone.source,
+            "revision": backbone.revision,
+            "family": backbone.family.name,
+            "model_type": backbone.model_type,
+            "config_fingerprint": backbone.fingerprints["config"],
+            "weights_fingerprint": backbone.fingerprints["weights"],
+            "saved_in": BASE_FOLDER if base_files else None,
+            "files": base_files or {},
+        },
+        "domains": [model.domains[n].to_dict() for n in model.stage_order if n in model.domains],
+        "shared": [{"name": n, "adapter_type": model.shared[n]} for n in model.stage_order if n in model.shared],
+        "stage_order": list(model.stage_order),
+        "adapters": adapters,
+        "extras": model.extras,
+    }
+
+
+def _needs_base(model: "ContinualVLM") -> bool:
+    source = model.backbone.source
+    if source is None or source.startswith("medadapt/tiny-"):
+        return True
+    return False
+
+
+def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
+    """Write the model's stages into ``save_directory`` atomically; returns the manifest."""
+    target = Path(save_directory)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".staging-"))
+    trash = Path(tempfile.mkdtemp(dir=target, prefix=".trash-"))
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name in model.stage_order:
+            files = _write_adapter(model, name, staging / name)
+            entry = {"type": model.adapter_type(name), "path": name, "files": files}
+            if name in model.provenance:
+                entry["source"] = model.provenance[name]
+            entries[name] = entry
+        base_files: dict[str, str] | None = None
+        if save_base if save_base is not None else _needs_base(model):
+            save_backbone(model.backbone, str(staging / BASE_FOLDER))
+            names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
+            base_files = hash_folder(staging / BASE_FOLDER, names)
+        manifest = build_manifest(model, entries, base_files)
+        old = _old_manifest(target)
+        if (target / MANIFEST_NAME).exists():
+            os.replace(target / MANIFEST_NAME, trash / MANIFEST_NAME)
+        folders = {e["path"]: e["files"] for e in entries.values()}
+        if base_files:
+            folders[BASE_FOLDER] = base_files
+        for relative, files in folders.items():
+            _swap_in(staging / relative, target / relative, files, trash)
+        stale = set(old.get("adapters", {})) - set(entries)
+        for name in stale:
+            relative = old["adapters"][name].get("path", "")
+            if relative and relative not in folders and (target / relative).is_dir() and "/" not in relative:
+                os.replace(target / relative, trash / f"stale-{relative}")
+        atomic_write_json(target / MANIFEST_NAME, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _old_manifest(target: Path) -> dict[str, Any]:
+    try:
+        return json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _swap_in(new: Path, dest: Path, files: dict[str, str], trash: Path) -> None:
+    """Move ``new`` to ``dest`` unless ``dest`` already holds exactly these files."""
+    if dest.is_dir():
+        existing = sorted(p.name for p in dest.iterdir())
+        if existing == sorted(files) and all(sha256_file(dest / n) == h for n, h in files.items()):
+            return
+        os.replace(dest, trash / f"old-{dest.name}")
+    os.replace(new, dest)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def local_folder(path: str | os.PathLike, revision: str | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+    """A local folder for ``path``; a Hub repo id is downloaded (see :mod:`medadapt.hub.pull`).
+
+    Returns the folder and a provenance dict (``{"path": ...}`` or ``{"repo": ..., "revision": ...}``).
+    """
+    if os.path.isdir(path):
+        return Path(path), {"path": str(Path(path).resolve())}
+    from .pull import download_save  # network / cache access lives there
+
+    return download_save(str(path), revision=revision, **kwargs)
+
+
+def check_base(backbone: Backbone, base_info: dict[str, Any], where: str) -> None:
+    """Refuse a save made for another base model (config or weights fingerprint differ)."""
+    for key in ("config", "weights"):
+        expected = base_info.get(f"{key}_fingerprint")
+        if expected and expected != backbone.fingerprints[key]:
+            raise BaseMismatchError(
+                f"{where} was saved for base {base_info.get('source') or 'an in-memory model'!r} "
+                f"({base_info.get('model_type')}, {key} fingerprint {expected[:12]}...), but the base given "
+                f"({backbone.source or 'in-memory'}, {backbone.model_type}) has {key} fingerprint "
+                f"{backbone.fingerprints[key][:12]}...: the adapters were built for another base model."
+            )
+
+
+def _as_backbone(base: Any) -> Backbone:
+    from ..model import ContinualVLM
+
+    if isinstance(base, Backbone):
+        return base
+    if isinstance(base, ContinualVLM):
+        if base.stage_order:
+            raise AdapterError("pass a ContinualVLM without adapters (or its plain transformers model) as `base`.")
+        return base.backbone
+    if isinstance(base, tuple):
+        return backbone_from_model(*base)
+    raise AdapterError(
+        "`base` must be a medadapt Backbone, an empty ContinualVLM or a (model, processor) tuple; "
+        f"got {type(base).__name__}."
+    )
+
+
+def _load_base(root: Path, manifest: dict[str, Any], base: Any, **kwargs: Any) -> Backbone:
+    info = manifest["base"]
+    if base is not None:
+        backbone = _as_backbone(base)
+    elif info.get("saved_in"):
+        folder = verify_files(root, info["saved_in"], info.get("files", {}), "base model")
+        backbone = load_backbone(str(folder))
+        backbone.source, backbone.revision = info.get("source"), info.get("revision")
+    elif info.get("source"):
+        backbone = load_backbone(info["source"], revision=info.get("revision"), **kwargs)
+    else:
+        raise StageFileError(f"{root}: the manifest names no base source and holds no base/; pass `base=`.")
+    check_base(backbone, info, str(root))
+    return backbone
+
+
+def _read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StageFileError(f"{what}: {path.name} does not hold a JSON object.")
+    return data
+
+
+def read_adapter(folder: Path, adapter_type: str, what: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Config object and weights of one adapter folder (LoRA or prompt)."""
+    if adapter_type == "lora":
+        from peft import LoraConfig
+
+        data = _read_json(folder / LORA_FILES[0], what)
+        data.pop("peft_type", None)
+        known = set(LoraConfig.__dataclass_fields__)
+        try:
+            config = LoraConfig(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as exc:
+            raise StageFileError(f"{what}: adapter_config.json is not a valid LoRA config: {exc}") from exc
+        return config, _read_weights(folder / LORA_FILES[1], what)
+    if adapter_type == "prompt":
+        config = PromptConfig.from_dict(_read_json(folder / PROMPT_CONFIG_NAME, what))
+        return config, _read_weights(folder / PROMPT_WEIGHTS_NAME, what)
+    raise StageFileError(f"{what}: unknown adapter type {adapter_type!r} (expected 'lora' or 'prompt').")
+
+
+def install_adapter(model: "ContinualVLM", name: str, adapter_type: str, config: Any, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Create adapter ``name`` in ``model`` from a config and weights (already registered names only)."""
+    if adapter_type == "lora":
+        model.lora.add(name, config)
+        try:
+            model.lora.load_state_dict(name, weights)
+        except (AdapterError, RuntimeError) as exc:
+            model.lora.remove(name)
+            raise StageFileError(f"{what}: weights do not fit this base model: {exc}") from exc
+        return
+    prompt = PromptAdapter(config)
+    try:
+        prompt.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise StageFileError(f"{what}: prompt weights do not match their config: {exc}") from exc
+    prompt.requires_grad_(False)
+    model.prompt_adapters[name] = prompt.to(model.scorer.device)
+
+
+def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: str, new_name: str, provenance: dict[str, Any]) -> None:
+    entry = manifest["adapters"].get(name)
+    if entry is None:
+        raise StageFileError(f"{root}: manifest lists no adapter {name!r}; it has {list(manifest['adapters'])}.")
+    what = f"adapter {name!r} in {root}"
+    folder = verify_files(root, entry["path"], entry["files"], what)
+    config, weights = read_adapter(folder, entry["type"], what)
+    domains = {d["name"]: d for d in manifest["domains"]}
+    model._check_new_name(new_name, "domain" if name in domains else "shared adapter")
+    domain = None
+    if name in domains:
+        spec = dict(domains[name])
+        spec["name"] = new_name
+        domain = Domain(**spec)
+    install_adapter(model, new_name, entry["type"], config, weights, what)
+    if domain is not None:
+        model.domains[new_name] = domain
+    else:
+        model.shared[new_name] = entry["type"]
+    model.stage_order.append(new_name)
+    model.provenance[new_name] = dict(entry.get("source") or provenance)
+
+
+def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
+    """Restore a save: base (given, saved or named), then every adapter in stage order."""
+    root, provenance = local_folder(path, revision=revision, **kwargs)
+    if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
+        return cls.from_base(str(root))
+    manifest = read_manifest(root)
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
+    model = cls(_load_base(root, manifest, base, **hub_kwargs))
+    for name in manifest["stage_order"]:
+        _restore(model, root, manifest, name, name, {**provenance, "adapter": name})
+    model.extras = dict(manifest.get("extras") or {})
+    return model
+
+
+def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> str:
+    """Compose one stage of another save (local or Hub) into ``model``; returns its name here."""
+    root, provenance = local_folder(path, revision=revision, **kwargs)
+    if not (root / MANIFEST_NAME).exists() and (root.parent / MANIFEST_NAME).exists():
+        name = name or root.name
+        root = root.parent
+    manifest = read_manifest(root)
+    check_base(model.backbone, manifest["base"], str(path))
+    if name is None:
+        if len(manifest["stage_order"]) != 1:
+            raise AdapterError(f"{path} holds {manifest['stage_order']}; say which one with `name=`.")
+        name = manifest["stage_order"][0]
+    _restore(model, root, manifest, name, as_name or name, {**provenance, "adapter": name})
+    return as_name or name

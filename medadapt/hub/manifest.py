@@ -1,0 +1,89 @@
+"""``manifest.json``: what a medadapt save holds, in which order, for which base, with which hashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .._io import sha256_file
+from ..errors import StageFileError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "medadapt.stages"
+FORMAT_VERSION = 1
+ALLOWED_SUFFIXES = (".json", ".safetensors")
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PROMPT_FILES = ("prompt_config.json", "prompt_model.safetensors")
+
+
+def safe_relative(root: Path, relative: str, what: str) -> Path:
+    """Resolve ``relative`` under ``root``; refuse absolute paths, ``..`` and anything escaping root."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative or ":" in relative:
+        raise StageFileError(f"{what}: path {relative!r} in the manifest is not a plain relative path inside the save.")
+    full = (root / pure).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise StageFileError(f"{what}: path {relative!r} escapes the save folder {root}.")
+    return full
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """Read and validate ``folder/manifest.json``; raises :class:`StageFileError` naming what is wrong."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise StageFileError(
+            f"{path} not found: {folder} is not a complete medadapt save (an interrupted save leaves no manifest)."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StageFileError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StageFileError(f"{path} is not a medadapt manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}).")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StageFileError(
+            f"{path} has format_version {version!r}; this medadapt reads up to {FORMAT_VERSION}. Upgrade medadapt."
+        )
+    for key in ("base", "domains", "shared", "adapters", "stage_order"):
+        if key not in manifest:
+            raise StageFileError(f"{path} misses the key {key!r}.")
+    root = Path(folder)
+    for name, entry in manifest["adapters"].items():
+        safe_relative(root, entry.get("path", ""), f"adapter {name!r}")
+        for filename in entry.get("files", {}):
+            check_allowed_file(filename, f"adapter {name!r}")
+    return manifest
+
+
+def check_allowed_file(filename: str, what: str) -> None:
+    """Only safetensors and JSON are ever loaded; anything else (a pickle) is refused."""
+    if "/" in filename or "\\" in filename or filename in ("", ".", ".."):
+        raise StageFileError(f"{what}: file name {filename!r} must be a plain name.")
+    if not filename.endswith(ALLOWED_SUFFIXES):
+        raise StageFileError(
+            f"{what}: file {filename!r} is not safetensors or JSON; medadapt never loads pickled files."
+        )
+
+
+def hash_folder(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """sha256 of the named files in ``folder``."""
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def verify_files(root: Path, relative: str, files: dict[str, str], what: str) -> Path:
+    """Check every listed file exists under ``root/relative`` with the recorded sha256."""
+    folder = safe_relative(root, relative, what)
+    for name, expected in files.items():
+        check_allowed_file(name, what)
+        path = folder / name
+        if not path.is_file():
+            raise StageFileError(f"{what}: file {relative}/{name} is missing from {root}.")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise StageFileError(
+                f"{what}: sha256 mismatch for {relative}/{name} (manifest {expected[:12]}..., file {actual[:12]}...): "
+                "the file was modified or corrupted."
+            )
+    return folder

@@ -1,0 +1,103 @@
+"""A tiny dual encoder built from config, for tests, the offline demo and benchmarks.
+
+It downloads nothing: the tokenizer is byte-level (every string tokenises), the image processor
+resizes to 32x32, and the weights are randomly initialised from a seed. It is *not* a medical
+model; it exists so that every code path runs on a laptop without network access.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .backbones import Backbone, backbone_from_model
+
+TINY_SOURCE = {"clip": "medadapt/tiny-clip", "siglip": "medadapt/tiny-siglip"}
+
+
+def byte_level_tokenizer(max_length: int = 64) -> Any:
+    """A byte-level tokenizer (256 byte symbols + pad/bos/eos) that works offline for any text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}  # eos != 2: CLIP treats eos id 2 as a legacy config
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", model_max_length=max_length
+    )
+
+
+def _quiet_transformers() -> None:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - older transformers
+        pass
+
+
+def tiny_backbone(family: str = "clip", seed: int = 0, image_size: int = 32, hidden: int = 32) -> Backbone:
+    """Build a 2-layer CLIP or SigLIP with hidden size ``hidden`` from config, deterministically."""
+    _quiet_transformers()
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
+
+    max_len = 64
+    tokenizer = byte_level_tokenizer(max_len)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=max_len,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    vision = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        num_channels=3,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if family == "clip":
+            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
+            model = CLIPModel(config)
+            image_processor = CLIPImageProcessor(
+                size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+            )
+        elif family == "siglip":
+            config = SiglipConfig(text_config=text, vision_config=vision)
+            model = SiglipModel(config)
+            image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        else:
+            raise ValueError(f"tiny backbones exist for 'clip' and 'siglip', not {family!r}")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.config._name_or_path = TINY_SOURCE[family]
+    backbone = backbone_from_model(model, tokenizer=tokenizer, image_processor=image_processor, source=None)
+    return backbone
