@@ -278,6 +278,12 @@ def save_backbone(backbone: Backbone, folder: str) -> None:
         for key, value in backbone.model.state_dict().items()
         if "lora_" not in key
     }
-    backbone.model.save_pretrained(folder, state_dict=state)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        backbone.model.save_pretrained(folder, state_dict=state)
+    finally:
+        hf_logging.enable_progress_bar()
     backbone.tokenizer.save_pretrained(folder)
     backbone.image_processor.save_pretrained(folder)

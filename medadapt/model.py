@@ -97,6 +97,25 @@ class ContinualVLM(nn.Module):
 
         save_model(self, save_directory, save_base=save_base)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        domains: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Publish the stages (all, or ``domains``), ``manifest.json`` and a model card as one Hub commit.
+
+        Unchanged stages are not re-uploaded, so pushing after each stage gives one commit per stage.
+        Other options (``token``, ``results``, ``overwrite_card``, ``save_base``, ``license``,
+        ``commit_description``): see :func:`medadapt.hub.push.push_model`. Returns the ``CommitInfo``.
+        """
+        from .hub.push import push_model
+
+        return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
+
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
         """Bring one stage (a domain or shared adapter) from another save or Hub repo into this model.
 
@@ -110,7 +129,7 @@ class ContinualVLM(nn.Module):
     # -- domains and adapters ------------------------------------------------------------------
     def adapter_names(self) -> list[str]:
         """All adapters in the order they were added (domains and shared)."""
-        return list(self.stage_order)
+        return [n for n in self.stage_order if not (n in self.domains and self.domains[n].adapter_type == "none")]
 
     def adapter_type(self, name: str) -> str:
         if name in self.prompt_adapters:
@@ -156,11 +175,15 @@ class ContinualVLM(nn.Module):
         """Add a domain with its labels, prompt template (with one ``{}``) and its own adapter.
 
         ``adapter`` is a peft ``LoraConfig`` or a :class:`PromptConfig`; by default a rank-8 LoRA
-        on the attention projections of both towers.
+        on the attention projections of both towers. ``adapter="none"`` adds a domain without an
+        adapter of its own (served by the base or by shared adapters, as in joint training).
         """
         self._check_new_name(name, "domain")
         domain = Domain(name=name, labels=list(labels), prompt=prompt, metadata=dict(metadata or {}))
-        domain.adapter_type = self._create_adapter(name, adapter, prompt, seed)
+        if isinstance(adapter, str) and adapter == "none":  # served by the base or a shared adapter only
+            domain.adapter_type = "none"
+        else:
+            domain.adapter_type = self._create_adapter(name, adapter, prompt, seed)
         self.domains[name] = domain
         self.stage_order.append(name)
         return domain
@@ -178,7 +201,7 @@ class ContinualVLM(nn.Module):
             self._unknown_domain(name)
         if name in self.prompt_adapters:
             del self.prompt_adapters[name]
-        else:
+        elif name in self.lora:
             self.lora.remove(name)
         self.domains.pop(name, None)
         self.shared.pop(name, None)
@@ -197,9 +220,9 @@ class ContinualVLM(nn.Module):
 
     def resolve_adapter(self, domain: str, adapter: str | Sequence[str] | None = None) -> str | tuple[str, ...] | None:
         """Which adapter serves ``domain``: its own (default), ``"base"`` (None) or a named one."""
-        self.get_domain(domain)
+        spec = self.get_domain(domain)
         if adapter is None:
-            return domain
+            return domain if spec.adapter_type != "none" else None
         if adapter == "base":
             return None
         names = [adapter] if isinstance(adapter, str) else list(adapter)

@@ -85,7 +85,7 @@ def tiny_backbone(family: str = "clip", seed: int = 0, image_size: int = 32, hid
     torch.manual_seed(seed)
     try:
         if family == "clip":
-            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
+            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden, logit_scale_init_value=4.6052)
             model = CLIPModel(config)
             image_processor = CLIPImageProcessor(
                 size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}

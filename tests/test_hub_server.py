@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
@@ -86,10 +87,10 @@ def test_two_commits_only_upload_new_files(fake_hub, pushed):  # noqa: F811
 def test_downloads_by_revision_and_snapshot(fake_hub, pushed):  # noqa: F811
     _, first, second = pushed
     path = hf_hub_download(REPO, "adapter_config.json", revision=first)
-    assert open(path, "rb").read() == b'{"r": 8}'
+    assert Path(path).read_bytes() == b'{"r": 8}'
     assert first in path  # cached under snapshots/<first sha>
     path = hf_hub_download(REPO, "stage2/weights.bin")
-    assert open(path, "rb").read() == b"\x01" * 32 and second in path
+    assert Path(path).read_bytes() == b"\x01" * 32 and second in path
     with pytest.raises(EntryNotFoundError):
         hf_hub_download(REPO, "stage2/weights.bin", revision=first)
 
@@ -142,7 +143,7 @@ def test_branches_tags_and_planted_files(fake_hub, pushed, tmp_path):  # noqa: F
     # planting a tampered file bypasses the client entirely
     oid = fake_hub.put_file(REPO, "adapter_config.json", b"tampered")
     assert fake_hub.commits(REPO)[-1]["paths"] == ["adapter_config.json"]
-    assert open(hf_hub_download(REPO, "adapter_config.json"), "rb").read() == b"tampered"
+    assert Path(hf_hub_download(REPO, "adapter_config.json")).read_bytes() == b"tampered"
     assert api.model_info(REPO).sha == oid
     fake_hub.put_file("other/pickle-only", "pytorch_model.bin", b"PK\x03\x04")
     assert api.list_repo_files("other/pickle-only") == [".gitattributes", "pytorch_model.bin"]
@@ -160,7 +161,7 @@ def test_dataset_repos(fake_hub, tmp_path):  # noqa: F811
                     repo_id="medadapt-test/rehearsal", repo_type="dataset")
     assert api.dataset_info("medadapt-test/rehearsal").siblings[-1].rfilename == "data/train.csv"
     path = hf_hub_download("medadapt-test/rehearsal", "data/train.csv", repo_type="dataset")
-    assert open(path, "rb").read() == b"a,b\n1,2\n"
+    assert Path(path).read_bytes() == b"a,b\n1,2\n"
     assert fake_hub.uploaded_paths("medadapt-test/rehearsal", repo_type="dataset")[-1] == ["data/train.csv"]
 
 

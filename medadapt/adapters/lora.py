@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import AdapterError
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
+_UNKNOWN = object()  # peft's active/enabled state is not known (right after add/remove): always switch
 
 
 def default_lora_config(target_modules: Sequence[str], r: int = 8) -> LoraConfig:
@@ -31,7 +32,7 @@ class LoraBank:
         self.base = base
         self.peft_model = None
         self.trainable: set[str] = set()
-        self._active: object = None
+        self._active: object = _UNKNOWN
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -56,13 +57,13 @@ class LoraBank:
                 self.peft_model.add_adapter(name, config)
         except ValueError as exc:
             raise AdapterError(f"adapter {name!r}: peft could not inject LoRA into the base model: {exc}") from exc
-        self._active = None
+        self._active = _UNKNOWN  # peft left its own active adapter enabled
         self._apply_trainable()
 
     def remove(self, name: str) -> None:
         self.peft_model.delete_adapter(name)
         self.trainable.discard(name)
-        self._active = None
+        self._active = _UNKNOWN
 
     def parameters(self, name: str) -> list[nn.Parameter]:
         """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``)."""
@@ -104,7 +105,7 @@ class LoraBank:
         if target is None:
             lora_model.disable_adapter_layers()
         else:
-            if self._active is None or self._active == "__mixed__":
+            if not isinstance(self._active, (str, tuple)):  # disabled, or unknown
                 lora_model.enable_adapter_layers()
             lora_model.set_adapter(list(target) if isinstance(target, tuple) else target)
         self._active = target

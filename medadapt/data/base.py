@@ -1,8 +1,8 @@
 """Core data containers: :class:`ImageLabelDataset`, :class:`DataConfig`, :class:`DomainData`.
 
-Errors raised by the data layer are :class:`DataError` (a ``ValueError``) or
-:class:`DataNotFoundError` (both a ``DataError`` and a ``FileNotFoundError``), so callers
-can catch every data problem with ``except DataError``.
+Errors raised by the data layer are :class:`DataError` (a ``MedAdaptError`` and a
+``ValueError``) or :class:`DataNotFoundError` (both a ``DataError`` and a
+``FileNotFoundError``), so callers can catch every data problem with ``except DataError``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch.utils.data
 from PIL import Image
+
+from ..errors import MedAdaptError
 
 __all__ = [
     "DataError",
@@ -29,7 +31,7 @@ __all__ = [
 BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "synthetic")
 
 
-class DataError(ValueError):
+class DataError(MedAdaptError, ValueError):
     """A dataset, its configuration or its contents is invalid."""
 
 
@@ -215,8 +217,8 @@ class DataConfig:
                     )
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise DataError(f"max_samples[{k!r}] must be a positive integer, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DataError(f"data 'seed' must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise DataError(f"data 'seed' must be a non-negative integer, got {self.seed!r}")
         if self.options is None:
             self.options = {}
         if not isinstance(self.options, dict):

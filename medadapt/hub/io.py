@@ -99,7 +99,7 @@ def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_ba
     trash = Path(tempfile.mkdtemp(dir=target, prefix=".trash-"))
     try:
         entries: dict[str, dict[str, Any]] = {}
-        for name in model.stage_order:
+        for name in model.adapter_names():
             files = _write_adapter(model, name, staging / name)
             entry = {"type": model.adapter_type(name), "path": name, "files": files}
             if name in model.provenance:
@@ -264,6 +264,12 @@ def install_adapter(model: "ContinualVLM", name: str, adapter_type: str, config:
 
 def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: str, new_name: str, provenance: dict[str, Any]) -> None:
     entry = manifest["adapters"].get(name)
+    domains = {d["name"]: d for d in manifest["domains"]}
+    if entry is None and domains.get(name, {}).get("adapter_type") == "none":
+        model._check_new_name(new_name, "domain")
+        model.domains[new_name] = Domain(**{**domains[name], "name": new_name})
+        model.stage_order.append(new_name)
+        return
     if entry is None:
         raise StageFileError(f"{root}: manifest lists no adapter {name!r}; it has {list(manifest['adapters'])}.")
     what = f"adapter {name!r} in {root}"
@@ -282,16 +288,22 @@ def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: 
     else:
         model.shared[new_name] = entry["type"]
     model.stage_order.append(new_name)
-    model.provenance[new_name] = dict(entry.get("source") or provenance)
+    if "repo" in provenance:  # pulled from the Hub: record that exact commit (and where the stage came from before)
+        model.provenance[new_name] = {**provenance, **({"origin": entry["source"]} if entry.get("source") else {})}
+    else:
+        model.provenance[new_name] = dict(entry.get("source") or provenance)
 
 
 def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
     """Restore a save: base (given, saved or named), then every adapter in stage order."""
-    root, provenance = local_folder(path, revision=revision, **kwargs)
-    if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
-        return cls.from_base(str(root))
-    manifest = read_manifest(root)
+    root, provenance = local_folder(path, revision=revision, include_base=base is None, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
+    if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
+        model = cls.from_base(str(root), trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+        if "repo" in provenance:  # a plain base model pulled from the Hub: name it by repo id and commit
+            model.backbone.source, model.backbone.revision = provenance["repo"], provenance["revision"]
+        return model
+    manifest = read_manifest(root)
     model = cls(_load_base(root, manifest, base, **hub_kwargs))
     for name in manifest["stage_order"]:
         _restore(model, root, manifest, name, name, {**provenance, "adapter": name})
@@ -301,7 +313,8 @@ def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: s
 
 def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> str:
     """Compose one stage of another save (local or Hub) into ``model``; returns its name here."""
-    root, provenance = local_folder(path, revision=revision, **kwargs)
+    hub = {"stages": [name] if name else None, "include_base": False}  # Hub: fetch only this stage
+    root, provenance = local_folder(path, revision=revision, **hub, **kwargs)
     if not (root / MANIFEST_NAME).exists() and (root.parent / MANIFEST_NAME).exists():
         name = name or root.name
         root = root.parent

@@ -50,6 +50,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if key not in manifest:
             raise StageFileError(f"{path} misses the key {key!r}.")
     root = Path(folder)
+    base = manifest["base"] if isinstance(manifest["base"], dict) else {}
+    if base.get("saved_in"):  # a base saved in the folder must stay inside it too
+        safe_relative(root, base["saved_in"], "base model")
     for name, entry in manifest["adapters"].items():
         safe_relative(root, entry.get("path", ""), f"adapter {name!r}")
         for filename in entry.get("files", {}):

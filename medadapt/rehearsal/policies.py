@@ -15,6 +15,8 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from ..errors import MedAdaptError
+
 __all__ = [
     "Ref",
     "RehearsalError",
@@ -31,7 +33,7 @@ __all__ = [
 Ref = tuple[str, int, int]
 
 
-class RehearsalError(ValueError):
+class RehearsalError(MedAdaptError, ValueError):
     """Invalid rehearsal buffer configuration, input or saved state."""
 
 
@@ -100,7 +102,16 @@ class ReservoirPolicy(SelectionPolicy):
     ``state["n_seen"]`` counts the stream length.
     """
 
-    def update(self, memory, domain, labels, capacity, rng, state):  # noqa: D102 - see base
+    def update(
+        self,
+        memory: list[Ref],
+        domain: str,
+        labels: np.ndarray,
+        capacity: int,
+        rng: np.random.Generator,
+        state: dict[str, Any],
+    ) -> list[Ref]:
+        """See :meth:`SelectionPolicy.update`."""
         n_seen = int(state.get("n_seen", 0))
         n = len(labels)
         mem = list(memory)
@@ -153,7 +164,16 @@ class ClassBalancedPolicy(SelectionPolicy):
     Memory is kept grouped, each group in increasing index order.
     """
 
-    def update(self, memory, domain, labels, capacity, rng, state):  # noqa: D102 - see base
+    def update(
+        self,
+        memory: list[Ref],
+        domain: str,
+        labels: np.ndarray,
+        capacity: int,
+        rng: np.random.Generator,
+        state: dict[str, Any],
+    ) -> list[Ref]:
+        """See :meth:`SelectionPolicy.update`."""
         groups: list[list[Any]] = [list(g) for g in state.get("groups", [])]
         members: dict[tuple[str, int], list[Ref]] = {(g[0], int(g[1])): [] for g in groups}
         for ref in memory:

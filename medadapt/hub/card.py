@@ -1,0 +1,248 @@
+"""Model cards for published stage repos, rendered from the Jinja templates in ``hub_cards/``.
+
+The card is built from the repo's ``manifest.json`` (what the repo holds) plus optional training results:
+
+``results`` (a dict, a path to a ``results.json``, or ``model.extras["results"]``) may hold
+    ``accuracy_matrix``  ``R[i][j]`` = accuracy on domain ``j`` after stage ``i`` (see :mod:`medadapt.evaluation`);
+    ``domains``          the matrix columns (default: the domains in stage order);
+    ``stages``           the matrix rows (default: the first ``len(R)`` domains in stage order);
+    ``metrics``          ``{domain: {metric: value}}`` (default: accuracy from the matrix's last row);
+    ``datasets``         ``{domain: "hub/dataset-id"}`` (also read from a domain's ``metadata["dataset"]``);
+    ``split``            the evaluation split (default ``"test"``).
+
+Cards written by medadapt carry :data:`CARD_MARKER`; a README without it was written by someone else and is
+never overwritten silently (see :func:`medadapt.hub.push.push_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .. import __version__
+
+CARD_MARKER = "<!-- medadapt:model-card"
+TEMPLATE_NAME = "medadapt_card.md"
+TAGS = ("medadapt", "medical", "continual-learning", "vision-language")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def template_path(name: str = TEMPLATE_NAME) -> Path:
+    """Path of a card template shipped in ``medadapt/hub_cards`` (falls back to a source checkout)."""
+    packaged = Path(str(resources.files("medadapt").joinpath("hub_cards", name)))
+    if packaged.is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "hub_cards" / name
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(f"model card template {name!r} not found in medadapt/hub_cards (is medadapt installed fully?).")
+
+
+def is_medadapt_card(text: str) -> bool:
+    """True when a README was written by medadapt (it carries :data:`CARD_MARKER`)."""
+    return CARD_MARKER in text
+
+
+def load_results(results: dict[str, Any] | str | os.PathLike | None, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Normalise training results: a dict, a ``results.json`` path, or ``extras["results"]``."""
+    if results is None:
+        results = (extras or {}).get("results") or {}
+    if isinstance(results, (str, os.PathLike)):
+        try:
+            results = json.loads(Path(results).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read results from {results}: {exc}") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"results must be a dict or a path to a JSON object, got {type(results).__name__}.")
+    return results
+
+
+def hub_base_id(base: dict[str, Any]) -> str | None:
+    """The base model's Hub id, when the manifest names one (not a local path or an in-memory model)."""
+    source = base.get("source")
+    if not isinstance(source, str) or not _REPO_ID.match(source) or os.path.exists(source):
+        return None
+    if source.startswith("medadapt/tiny-"):  # built from config by medadapt.tiny; not a Hub repo
+        return None
+    return source
+
+
+def _cell(value: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _number(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{number:.3f}" if math.isfinite(number) else "–"
+
+
+def _domain_names(manifest: dict[str, Any]) -> list[str]:
+    domains = {d["name"] for d in manifest.get("domains", [])}
+    return [n for n in manifest.get("stage_order", []) if n in domains]
+
+
+def _metrics(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    given = results.get("metrics") or results.get("final_metrics") or {}  # the trainer writes final_metrics
+    metrics = {d: dict(m) for d, m in given.items() if isinstance(m, dict)}
+    matrix = results.get("accuracy_matrix")
+    if not metrics and matrix:
+        columns = list(results.get("domains") or _domain_names(manifest))
+        for name, value in zip(columns, matrix[-1]):
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics[name] = {"accuracy": float(value)}
+    return metrics
+
+
+def _datasets(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    given = results.get("datasets") or {}
+    for domain in manifest.get("domains", []):
+        meta = domain.get("metadata") or {}
+        ids = [given.get(domain["name"]), meta.get("dataset"), *(meta.get("datasets") or [])]
+        found[domain["name"]] = list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
+    return found
+
+
+def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | None = None) -> ModelCardData:
+    """Front matter: base_model, library_name, tags, datasets and a model-index with each domain's metrics."""
+    types = {e["type"] for e in manifest["adapters"].values()}
+    tags = [*TAGS, manifest["base"].get("model_type") or "dual-encoder"]
+    tags += ["peft", "lora"] if "lora" in types else []
+    tags += ["prompt"] if "prompt" in types else []
+    datasets = _datasets(manifest, results)
+    split = str(results.get("split") or "test")
+    evals = []
+    for name, values in _metrics(manifest, results).items():
+        for metric, value in values.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            dataset = (datasets.get(name) or [name])[0]
+            evals.append(EvalResult(task_type="image-classification", task_name=f"{name} classification",
+                                    dataset_type=dataset, dataset_name=name, dataset_split=split,
+                                    metric_type=metric, metric_name=metric, metric_value=float(value)))
+    all_datasets = list(dict.fromkeys(d for ids in datasets.values() for d in ids))
+    return ModelCardData(
+        base_model=hub_base_id(manifest["base"]),
+        library_name="medadapt",
+        pipeline_tag="zero-shot-image-classification",
+        license=license,
+        tags=list(dict.fromkeys(tags)),
+        datasets=all_datasets or None,
+        model_name=repo_id.split("/")[-1] if evals else None,  # only needed by the model-index
+        eval_results=evals or None,
+    )
+
+
+def _stages(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    domains = {d["name"]: d for d in manifest.get("domains", [])}
+    rows = []
+    for i, name in enumerate(manifest["stage_order"], start=1):
+        entry, domain = manifest["adapters"].get(name), domains.get(name)
+        rows.append({
+            "index": i, "name": name, "path": entry.get("path", name) if entry else None,
+            "adapter_type": entry["type"] if entry else "none (base / shared adapters)",
+            "kind": "domain" if domain else "shared",
+            "labels": ", ".join(_cell(x) for x in domain["labels"]) if domain else "–",
+            "prompt": f"`{_cell(domain['prompt'])}`" if domain else "–",
+            "example": domain["prompt"].format(domain["labels"][0]) if domain else "",
+        })
+    return rows
+
+
+def _sources(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for name in manifest["stage_order"]:
+        source = manifest["adapters"].get(name, {}).get("source") or {}
+        if source.get("repo"):  # local paths are never written into a card
+            where = f"`{source['repo']}` at revision `{source.get('revision') or 'unknown'}`"
+            if source.get("adapter") and source["adapter"] != name:
+                where += f" (stage `{source['adapter']}` there)"
+            out.append({"name": name, "where": where})
+    return out
+
+
+def _matrix(manifest: dict[str, Any], results: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    matrix = results.get("accuracy_matrix")
+    if not matrix:
+        return None, {}
+    domain_names = _domain_names(manifest)
+    columns = list(results.get("domains") or domain_names)
+    labels = list(results.get("stages") or domain_names)
+    rows = [{"label": f"{i + 1}. {_cell(labels[i]) if i < len(labels) else ''}".strip(),
+             "cells": [_number(v) for v in row]} for i, row in enumerate(matrix)]
+    summary: dict[str, str] = {}
+    try:
+        from ..evaluation import continual_summary
+
+        summary = {k.replace("_", " "): _number(v) for k, v in continual_summary(matrix).items()}
+    except (ValueError, ImportError):
+        summary = {}
+    note = "rows follow the stage order; `–` = not evaluated"
+    if results.get("paradigm"):
+        note += f"; training paradigm: {_cell(results['paradigm'])}"
+    return {"columns": [_cell(c) for c in columns], "rows": rows, "note": note}, summary
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    if not metrics:
+        return None
+    columns = list(dict.fromkeys(k for values in metrics.values() for k in values))
+    rows = [{"label": _cell(d), "cells": [_number(values.get(c)) for c in columns]} for d, values in metrics.items()]
+    return {"columns": [_cell(c) for c in columns], "rows": rows}
+
+
+def render_card(
+    manifest: dict[str, Any],
+    repo_id: str,
+    results: dict[str, Any] | str | os.PathLike | None = None,
+    revision: str | None = None,
+    license: str | None = None,
+    template: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Render the model card of a repo holding ``manifest`` (``results`` default: ``manifest["extras"]``)."""
+    results = load_results(results, manifest.get("extras"))
+    base = manifest["base"]
+    stages = _stages(manifest)
+    types = {s["adapter_type"] for s in stages}
+    hub_id = hub_base_id(base)
+    rev = revision or "main"
+    if base.get("saved_in"):
+        base_load = f'"{repo_id}", subfolder="{base["saved_in"]}", revision="{rev}"'
+    else:
+        base_load = f'"{base.get("source")}"' + (f', revision="{base["revision"]}"' if base.get("revision") else "")
+    matrix, summary = _matrix(manifest, results)
+    lora = [s for s in stages if s["adapter_type"] == "lora"]
+    domains = [s["name"] for s in stages if s["kind"] == "domain"]
+    marker = (f"{CARD_MARKER} v1: written by medadapt {__version__} and rewritten on every push; "
+              "delete this line to keep manual edits -->")
+    return ModelCard.from_template(
+        build_card_data(manifest, repo_id, results, license=license),
+        template_path=str(template or template_path()),
+        marker=marker,
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        revision=rev,
+        base={"family": base.get("family") or base.get("model_type") or "dual-encoder",
+              "display": f"`{hub_id}`" if hub_id else ("saved in `base/`" if base.get("saved_in") else "(in-memory base)")},
+        adapter_kinds=" / ".join(k for k, t in (("LoRA", "lora"), ("prompt", "prompt")) if t in types) or "no",
+        stages=stages,
+        sources=_sources(manifest),
+        matrix=matrix,
+        summary=summary,
+        metrics=_metrics_table(_metrics(manifest, results)),
+        first_domain=domains[0] if domains else None,
+        lora_stage=lora[0] if lora else None,
+        has_prompt="prompt" in types,
+        base_load=base_load,
+    )

@@ -1,0 +1,119 @@
+"""Deterministic batches: which samples each process sees at each step, with rehearsal replay.
+
+Every random choice is derived from ``(seed, phase, epoch or step)``, so a resumed run sees exactly
+the batches the interrupted one would have seen, and all processes agree without communicating:
+each builds the same global batch and keeps the rows ``rank::world_size``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..rehearsal import RehearsalBuffer, replay_count
+from .objectives import Batch
+
+Ref = tuple[str, int]  # (domain, index into its train split)
+
+
+def _rng(*keys: Any) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(str(k).encode()) for k in keys])
+
+
+class PixelStore:
+    """Preprocessed pixel values per (domain, split): computed once when small, else per batch."""
+
+    def __init__(self, preprocess: Callable[[list[Any]], torch.Tensor], budget_bytes: int = 1 << 30) -> None:
+        self.preprocess = preprocess
+        self.budget = budget_bytes
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._datasets: dict[tuple[str, str], Any] = {}
+
+    def register(self, domain: str, split: str, dataset: Any) -> None:
+        self._datasets[(domain, split)] = dataset
+
+    def dataset(self, domain: str, split: str) -> Any:
+        return self._datasets[(domain, split)]
+
+    def _maybe_cache(self, key: tuple[str, str]) -> torch.Tensor | None:
+        if key in self._cache:
+            return self._cache[key]
+        dataset = self._datasets[key]
+        probe = self.preprocess([dataset[0][0]])
+        if probe.numel() * probe.element_size() * len(dataset) > self.budget:
+            return None
+        chunks = [
+            self.preprocess([dataset[i][0] for i in range(start, min(start + 256, len(dataset)))])
+            for start in range(0, len(dataset), 256)
+        ]
+        self._cache[key] = torch.cat(chunks)
+        return self._cache[key]
+
+    def pixels(self, domain: str, split: str, indices: Sequence[int]) -> torch.Tensor:
+        cached = self._maybe_cache((domain, split))
+        if cached is not None:
+            return cached[torch.as_tensor(list(indices), dtype=torch.long)]
+        dataset = self._datasets[(domain, split)]
+        return self.preprocess([dataset[int(i)][0] for i in indices])
+
+    def labels(self, domain: str, split: str) -> np.ndarray:
+        return np.asarray(self._datasets[(domain, split)].labels)
+
+    def batch(self, refs: Sequence[Ref], split: str = "train") -> Batch:
+        """Assemble a :class:`Batch` for ``refs`` (grouped per domain for cached gathers)."""
+        order: dict[str, list[int]] = {}
+        for pos, (domain, _) in enumerate(refs):
+            order.setdefault(domain, []).append(pos)
+        pixels: list[torch.Tensor | None] = [None] * len(refs)
+        for domain, positions in order.items():
+            values = self.pixels(domain, split, [refs[p][1] for p in positions])
+            for row, p in enumerate(positions):
+                pixels[p] = values[row]
+        labels = torch.tensor([int(self.labels(d, split)[i]) for d, i in refs], dtype=torch.long)
+        return Batch(torch.stack(pixels), labels, [d for d, _ in refs])  # type: ignore[arg-type]
+
+
+@dataclass
+class BatchSchedule:
+    """Global batches of one phase: ``steps`` in all, ``batch_size`` rows per process."""
+
+    pool: list[Ref]
+    batch_size: int
+    epochs: int
+    seed: int
+    phase_key: str
+    world_size: int = 1
+    rank: int = 0
+    max_steps: int | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.pool) / self.global_batch))
+
+    @property
+    def steps(self) -> int:
+        total = self.steps_per_epoch * self.epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+    def refs(self, step: int, buffer: RehearsalBuffer | None = None, ratio: float = 0.0) -> list[Ref]:
+        """This process's rows at ``step``: new samples, then replayed ones when a buffer is given."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        perm = _rng(self.seed, self.phase_key, "epoch", epoch).permutation(len(self.pool))
+        chosen = perm[within * self.global_batch : (within + 1) * self.global_batch]
+        if len(chosen) < self.global_batch:  # last batch: top up from the start so all ranks get rows
+            chosen = np.concatenate([chosen, perm[: self.global_batch - len(chosen)]])
+        rows = [self.pool[int(i)] for i in chosen]
+        if buffer is not None and len(buffer) and ratio > 0:
+            k = replay_count(self.global_batch, ratio)
+            replay = buffer.sample(k, _rng(self.seed, self.phase_key, "replay", step))
+            rows += [(d, i) for d, i, _ in replay]
+        return rows[self.rank :: self.world_size]

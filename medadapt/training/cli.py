@@ -1,0 +1,80 @@
+"""Command-line entry shared by every recipe: ``--config``, ``key=value`` overrides, ``--resume``,
+``--overwrite``; runs the trainer and prints the accuracy matrix and the naive comparison."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import MedAdaptError
+from .config import RunConfig, load_config
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=str, default=None, help="YAML config (default: the recipe's demo config)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in output_dir")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 rehearsal.size=100")
+    return parser.parse_args(argv)
+
+
+def naive_config(config: RunConfig) -> RunConfig:
+    """The same run as naive sequential training: continual paradigm, no rehearsal."""
+    data = config.to_dict()
+    data.update(paradigm="continual", compare_naive=False, output_dir=str(Path(config.output_dir) / "naive_baseline"))
+    data["rehearsal"]["size"] = 0
+    return load_config(None, defaults=data)
+
+
+def format_matrix(results: dict[str, Any]) -> str:
+    domains = results["domains"]
+    width = max(len(d) for d in domains + results["stages"]) + 2
+    head = "after stage".ljust(width) + "".join(d.rjust(width) for d in domains)
+    rows = [s.ljust(width) + "".join(f"{v:.3f}".rjust(width) for v in row) for s, row in zip(results["stages"], results["accuracy_matrix"])]
+    return "\n".join([head, *rows])
+
+
+def main(argv: list[str] | None = None, default_config: str | Path | None = None, paradigm: str | None = None, description: str = "medadapt recipe") -> int:
+    """Parse arguments, train, print results. Returns a process exit code."""
+    from accelerate import PartialState
+
+    from .outputs import render_report, write_outputs
+    from .trainer import ContinualTrainer
+
+    args = parse_args(argv, description)
+    state = PartialState()
+    try:
+        overrides = ([f"paradigm={paradigm}"] if paradigm else []) + list(args.overrides)
+        config = load_config(args.config or default_config, overrides)
+        trainer = ContinualTrainer(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        trainer.setup()
+        results = trainer.run()
+        if config.compare_naive:
+            naive_cfg = naive_config(config)
+            resume_naive = args.resume and (Path(naive_cfg.output_dir) / "run.json").exists()
+            naive = ContinualTrainer(naive_cfg, resume=resume_naive, overwrite=args.overwrite and not resume_naive, accelerator=trainer.accelerator, progress=not args.no_progress)
+            naive_results = naive.run()
+            results["naive_comparison"] = {k: naive_results[k] for k in ("acc", "bwt", "forgetting", "accuracy_matrix")}
+            if state.is_main_process:
+                write_outputs(Path(config.output_dir), results)
+    except MedAdaptError as exc:
+        if state.is_main_process:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if state.is_main_process:
+        print(f"\n{config.paradigm}: accuracy matrix of the `{results['evaluated_adapter']}` adapter "
+              "(row i = after stage i, column j = domain j)")
+        print(format_matrix(results))
+        print(f"ACC {results['acc']:.3f}  BWT {results['bwt']:+.3f}  forgetting {results['forgetting']:.3f}")
+        if "naive_comparison" in results:
+            c = results["naive_comparison"]
+            print("\nnaive sequential training (continual, no rehearsal):")
+            print(format_matrix({**results, "accuracy_matrix": c["accuracy_matrix"]}))
+            print(f"ACC {c['acc']:.3f}  BWT {c['bwt']:+.3f}  forgetting {c['forgetting']:.3f}")
+            print(f"\n{config.paradigm} vs naive: ACC {results['acc'] - c['acc']:+.3f}, BWT {results['bwt'] - c['bwt']:+.3f}")
+        print(f"\noutputs in {config.output_dir}: manifest.json + adapters, results.json, accuracy_matrix.png, report.md")
+    return 0

@@ -1,0 +1,249 @@
+"""Run configuration: YAML + ``key=value`` overrides, validated before anything is built.
+
+Every section is a dataclass; unknown keys are an error that lists the valid ones, so a typo in a
+config never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+import types
+from typing import Any, Union, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import MedAdaptError
+
+PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
+
+
+class ConfigError(MedAdaptError, ValueError):
+    """A run configuration is invalid (unknown key, bad value, unreadable file)."""
+
+
+@dataclass
+class AdapterSettings:
+    """Adapter built for each domain or shared adapter: ``type`` lora or prompt plus its options."""
+
+    type: str = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    n_ctx: int = 4
+    ctx_init: str = "template"
+    n_visual_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type not in ("lora", "prompt"):
+            raise ConfigError(f"adapter.type must be 'lora' or 'prompt', got {self.type!r}.")
+        if self.r < 1:
+            raise ConfigError(f"adapter.r must be >= 1, got {self.r}.")
+
+    def build(self, default_targets: tuple[str, ...]) -> Any:
+        """The peft ``LoraConfig`` or medadapt ``PromptConfig`` these settings describe."""
+        if self.type == "prompt":
+            from ..adapters.prompt import PromptConfig
+
+            return PromptConfig(n_ctx=self.n_ctx, ctx_init=self.ctx_init, n_visual_tokens=self.n_visual_tokens)
+        from peft import LoraConfig
+
+        targets = list(self.target_modules or default_targets)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets)
+
+
+@dataclass
+class RehearsalSettings:
+    """Rehearsal memory: ``size`` references, selection ``policy``, replayed ``ratio`` of each batch."""
+
+    size: int = 200
+    policy: str = "class_balanced"
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        from ..rehearsal import available_policies
+
+        if self.size < 0:
+            raise ConfigError(f"rehearsal.size must be >= 0, got {self.size}.")
+        if self.policy not in available_policies():
+            raise ConfigError(f"rehearsal.policy {self.policy!r} unknown; valid: {available_policies()}.")
+        if not 0 <= self.ratio < 1:
+            raise ConfigError(f"rehearsal.ratio must be in [0, 1), got {self.ratio}.")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every stage."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_accum_steps: int = 1
+    mixed_precision: str = "no"
+    eval_batch_size: int = 128
+    checkpoint_every: int = 50
+    max_steps_per_stage: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+
+
+@dataclass
+class DomainSettings:
+    """One domain: name, labels, prompt template and where its data is (a ``DataConfig`` mapping)."""
+
+    name: str
+    data: dict[str, Any]
+    labels: list[str] | None = None
+    prompt: str = "{}"
+
+
+@dataclass
+class TrackingSettings:
+    """Optional experiment tracking through accelerate (``log_with``: tensorboard, wandb, ...)."""
+
+    log_with: str | None = None
+    project: str = "medadapt"
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs. ``model`` is a Hub id, a local folder, or ``tiny-clip``/``tiny-siglip``."""
+
+    model: str = "tiny-clip"
+    paradigm: str = "rehearsal"
+    domains: list[DomainSettings] = field(default_factory=list)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    shared_adapter: AdapterSettings | None = None
+    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    seed: int = 0
+    output_dir: str = "runs/demo"
+    compare_naive: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.paradigm not in PARADIGMS:
+            raise ConfigError(f"paradigm {self.paradigm!r} unknown; valid: {list(PARADIGMS)}.")
+        if not self.domains:
+            raise ConfigError("config lists no domains; add at least one under `domains:`.")
+        names = [d.name for d in self.domains]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"domain names must be unique, got {names}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not output_dir), to recognise the same run."""
+        data = self.to_dict()
+        data.pop("output_dir", None)
+        data.pop("tracking", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Construct dataclass ``cls`` from a mapping, recursing into nested dataclasses."""
+    if dataclasses.is_dataclass(data):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}: {data!r}.")
+    hints = get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; valid keys at this level: {valid}.")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        kwargs[key] = _convert(hint, value, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if hint == list[DomainSettings]:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of domains, got {type(value).__name__}.")
+        return [_build(DomainSettings, v, f"{where}[{i}].") for i, v in enumerate(value)]
+    nested = {AdapterSettings, RehearsalSettings, TrainSettings, TrackingSettings, DomainSettings}
+    args = getattr(hint, "__args__", ())
+    for cls in nested:
+        if hint is cls or cls in args:
+            if value is None and type(None) in args:
+                return None
+            return _build(cls, value, f"{where}.")
+    is_union = get_origin(hint) in (Union, types.UnionType)
+    base = next((a for a in args if a is not type(None)), hint) if is_union else hint
+    if value is None:
+        return None
+    origin = getattr(base, "__origin__", None)
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            raise ConfigError(f"{where} must be a {origin.__name__}, got {type(value).__name__} {value!r}.")
+        return value
+    if base in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        return base(value)
+    if base in (int, float, str, bool) and not isinstance(value, base):
+        raise ConfigError(f"{where} must be {base.__name__}, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "rehearsal.size=50"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=2).")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config (or ``defaults``), apply overrides, validate, and return a :class:`RunConfig`."""
+    data: dict[str, Any] = dict(defaults or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found.")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+        data = _merge(data, loaded)
+    data = _merge(data, parse_overrides(overrides or []))
+    return _build(RunConfig, data, "")

@@ -1,0 +1,131 @@
+"""What a run leaves in ``output_dir``: results.json, accuracy_matrix.png, report.md, run.json."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_bytes, atomic_write_json
+from ..evaluation import average_accuracy, backward_transfer, forgetting, plot_accuracy_matrix
+from .config import ConfigError, RunConfig
+
+RUN_FILE = "run.json"
+OWNED = ("run.json", "results.json", "report.md", "accuracy_matrix.png", "manifest.json", "checkpoints", "base", "naive_baseline", "README.md")
+
+
+def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse an output directory holding another run unless ``resume`` (same run) or ``overwrite``."""
+    out = Path(config.output_dir)
+    if not out.exists() or not any(out.iterdir()):
+        if resume:
+            raise ConfigError(f"--resume given but {out} holds no run to resume.")
+        return
+    run_file = out / RUN_FILE
+    previous = None
+    if run_file.is_file():
+        import json
+
+        previous = json.loads(run_file.read_text()).get("fingerprint")
+    if overwrite:
+        if previous is None and not (out / "manifest.json").exists():
+            raise ConfigError(f"{out} holds files medadapt did not write; refusing to overwrite it. Pick another output_dir.")
+        clear_output_dir(out)
+        return
+    if resume:
+        if previous != config.fingerprint():
+            raise ConfigError(
+                f"--resume: {out} holds a run with another configuration (fingerprint {previous}, this one "
+                f"{config.fingerprint()}); use the same config or --overwrite."
+            )
+        return
+    what = "a different run" if previous and previous != config.fingerprint() else "an earlier run"
+    raise ConfigError(f"output_dir {out} already holds {what}; pass --resume to continue it or --overwrite to replace it.")
+
+
+def clear_output_dir(out: Path) -> None:
+    """Remove what medadapt wrote in ``out`` (manifest-listed adapter folders included), nothing else."""
+    import json
+
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            for entry in json.loads(manifest.read_text()).get("adapters", {}).values():
+                path = out / entry.get("path", "")
+                if path.is_dir() and path.parent == out:
+                    shutil.rmtree(path)
+        except (OSError, json.JSONDecodeError):
+            pass
+    for name in OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def summarise(matrix: list[list[float]]) -> dict[str, float]:
+    """ACC, BWT and forgetting of an accuracy matrix (rows = stages, columns = domains)."""
+    R = np.asarray(matrix, dtype=float)
+    return {"acc": average_accuracy(R), "bwt": backward_transfer(R), "forgetting": forgetting(R)}
+
+
+def write_outputs(out: Path, results: dict[str, Any]) -> None:
+    """results.json, accuracy_matrix.png and report.md (main process only)."""
+    atomic_write_json(out / "results.json", results)
+    plot_accuracy_matrix(
+        np.asarray(results["accuracy_matrix"], dtype=float),
+        results["domains"],
+        out / "accuracy_matrix.png",
+        title=f"{results['paradigm']} ({results['evaluated_adapter']}): accuracy after each stage",
+        stages=results["stages"],
+    )
+    atomic_write_bytes(out / "report.md", render_report(results).encode())
+
+
+def matrix_table(results: dict[str, Any], key: str = "accuracy_matrix") -> str:
+    domains = results["domains"]
+    lines = ["| after stage | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    for stage, row in zip(results["stages"], results[key]):
+        lines.append(f"| {stage} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines)
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """A short markdown report of a run."""
+    lines = [
+        f"# medadapt run: {results['paradigm']}",
+        "",
+        f"Model: `{results['model']}`. Evaluated adapter: `{results['evaluated_adapter']}`. "
+        f"Wall time {results['wall_time_s']:.1f} s on {results['num_processes']} process(es).",
+        "",
+        "## Accuracy matrix (row i = after training stage i, column j = domain j's test split)",
+        "",
+        matrix_table(results),
+        "",
+        f"ACC {results['acc']:.3f} | BWT {results['bwt']:+.3f} | forgetting {results['forgetting']:.3f}",
+        "",
+        "## Per-domain AUROC (after the last stage)",
+        "",
+        "| domain | accuracy | AUROC |",
+        "|---|---|---|",
+    ]
+    for d in results["domains"]:
+        m = results["final_metrics"][d]
+        lines.append(f"| {d} | {m['accuracy']:.3f} | {m['auroc']:.3f} |")
+    if results.get("specialist_accuracy_matrix"):
+        lines += ["", "## Specialist adapters (each domain through its own adapter)", "", matrix_table(results, "specialist_accuracy_matrix")]
+    if results.get("naive_comparison"):
+        c = results["naive_comparison"]
+        lines += [
+            "",
+            "## Against naive sequential training (no rehearsal)",
+            "",
+            "| run | ACC | BWT | forgetting |",
+            "|---|---|---|---|",
+            f"| {results['paradigm']} | {results['acc']:.3f} | {results['bwt']:+.3f} | {results['forgetting']:.3f} |",
+            f"| naive continual | {c['acc']:.3f} | {c['bwt']:+.3f} | {c['forgetting']:.3f} |",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,289 @@
+"""The Accelerate training loop: executes a paradigm's plan stage by stage, with rehearsal,
+checkpoints that survive SIGKILL, evaluation after every stage and the run's outputs.
+
+Gradients of the (small) trainable adapter parameters are averaged across processes explicitly,
+so the same code runs on one CPU, one GPU or many processes without wrapping the model in DDP
+(whose parameter set could not change from one phase to the next).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .._io import atomic_write_json
+from ..data import DataError, load_domain
+from ..model import ContinualVLM
+from ..rehearsal import RehearsalBuffer
+from .batches import BatchSchedule, PixelStore
+from .checkpoint import read_state, restore_optimizer, restore_rng, save_checkpoint
+from .config import ConfigError, RunConfig
+from .evaluate import evaluate_view
+from .objectives import build_objective
+from .outputs import RUN_FILE, check_output_dir, summarise, write_outputs
+from .paradigms import SHARED, Plan, make_plan
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def build_base(config: RunConfig) -> ContinualVLM:
+    """The frozen base named by ``config.model`` (``tiny-clip``/``tiny-siglip`` are built in)."""
+    if config.model in ("tiny-clip", "tiny-siglip"):
+        from ..tiny import tiny_backbone
+
+        return ContinualVLM(tiny_backbone(config.model.split("-", 1)[1], seed=0))
+    return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+
+
+@dataclass
+class LoopState:
+    """Where the run is: next phase/step, finished stages' metrics, buffer and elapsed time."""
+
+    phase: int = 0
+    step: int = 0
+    rows: dict[str, list[list[float]]] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    buffer: dict[str, Any] | None = None
+    elapsed: float = 0.0
+
+
+class ContinualTrainer:
+    """Run one configured experiment: ``ContinualTrainer(config).run()`` returns ``results``."""
+
+    def __init__(self, config: RunConfig, resume: bool = False, overwrite: bool = False, accelerator: Any = None, progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        self.resume = resume
+        self.overwrite = overwrite
+        self.progress = progress
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            gradient_accumulation_steps=config.train.grad_accum_steps,
+            log_with=config.tracking.log_with,
+            cpu=not torch.cuda.is_available(),
+        )
+        self.out = Path(config.output_dir)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _check_output(self) -> None:
+        error: Exception | None = None
+        if self.accelerator.is_main_process:
+            try:
+                check_output_dir(self.config, self.resume, self.overwrite)
+            except ConfigError as exc:
+                error = exc
+        flags = self._all_processes([error is not None])
+        if any(flags):
+            raise error or ConfigError(f"output_dir {self.out} check failed on the main process.")
+
+    def _all_processes(self, values: list[Any]) -> list[Any]:
+        if self.accelerator.num_processes == 1:
+            return values
+        from accelerate.utils import gather_object
+
+        return gather_object(values)
+
+    def setup(self) -> None:
+        """Validate config, data and output dir; build the model, plan, buffer. Trains nothing."""
+        cfg = self.config
+        self._check_output()
+        self.data = {}
+        for d in cfg.domains:
+            domain = load_domain(d.name, d.labels, d.data)
+            for split in ("train", "test"):
+                if split not in domain.splits:
+                    raise DataError(f"domain {d.name!r} has no {split!r} split; its data gives {sorted(domain.splits)}.")
+            self.data[d.name] = domain
+        self.model = build_base(cfg)
+        names = [d.name for d in cfg.domains]
+        self.plan: Plan = make_plan(cfg.paradigm, names, cfg.rehearsal.size > 0)
+        targets = self.model.backbone.family.lora_targets
+        own = {n for n, kind in self.plan.adapters if kind == "domain"}
+        for d in cfg.domains:
+            self.model.add_domain(d.name, self.data[d.name].labels, d.prompt, adapter=cfg.adapter.build(targets) if d.name in own else "none", seed=cfg.seed)
+        for name, kind in self.plan.adapters:
+            if kind == "shared":
+                self.model.add_shared_adapter(name, adapter=(cfg.shared_adapter or cfg.adapter).build(targets), seed=cfg.seed)
+        self.model.to(self.accelerator.device)
+        self.store = PixelStore(self.model.preprocess)
+        for name, domain in self.data.items():
+            for split in ("train", "test"):
+                self.store.register(name, split, domain.splits[split])
+        self.buffer = RehearsalBuffer(cfg.rehearsal.size, cfg.rehearsal.policy, cfg.seed)
+        self.objective = build_objective("classification")
+        self.state = LoopState()
+        if self.resume:
+            self._restore()
+
+    def _phases(self) -> list[tuple[int, Any]]:
+        return [(i, p) for i, stage in enumerate(self.plan.stages) for p in stage.phases]
+
+    def _restore(self) -> None:
+        folder = self.out / CHECKPOINT_DIR
+        state = read_state(folder)
+        if state.get("fingerprint") != self.config.fingerprint():
+            raise ConfigError("checkpoint belongs to another configuration; cannot resume.")
+        restored = ContinualVLM.from_pretrained(folder / "model", base=self._fresh_base())
+        for name in self.model.adapter_names():
+            target, source = self.model.adapter_parameters(name), restored.adapter_parameters(name)
+            with torch.no_grad():
+                for t, s in zip(target, source):
+                    t.copy_(s.to(t.device))
+        self.state = LoopState(**{k: v for k, v in state["loop"].items()})
+        if self.state.buffer:
+            self.buffer.load_state_dict(self.state.buffer)
+        self._resume_optimizer = (folder, state.get("optimizer") or {})
+        restore_rng(folder)
+
+    def _fresh_base(self) -> Any:
+        return build_base(self.config).backbone
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint(self, optimizer: Any) -> None:
+        self.state.buffer = self.buffer.state_dict()
+        if self.accelerator.is_main_process:
+            state = {"fingerprint": self.config.fingerprint(), "loop": self.state.__dict__}
+            save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
+        self.accelerator.wait_for_everyone()
+
+    # -- training --------------------------------------------------------------------------------
+    def _sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.flatten() for g in grads])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _run_phase(self, stage_index: int, phase_index: int, phase: Any) -> None:
+        cfg, acc = self.config, self.accelerator
+        stage = self.plan.stages[stage_index]
+        pool = [(d, i) for d in phase.domains for i in range(len(self.data[d].splits["train"]))]
+        schedule = BatchSchedule(
+            pool, cfg.train.batch_size, cfg.train.epochs, cfg.seed, f"{phase_index}:{phase.adapter}",
+            acc.num_processes, acc.process_index, cfg.train.max_steps_per_stage,
+        )
+        params = self.model.set_trainable([phase.adapter])
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        start = self.state.step if self.state.phase == phase_index else 0
+        if start and getattr(self, "_resume_optimizer", None):
+            restore_optimizer(self._resume_optimizer[0], optimizer, self._resume_optimizer[1])
+        self._resume_optimizer = None
+        optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
+        self.objective.reset()
+        self.model.train()
+        bar = tqdm(
+            total=schedule.steps, initial=start, disable=not (self.progress and acc.is_main_process),
+            desc=f"stage {stage_index + 1}/{len(self.plan.stages)} {stage.name} [{phase.adapter}]", leave=True,
+        )
+        buffer = self.buffer if phase.replay else None
+        tick, seen = time.perf_counter(), 0
+        for step in range(start, schedule.steps):
+            batch = self.store.batch(schedule.refs(step, buffer, cfg.rehearsal.ratio))
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    loss, report = self.objective(self.model, batch, phase.adapter)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    self._sync_gradients(params)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += len(batch) * acc.num_processes
+            rate = seen / max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{report['loss']:.3f}", samples_s=f"{rate:.0f}")
+            bar.update(1)
+            if cfg.tracking.log_with:
+                acc.log({f"{phase.adapter}/loss": report["loss"], f"{phase.adapter}/acc": report["acc"]})
+            self.state.phase, self.state.step = phase_index, step + 1
+            if (step + 1) % cfg.train.checkpoint_every == 0 and (step + 1) % cfg.train.grad_accum_steps == 0 and step + 1 < schedule.steps:
+                self._checkpoint(optimizer)
+        bar.close()
+        self.model.set_trainable([])
+        self.state.phase, self.state.step = phase_index + 1, 0
+
+    def _evaluate_stage(self, stage_index: int) -> None:
+        stage = self.plan.stages[stage_index]
+        names = [d.name for d in self.config.domains]
+        stage_metrics = {}
+        for view, mapping in stage.views.items():
+            metrics = evaluate_view(self.model, self.store, mapping, self.config.train.eval_batch_size, self.accelerator)
+            self.state.rows.setdefault(view, []).append([metrics[d]["accuracy"] for d in names])
+            stage_metrics[view] = metrics
+        self.state.metrics.append(stage_metrics)
+        for d in stage.memorise:
+            self.buffer.add_stage(d, self.store.labels(d, "train"))
+        digest = hashlib.sha256(json.dumps(self.buffer.state_dict(), sort_keys=True).encode()).hexdigest()
+        if len(set(self._all_processes([digest]))) != 1:
+            raise RuntimeError("rehearsal buffers differ across processes; refusing to continue.")
+
+    def run(self) -> dict[str, Any]:
+        """Train every stage, evaluate after each, write outputs; returns the results dict."""
+        if not hasattr(self, "model"):
+            self.setup()
+        acc, cfg = self.accelerator, self.config
+        if cfg.tracking.log_with:
+            acc.init_trackers(cfg.tracking.project, config=cfg.to_dict())
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+        started = time.perf_counter() - self.state.elapsed
+        phases = self._phases()
+        for phase_index, (stage_index, phase) in enumerate(phases):
+            if phase_index < self.state.phase:
+                continue
+            self._run_phase(stage_index, phase_index, phase)
+            last_of_stage = phase_index + 1 == len(phases) or phases[phase_index + 1][0] != stage_index
+            if last_of_stage:
+                self._evaluate_stage(stage_index)
+                self.state.elapsed = time.perf_counter() - started
+                if acc.is_main_process:
+                    self.model.save_pretrained(self.out)
+                self._checkpoint(None)
+        results = self._results(time.perf_counter() - started)
+        if acc.is_main_process:
+            self.model.extras["results"] = {k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")}
+            self.model.save_pretrained(self.out)
+            write_outputs(self.out, results)
+        acc.wait_for_everyone()
+        if cfg.tracking.log_with:
+            acc.end_training()
+        return results
+
+    def _results(self, wall: float) -> dict[str, Any]:
+        cfg, plan = self.config, self.plan
+        primary = plan.primary_view
+        matrix = self.state.rows[primary]
+        final = self.state.metrics[-1][primary]
+        results: dict[str, Any] = {
+            "paradigm": cfg.paradigm,
+            "rehearsal": cfg.rehearsal.size > 0 and cfg.paradigm in ("continual", "rehearsal"),
+            "model": cfg.model,
+            "evaluated_adapter": primary,
+            "domains": [d.name for d in cfg.domains],
+            "stages": [s.name for s in plan.stages],
+            "accuracy_matrix": matrix,
+            **summarise(matrix),
+            "final_metrics": final,
+            "auroc": {d: m["auroc"] for d, m in final.items()},
+            "views": {view: {"accuracy_matrix": rows, **summarise(rows)} for view, rows in self.state.rows.items()},
+            "buffer": {"size": cfg.rehearsal.size, "policy": cfg.rehearsal.policy, "items": len(self.buffer)},
+            "buffer_consistent": True,
+            "num_processes": self.accelerator.num_processes,
+            "wall_time_s": wall,
+            "config": cfg.to_dict(),
+        }
+        if primary != "specialists" and "specialists" in self.state.rows:
+            results["specialist_accuracy_matrix"] = self.state.rows["specialists"]
+        return results

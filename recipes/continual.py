@@ -1,0 +1,12 @@
+"""The `continual` paradigm (see medadapt.training.paradigms); same options as recipes/rehearsal.py.
+
+    accelerate launch recipes/continual.py [--config recipes/configs/<name>.yaml] [key=value ...]
+"""
+
+import sys
+from pathlib import Path
+
+from medadapt.training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(default_config=Path(__file__).parent / "configs" / "demo.yaml", paradigm="continual", description=__doc__))
