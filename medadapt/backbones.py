@@ -247,6 +247,19 @@ def backbone_from_model(
     return Backbone(model, tokenizer, image_processor, spec, source=source, revision=revision)
 
 
+def _own_aligned_memory(model: nn.Module) -> None:
+    """Copy CPU tensors that point into a memory-mapped checkpoint at an unaligned offset.
+
+    transformers may leave weights as views into the mmapped safetensors file, at offsets that are
+    not 64-byte aligned; CPU BLAS then takes other code paths and rounds differently, so a base
+    reloaded from a folder would not give bit-identical outputs to the same weights built in memory.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+
+
 def load_backbone(
     source: str,
     revision: str | None = None,
@@ -259,10 +272,12 @@ def load_backbone(
 
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     spec = family_for_model_type(config.model_type)
-    model_kwargs: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
+    # safetensors only: transformers refuses pickled (.bin) weights instead of unpickling them
+    model_kwargs: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **hub_kwargs)
     if torch_dtype is not None:
         model_kwargs["dtype"] = torch_dtype
     model = spec.model_class().from_pretrained(source, **model_kwargs)
+    _own_aligned_memory(model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     image_processor = AutoImageProcessor.from_pretrained(
         source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs

@@ -179,7 +179,8 @@ class ContinualVLM(nn.Module):
         adapter of its own (served by the base or by shared adapters, as in joint training).
         """
         self._check_new_name(name, "domain")
-        domain = Domain(name=name, labels=list(labels), prompt=prompt, metadata=dict(metadata or {}))
+        labels = labels if isinstance(labels, str) else list(labels)  # a bare string is refused by Domain, not split
+        domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}))
         if isinstance(adapter, str) and adapter == "none":  # served by the base or a shared adapter only
             domain.adapter_type = "none"
         else:

@@ -32,8 +32,10 @@ CORE_DOMAINS = {
     "derm": (["benign", "malignant"], "a skin photo of {}."),  # prompt: text context + visual tokens
     "fundus": (["healthy", "retinopathy"], "a fundus image of {}."),  # prompt: text context only
     "histo": (["tumor", "stroma", "fat"], "a slide of {} tissue."),  # LoRA, peft default init (= base)
+    "knee": (["intact", "torn"], "a knee mri showing {}."),  # adapter="none": served by the base
 }
 CORE_SHARED = "generalist"  # shared LoRA (non-identity)
+CORE_ADAPTERS = ["chest", "derm", "fundus", "histo", CORE_SHARED]  # model.adapter_names() (knee has none)
 
 
 def core_lora_config(r: int = 4, identity: bool = False, **kwargs) -> LoraConfig:
@@ -58,7 +60,7 @@ def perturb_prompt(model: ContinualVLM, name: str, seed: int = 0, scale: float =
 
 
 def build_tiny_vlm(family: str = "clip", seed: int = 0, with_domains: bool = True) -> ContinualVLM:
-    """A tiny ContinualVLM (random weights from ``seed``) with the four CORE_DOMAINS and one shared LoRA."""
+    """A tiny ContinualVLM (random weights from ``seed``) with the five CORE_DOMAINS and one shared LoRA."""
     model = ContinualVLM(tiny_backbone(family, seed=seed))
     if not with_domains:
         return model
@@ -73,13 +75,16 @@ def build_tiny_vlm(family: str = "clip", seed: int = 0, with_domains: bool = Tru
     perturb_prompt(model, "fundus", seed=2)
     labels, prompt = CORE_DOMAINS["histo"]
     model.add_domain("histo", labels, prompt, adapter=core_lora_config(identity=True))
+    labels, prompt = CORE_DOMAINS["knee"]
+    model.add_domain("knee", labels, prompt, adapter="none")
     model.add_shared_adapter(CORE_SHARED, core_lora_config())
     return model
 
 
 @pytest.fixture
 def tiny_clip() -> ContinualVLM:
-    """Tiny CLIP ContinualVLM with domains chest (LoRA), derm (prompt+visual), fundus (text prompt), histo (identity LoRA) and shared 'generalist'."""
+    """Tiny CLIP ContinualVLM: chest (LoRA), derm (prompt + visual tokens), fundus (text prompt), histo
+    (identity LoRA), knee (no adapter: base-served) and the shared LoRA 'generalist'."""
     return build_tiny_vlm("clip")
 
 

@@ -25,7 +25,7 @@ STAGES = {
     "derm": (["benign", "malignant", "nevus"], "a skin photo of {}."),
     "fundus": (["healthy", "retinopathy"], "a fundus image of {}."),
 }
-IMAGES = [np.random.RandomState(i).rand(24 + 4 * i, 32, 3).astype(np.float32) for i in range(3)]
+IMAGES = [np.random.RandomState(i).rand(24 + 8 * i, 32, 3).astype(np.float32) for i in range(2)]
 
 
 def lora() -> LoraConfig:
@@ -55,8 +55,9 @@ def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         assert torch.equal(got[name], want[name]), name
 
 
-def snapshot_files(repo_id: str, sha: str) -> set[str]:
-    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
+def snapshot_files(repo_id: str, sha: str, cache_dir: Path | None = None) -> set[str]:
+    """Files of one cached snapshot (what was downloaded at that commit)."""
+    folder = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
@@ -70,11 +71,12 @@ def go_offline(monkeypatch, hub) -> None:
 def staged(fake_hub):  # noqa: F811
     """Push after each of three stages: returns the model, each commit sha and the predictions after each stage."""
     model = ContinualVLM(tiny_backbone("clip"))
-    oids, outputs = [], []
+    oids = []
     for i, name in enumerate(STAGES):
         add_stage(model, name, seed=10 + i)
         oids.append(model.push_to_hub(REPO).oid)
-        outputs.append(probs(model))
+    final = probs(model)  # a domain's predictions only depend on its own adapter: later stages do not change them
+    outputs = [{d: final[d] for d in list(STAGES)[: i + 1]} for i in range(len(STAGES))]
     return model, oids, outputs
 
 
@@ -162,21 +164,22 @@ def test_pull_latest_gives_identical_predictions_and_records_the_commit(staged):
     assert pulled.provenance["derm"] == {"repo": REPO, "revision": oids[-1], "requested_revision": "main", "adapter": "derm"}
 
 
-def test_pull_pinned_earlier_revision_downloads_only_that_stage_set(staged):
+def test_pull_pinned_earlier_revision_downloads_only_that_stage_set(staged, tmp_path):
     _, oids, outputs = staged
-    pulled = ContinualVLM.from_pretrained(REPO, revision=oids[1])
+    pulled = ContinualVLM.from_pretrained(REPO, revision=oids[1], cache_dir=tmp_path / "cache")
     assert pulled.stage_order == ["chest", "derm"]
     assert_same(probs(pulled), outputs[1])
-    files = snapshot_files(REPO, oids[1])
+    files = snapshot_files(REPO, oids[1], tmp_path / "cache")
     assert MANIFEST_NAME in files and "README.md" not in files and not any(f.startswith("fundus/") for f in files)
     assert {"chest/adapter_model.safetensors", "derm/adapter_model.safetensors", "base/model.safetensors"} <= files
 
 
-def test_pull_with_a_user_base_skips_base_folder_and_checks_fingerprint(staged):
+def test_pull_with_a_user_base_skips_base_folder_and_checks_fingerprint(staged, tmp_path):
     _, oids, outputs = staged
-    pulled = ContinualVLM.from_pretrained(REPO, base=ContinualVLM(tiny_backbone("clip")), revision=oids[-1])
+    cache = tmp_path / "cache"
+    pulled = ContinualVLM.from_pretrained(REPO, base=ContinualVLM(tiny_backbone("clip")), revision=oids[-1], cache_dir=cache)
     assert_same(probs(pulled), outputs[-1])
-    assert not any(f.startswith("base/") for f in snapshot_files(REPO, oids[-1]))
+    assert not any(f.startswith("base/") for f in snapshot_files(REPO, oids[-1], cache))
     with pytest.raises(BaseMismatchError):
         ContinualVLM.from_pretrained(REPO, base=ContinualVLM(tiny_backbone("clip", seed=3)))
 
@@ -191,11 +194,12 @@ def test_compose_stages_from_two_repos(fake_hub, tmp_path):  # noqa: F811
     sha_b = b.push_to_hub("org-b/stages").oid
 
     mine = ContinualVLM(tiny_backbone("clip"))
-    assert mine.load_adapter("org-a/stages", name="derm") == "derm"
+    cache = tmp_path / "cache"
+    assert mine.load_adapter("org-a/stages", name="derm", cache_dir=cache) == "derm"
     assert mine.load_adapter("org-b/stages", name="fundus", revision=sha_b) == "fundus"
     assert_same(probs(mine), {"derm": probs(a)["derm"], "fundus": probs(b)["fundus"]})
     # only the stage asked for was downloaded (no other stage, no base)
-    assert snapshot_files("org-a/stages", sha_a) == {MANIFEST_NAME, "derm/adapter_config.json", "derm/adapter_model.safetensors"}
+    assert snapshot_files("org-a/stages", sha_a, cache) == {MANIFEST_NAME, "derm/adapter_config.json", "derm/adapter_model.safetensors"}
 
     mine.save_pretrained(tmp_path / "mine")
     manifest = json.loads((tmp_path / "mine" / MANIFEST_NAME).read_text())
@@ -247,7 +251,7 @@ def test_base_named_by_hub_id_is_loaded_without_remote_code(fake_hub, tmp_path, 
 
 
 # -- offline -----------------------------------------------------------------------------------------
-def test_offline_resolves_from_cache(monkeypatch, fake_hub, staged):  # noqa: F811
+def test_offline_resolves_from_cache(monkeypatch, fake_hub, staged, tmp_path):  # noqa: F811
     _, oids, outputs = staged
     ContinualVLM.from_pretrained(REPO)  # fills the cache (and refs/main)
     ContinualVLM.from_pretrained(REPO, revision=oids[0])
@@ -256,9 +260,12 @@ def test_offline_resolves_from_cache(monkeypatch, fake_hub, staged):  # noqa: F8
     pinned = ContinualVLM.from_pretrained(REPO, revision=oids[0])
     assert_same(probs(pinned), outputs[0])
     assert pinned.provenance["chest"]["revision"] == oids[0]
-    # a revision never downloaded: the error names repo, revision and the file
-    with pytest.raises(StageFileError, match=rf"{REPO}.*{oids[1]}.*manifest\.json"):
+    # only the manifest of this revision is cached (the push read it): the error names repo, revision and file
+    with pytest.raises(StageFileError, match=rf"{REPO}.*{oids[1]}.*'chest/adapter_config\.json' is missing in the local cache"):
         ContinualVLM.from_pretrained(REPO, revision=oids[1])
+    # nothing cached at all
+    with pytest.raises(StageFileError, match=rf"{REPO}.*{oids[1]}.*manifest\.json.*not in the local Hugging Face cache"):
+        ContinualVLM.from_pretrained(REPO, revision=oids[1], cache_dir=tmp_path / "empty")
 
 
 def test_offline_missing_file_names_repo_and_file(monkeypatch, fake_hub, staged):  # noqa: F811
@@ -268,7 +275,7 @@ def test_offline_missing_file_names_repo_and_file(monkeypatch, fake_hub, staged)
     mine.load_adapter(REPO, name="derm")  # fine offline
     with pytest.raises(StageFileError, match=r"medadapt-test/continual.*chest/adapter_config\.json") as err:
         ContinualVLM.from_pretrained(REPO)
-    assert "offline" in str(err.value)
+    assert "offline" in str(err.value) and "derm/" not in str(err.value)  # names what is missing, only that
     with pytest.raises(StageFileError, match="local_files_only|offline"):
         ContinualVLM.from_pretrained("medadapt-test/never-seen")
 
@@ -355,3 +362,30 @@ def test_token_never_written_or_logged(fake_hub, tmp_path, caplog):  # noqa: F81
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
     assert all(TOKEN not in json.dumps(p) for p in pulled.provenance.values())
+
+
+def test_base_from_a_local_folder_is_published_without_its_path(fake_hub, tmp_path):  # noqa: F811
+    from medadapt.backbones import save_backbone
+
+    folder = tmp_path / "private-models" / "my-clip"
+    save_backbone(tiny_backbone("clip"), str(folder))
+    model = ContinualVLM.from_base(str(folder))
+    add_stage(model, "chest", 61)
+    model.push_to_hub(REPO)
+    assert model.backbone.source == str(folder)  # the model itself is left as it was
+    files = fake_hub.files(REPO)
+    assert "base/model.safetensors" in files
+    assert not [p for p, data in files.items() if str(tmp_path).encode() in data]
+    assert_same(probs(ContinualVLM.from_pretrained(REPO)), probs(model))
+
+
+def test_domain_without_adapter_and_shared_adapter_round_trip(fake_hub):  # noqa: F811
+    model = ContinualVLM(tiny_backbone("clip"))
+    torch.manual_seed(71)
+    model.add_shared_adapter("joint", lora())
+    model.add_domain("chest", *STAGES["chest"], adapter="none")
+    model.push_to_hub(REPO)
+    assert fake_hub.commits(REPO)[-1]["title"] == "Add stages 1, 2/2: joint (lora), chest (no adapter)"
+    pulled = ContinualVLM.from_pretrained(REPO)
+    assert pulled.stage_order == ["joint", "chest"] and pulled.domains["chest"].adapter_type == "none"
+    assert torch.equal(pulled.predict_proba(IMAGES, "chest", adapter="joint"), model.predict_proba(IMAGES, "chest", adapter="joint"))

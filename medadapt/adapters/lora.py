@@ -84,7 +84,9 @@ class LoraBank:
     # -- weights -----------------------------------------------------------------------------------
     def state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """peft-format weights of one adapter, with the adapter name stripped from the keys."""
-        state = get_peft_model_state_dict(self.peft_model, adapter_name=name)
+        # save_embedding_layers=False: the base (and its vocabulary) is frozen, and "auto" makes peft
+        # look the base's config.json up on the Hub (a network call on every save)
+        state = get_peft_model_state_dict(self.peft_model, adapter_name=name, save_embedding_layers=False)
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:

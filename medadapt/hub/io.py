@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .._io import atomic_write_json, sha256_file
+from .._io import atomic_write_bytes, sha256_file
 from ..adapters.prompt import PROMPT_CONFIG_NAME, PROMPT_WEIGHTS_NAME, PromptAdapter, PromptConfig
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
 from ..domains import Domain
@@ -111,6 +111,13 @@ def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_ba
             names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
             base_files = hash_folder(staging / BASE_FOLDER, names)
         manifest = build_manifest(model, entries, base_files)
+        try:  # serialise before touching the target, so a bad manifest (e.g. extras) keeps the old save
+            manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise StageFileError(
+                f"cannot save to {target}: the manifest is not JSON-serialisable (check model.extras and domain "
+                f"metadata): {exc}"
+            ) from exc
         old = _old_manifest(target)
         if (target / MANIFEST_NAME).exists():
             os.replace(target / MANIFEST_NAME, trash / MANIFEST_NAME)
@@ -122,9 +129,10 @@ def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_ba
         stale = set(old.get("adapters", {})) - set(entries)
         for name in stale:
             relative = old["adapters"][name].get("path", "")
-            if relative and relative not in folders and (target / relative).is_dir() and "/" not in relative:
+            plain = isinstance(relative, str) and relative not in ("", ".", "..") and not any(c in relative for c in "/\\:")
+            if plain and relative not in folders and (target / relative).is_dir():
                 os.replace(target / relative, trash / f"stale-{relative}")
-        atomic_write_json(target / MANIFEST_NAME, manifest)
+        atomic_write_bytes(target / MANIFEST_NAME, manifest_bytes)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,6 +13,8 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "medadapt.stages"
 FORMAT_VERSION = 1
 ALLOWED_SUFFIXES = (".json", ".safetensors")
+# tokenizer vocabularies of a saved base (plain text / sentencepiece protobuf: data, never code)
+BASE_EXTRA_SUFFIXES = (".txt", ".model")
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PROMPT_FILES = ("prompt_config.json", "prompt_model.safetensors")
 
@@ -61,10 +63,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def check_allowed_file(filename: str, what: str) -> None:
-    """Only safetensors and JSON are ever loaded; anything else (a pickle) is refused."""
+    """Only safetensors and JSON are ever loaded (plus tokenizer vocabularies in a saved base);
+    anything else (a pickle) is refused."""
     if "/" in filename or "\\" in filename or filename in ("", ".", ".."):
         raise StageFileError(f"{what}: file name {filename!r} must be a plain name.")
-    if not filename.endswith(ALLOWED_SUFFIXES):
+    allowed = ALLOWED_SUFFIXES + (BASE_EXTRA_SUFFIXES if what == "base model" else ())
+    if not filename.endswith(allowed):
         raise StageFileError(
             f"{what}: file {filename!r} is not safetensors or JSON; medadapt never loads pickled files."
         )

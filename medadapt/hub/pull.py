@@ -11,6 +11,7 @@ and the file. Pickled files are never downloaded, and a repo that only offers pi
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
@@ -30,9 +31,11 @@ def is_pickle(path: str) -> bool:
 
 
 def _offline(local_files_only: bool | None) -> bool:
+    """``local_files_only``, or HF_HUB_OFFLINE (huggingface_hub's constant, or the variable set after import)."""
     from huggingface_hub import constants
 
-    return bool(local_files_only) or bool(constants.HF_HUB_OFFLINE)
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(local_files_only) or bool(constants.HF_HUB_OFFLINE) or env
 
 
 def _where(repo_id: str, revision: str) -> str:
@@ -57,15 +60,17 @@ def _snapshot(repo_id: str, revision: str, patterns: list[str], offline: bool, t
         raise StageFileError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({exc}).") from exc
     except RepositoryNotFoundError as exc:
         raise StageFileError(
-            f"Hub repo {repo_id!r} not found (or it is private or gated and no valid token was found: log in with "
-            "`hf auth login`, set HF_TOKEN or pass token=)."
+            f"{repo_id!r} is not a local folder, and Hub repo {repo_id!r} was not found (or it is private or gated and "
+            "no valid token was found: log in with `hf auth login`, set HF_TOKEN or pass token=)."
         ) from exc
     except RevisionNotFoundError as exc:
         raise StageFileError(f"Hub repo {repo_id!r} has no revision {revision!r} (a branch, tag or commit sha).") from exc
     except (IncompleteSnapshotError, LocalEntryNotFoundError) as exc:
-        wanted = ", ".join(patterns)
+        folder = Path(getattr(exc, "snapshot_path", None) or "/nonexistent")
+        missing = [p for p in patterns if not any(c in p for c in "*?[") and not (folder / p).is_file()]
+        wanted = ", ".join(repr(p) for p in (missing or patterns))
         raise StageFileError(
-            f"{_where(repo_id, revision)}: {wanted} not available: the file(s) are not in the local Hugging Face cache "
+            f"{_where(repo_id, revision)}: file(s) {wanted} not available: not in the local Hugging Face cache "
             f"and the Hub cannot be reached{' (offline mode: HF_HUB_OFFLINE=1 or local_files_only=True)' if offline else ''}. "
             "Download them once with network access."
         ) from exc

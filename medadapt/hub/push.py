@@ -49,6 +49,21 @@ def _needs_base(model: "ContinualVLM", save_base: bool | None) -> bool:
     return source is None or source.startswith("medadapt/tiny-") or os.path.exists(source)
 
 
+def _save_for_publishing(model: "ContinualVLM", folder: Path, save_base: bool | None) -> dict[str, Any]:
+    """``save_model`` into ``folder``; a base loaded from a local folder is published as ``base/``, unnamed
+    (its local path would otherwise land in the manifest and in each adapter_config.json)."""
+    backbone = model.backbone
+    local = backbone.source is not None and os.path.exists(backbone.source)
+    with_base = True if local else _needs_base(model, save_base)
+    original = backbone.source, backbone.revision
+    if local:
+        backbone.source, backbone.revision = None, None
+    try:
+        return save_model(model, folder, save_base=with_base)
+    finally:
+        backbone.source, backbone.revision = original
+
+
 def public_source(source: dict[str, Any] | None) -> dict[str, Any] | None:
     """Provenance safe to publish: Hub repo + revision (nested ``origin`` too); local paths are dropped."""
     if not isinstance(source, dict) or not source.get("repo"):
@@ -196,7 +211,7 @@ def push_model(
     old, readme = _remote_state(api, repo_id, branch, token)
     with tempfile.TemporaryDirectory(prefix="medadapt-push-") as tmp:
         save_dir, upload = Path(tmp) / "save", Path(tmp) / "upload"
-        full = save_model(model, save_dir, save_base=_needs_base(model, save_base))
+        full = _save_for_publishing(model, save_dir, save_base)
         manifest, removed = merge_manifest(full, old, names, mirror=domains is None, repo_id=repo_id)
         upload.mkdir()
         for name in (n for n in names if n in full["adapters"]):
@@ -205,8 +220,8 @@ def push_model(
             shutil.copytree(save_dir / BASE_FOLDER, upload / BASE_FOLDER)
         atomic_write_json(upload / MANIFEST_NAME, manifest)
         if readme is None or is_medadapt_card(readme) or overwrite_card:
-            render_card(manifest, repo_id, results=results if results is not None else model.extras.get("results"),
-                        revision=branch, license=license).save(str(upload / CARD_NAME))
+            card = render_card(manifest, repo_id, results=results, revision=branch, license=license)  # default: extras
+            card.save(str(upload / CARD_NAME))
         else:
             logger.warning("%s already has a README.md not written by medadapt: kept as is "
                            "(push with overwrite_card=True to replace it).", repo_id)

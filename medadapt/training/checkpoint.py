@@ -67,6 +67,25 @@ def read_state(folder: str | Path) -> dict[str, Any]:
         raise StageFileError(f"checkpoint state {path} is corrupted: {exc}") from exc
 
 
+def restore_adapters(folder: str | Path, model: Any) -> None:
+    """Load every adapter of ``model`` by name from the checkpoint's model save (hashes verified)."""
+    from ..hub.io import read_adapter
+    from ..hub.manifest import read_manifest, verify_files
+
+    root = Path(folder)
+    manifest = read_manifest(root)
+    for name in model.adapter_names():
+        entry = manifest["adapters"].get(name)
+        if entry is None:
+            raise StageFileError(f"checkpoint {root} holds no adapter {name!r}; it has {sorted(manifest['adapters'])}.")
+        what = f"checkpoint adapter {name!r}"
+        _, weights = read_adapter(verify_files(root, entry["path"], entry["files"], what), entry["type"], what)
+        if entry["type"] == "lora":
+            model.lora.load_state_dict(name, weights)
+        else:
+            model.prompt_adapters[name].load_state_dict(weights, strict=True)
+
+
 def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
     path = Path(folder) / OPTIM_NAME
     if not meta or not path.is_file():

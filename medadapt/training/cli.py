@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace the run in output_dir")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 rehearsal.size=100")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def naive_config(config: RunConfig) -> RunConfig:
@@ -32,21 +32,25 @@ def naive_config(config: RunConfig) -> RunConfig:
 
 def format_matrix(results: dict[str, Any]) -> str:
     domains = results["domains"]
-    width = max(len(d) for d in domains + results["stages"]) + 2
-    head = "after stage".ljust(width) + "".join(d.rjust(width) for d in domains)
-    rows = [s.ljust(width) + "".join(f"{v:.3f}".rjust(width) for v in row) for s, row in zip(results["stages"], results["accuracy_matrix"])]
+    first = max(len(s) for s in ["after stage", *results["stages"]]) + 2
+    width = max(len(d) for d in [*domains, "0.000"]) + 2
+    head = "after stage".ljust(first) + "".join(d.rjust(width) for d in domains)
+    rows = [s.ljust(first) + "".join(f"{v:.3f}".rjust(width) for v in row) for s, row in zip(results["stages"], results["accuracy_matrix"])]
     return "\n".join([head, *rows])
 
 
 def main(argv: list[str] | None = None, default_config: str | Path | None = None, paradigm: str | None = None, description: str = "medadapt recipe") -> int:
     """Parse arguments, train, print results. Returns a process exit code."""
+    import torch
     from accelerate import PartialState
 
     from .outputs import render_report, write_outputs
     from .trainer import ContinualTrainer
 
     args = parse_args(argv, description)
-    state = PartialState()
+    # cpu=True on a CPU-only machine: under `accelerate launch --multi_gpu`/torchrun this is what makes
+    # accelerate form a gloo process group (MULTI_CPU) instead of N independent single processes
+    state = PartialState(cpu=not torch.cuda.is_available())
     try:
         overrides = ([f"paradigm={paradigm}"] if paradigm else []) + list(args.overrides)
         config = load_config(args.config or default_config, overrides)

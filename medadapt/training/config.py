@@ -108,6 +108,20 @@ class DomainSettings:
     labels: list[str] | None = None
     prompt: str = "{}"
 
+    def __post_init__(self) -> None:
+        from ..data import DataConfig
+
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"domain name must be a non-empty string, got {self.name!r}.")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise ConfigError(f"domain {self.name!r}: prompt must contain one '{{}}' where the label goes, got {self.prompt!r}.")
+        from ..data import DataError
+
+        try:
+            DataConfig.from_dict(self.data)  # unknown data keys / formats fail here, at config time
+        except DataError as exc:
+            raise ConfigError(f"domain {self.name!r} data: {exc}") from exc
+
 
 @dataclass
 class TrackingSettings:
@@ -115,6 +129,13 @@ class TrackingSettings:
 
     log_with: str | None = None
     project: str = "medadapt"
+
+    def __post_init__(self) -> None:
+        from accelerate.utils import LoggerType
+
+        valid = list(dict.fromkeys(["all", *(t.value for t in LoggerType)]))
+        if self.log_with is not None and self.log_with not in valid:
+            raise ConfigError(f"tracking.log_with {self.log_with!r} unknown; valid: {valid} (or leave it empty).")
 
 
 @dataclass
@@ -197,7 +218,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, origin):
             raise ConfigError(f"{where} must be a {origin.__name__}, got {type(value).__name__} {value!r}.")
         return value
-    if base in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+    if base in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where} must be {base.__name__}, got bool {value!r}.")
+    if base in (int, float) and isinstance(value, (int, float)):
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return base(value)
@@ -221,11 +244,33 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _list_index(items: list[Any], key: str) -> int | None:
+    """Position of ``key`` in a list: an integer index, or the ``name`` of a mapping in it."""
+    if key.lstrip("-").isdigit() and -len(items) <= int(key) < len(items):
+        return int(key) % len(items)
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    return names.index(key) if key in names else None
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into ``base``; in lists, ``domains.0.x`` or ``domains.<name>.x`` picks one item."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _merge(current, value)
+        elif isinstance(value, dict) and isinstance(current, list) and value and all(isinstance(k, str) for k in value):
+            items = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in current]
+            for sub, subvalue in value.items():
+                index = _list_index(items, sub)
+                if index is None:
+                    names = [i.get("name") for i in items if isinstance(i, dict)]
+                    raise ConfigError(f"override {key}.{sub}: no item {sub!r} in {key}; use an index 0..{len(items) - 1} or a name {names}.")
+                if isinstance(subvalue, dict) and isinstance(items[index], dict):
+                    items[index] = _merge(items[index], subvalue)
+                else:
+                    items[index] = subvalue
+            merged[key] = items
         else:
             merged[key] = value
     return merged

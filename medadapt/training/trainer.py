@@ -23,7 +23,7 @@ from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from .batches import BatchSchedule, PixelStore
-from .checkpoint import read_state, restore_optimizer, restore_rng, save_checkpoint
+from .checkpoint import MODEL_DIR, STATE_NAME, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig
 from .evaluate import evaluate_view
 from .objectives import build_objective
@@ -92,9 +92,14 @@ class ContinualTrainer:
         return gather_object(values)
 
     def setup(self) -> None:
-        """Validate config, data and output dir; build the model, plan, buffer. Trains nothing."""
+        """Validate config, data and output dir; build the model, plan, buffer. Trains nothing.
+
+        Data and model are checked before the output dir, so a bad input never clears (``--overwrite``)
+        an earlier run. Every process seeds the same way: adapters start identical on all ranks.
+        """
+        from accelerate.utils import set_seed
+
         cfg = self.config
-        self._check_output()
         self.data = {}
         for d in cfg.domains:
             domain = load_domain(d.name, d.labels, d.data)
@@ -103,6 +108,7 @@ class ContinualTrainer:
                     raise DataError(f"domain {d.name!r} has no {split!r} split; its data gives {sorted(domain.splits)}.")
             self.data[d.name] = domain
         self.model = build_base(cfg)
+        set_seed(cfg.seed)  # peft draws LoRA init from the global torch RNG: same start on every run and rank
         names = [d.name for d in cfg.domains]
         self.plan: Plan = make_plan(cfg.paradigm, names, cfg.rehearsal.size > 0)
         targets = self.model.backbone.family.lora_targets
@@ -120,31 +126,27 @@ class ContinualTrainer:
         self.buffer = RehearsalBuffer(cfg.rehearsal.size, cfg.rehearsal.policy, cfg.seed)
         self.objective = build_objective("classification")
         self.state = LoopState()
-        if self.resume:
+        self._check_output()
+        if self.resume and (self.out / CHECKPOINT_DIR / STATE_NAME).is_file():
             self._restore()
 
     def _phases(self) -> list[tuple[int, Any]]:
         return [(i, p) for i, stage in enumerate(self.plan.stages) for p in stage.phases]
 
     def _restore(self) -> None:
+        """Load the last checkpoint (adapters by name, loop state, buffer, optimizer, RNG).
+
+        A run killed before its first checkpoint has none: it then simply starts from the beginning."""
         folder = self.out / CHECKPOINT_DIR
         state = read_state(folder)
         if state.get("fingerprint") != self.config.fingerprint():
             raise ConfigError("checkpoint belongs to another configuration; cannot resume.")
-        restored = ContinualVLM.from_pretrained(folder / "model", base=self._fresh_base())
-        for name in self.model.adapter_names():
-            target, source = self.model.adapter_parameters(name), restored.adapter_parameters(name)
-            with torch.no_grad():
-                for t, s in zip(target, source):
-                    t.copy_(s.to(t.device))
+        restore_adapters(folder / MODEL_DIR, self.model)
         self.state = LoopState(**{k: v for k, v in state["loop"].items()})
         if self.state.buffer:
             self.buffer.load_state_dict(self.state.buffer)
         self._resume_optimizer = (folder, state.get("optimizer") or {})
         restore_rng(folder)
-
-    def _fresh_base(self) -> Any:
-        return build_base(self.config).backbone
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, optimizer: Any) -> None:
@@ -190,14 +192,16 @@ class ContinualTrainer:
         )
         buffer = self.buffer if phase.replay else None
         tick, seen = time.perf_counter(), 0
+        accum = cfg.train.grad_accum_steps
         for step in range(start, schedule.steps):
             batch = self.store.batch(schedule.refs(step, buffer, cfg.rehearsal.ratio))
-            with acc.accumulate(self.model):
-                with acc.autocast():
-                    loss, report = self.objective(self.model, batch, phase.adapter)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    self._sync_gradients(params)
+            # accumulation boundaries follow the phase's own step count (not accelerate's global
+            # counter), so a resumed run and every phase step exactly where an uninterrupted run does
+            with acc.autocast():
+                loss, report = self.objective(self.model, batch, phase.adapter)
+            acc.backward(loss)  # divides by grad_accum_steps
+            if (step + 1) % accum == 0 or step + 1 == schedule.steps:
+                self._sync_gradients(params)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += len(batch) * acc.num_processes
@@ -207,7 +211,7 @@ class ContinualTrainer:
             if cfg.tracking.log_with:
                 acc.log({f"{phase.adapter}/loss": report["loss"], f"{phase.adapter}/acc": report["acc"]})
             self.state.phase, self.state.step = phase_index, step + 1
-            if (step + 1) % cfg.train.checkpoint_every == 0 and (step + 1) % cfg.train.grad_accum_steps == 0 and step + 1 < schedule.steps:
+            if (step + 1) % cfg.train.checkpoint_every == 0 and (step + 1) % accum == 0 and step + 1 < schedule.steps:
                 self._checkpoint(optimizer)
         bar.close()
         self.model.set_trainable([])
