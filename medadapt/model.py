@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .adapters.lora import LoraBank, default_lora_config
+from .adapters.lora import LoraBank, default_lora_config, lora_owner
 from .adapters.prompt import PromptAdapter, PromptConfig, PromptHooks
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
@@ -258,7 +258,18 @@ class ContinualVLM(nn.Module):
         """Whether training adapter ``name`` changes the label-prompt embeddings."""
         if self.adapter_type(name) == "prompt":
             return True
-        return any("text_model" in n for n, p in self.base_model.named_parameters() if f".{name}." in f"{n}." and "lora_" in n)
+        return any("text_model" in n for n, p in self.base_model.named_parameters() if lora_owner(n) == name)
+
+    def train(self, mode: bool = True) -> "ContinualVLM":
+        """Train mode for adapters only: the frozen base stays in eval mode (no base dropout),
+        while LoRA dropout follows ``mode``."""
+        super().train(mode)
+        self.base_model.eval()
+        for module in self.base_model.modules():
+            dropout = getattr(module, "lora_dropout", None)
+            if isinstance(dropout, nn.ModuleDict):
+                dropout.train(mode)
+        return self
 
     def forward(self, pixel_values: torch.Tensor, domain: str, adapter: str | Sequence[str] | None = None) -> torch.Tensor:
         """Class logits ``(N, num_labels)`` for a batch of preprocessed images of one domain."""

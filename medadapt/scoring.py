@@ -9,7 +9,7 @@ generative VLM scoring label prompts by likelihood) can provide its own scorer b
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,20 @@ class DualEncoderScorer:
         self.lora = lora
         self.prompts = prompts
         self.hooks = hooks
+        self._tokens: dict[tuple, Any] = {}  # label prompts are re-scored every step: tokenise each once
+
+    _TOKEN_CACHE_SIZE = 512
+
+    def _tokenize(self, texts: list[str], ctx_text: str | None = None) -> Any:
+        """``tokenize_texts`` (or ``tokenize_with_context`` when ``ctx_text`` is given), memoised."""
+        key = (id(self.backbone.tokenizer), ctx_text, tuple(texts))
+        out = self._tokens.get(key)
+        if out is None:
+            out = tokenize_texts(self.backbone, texts) if ctx_text is None else tokenize_with_context(self.backbone, texts, ctx_text)
+            if len(self._tokens) >= self._TOKEN_CACHE_SIZE:
+                self._tokens.pop(next(iter(self._tokens)))
+            self._tokens[key] = out
+        return out
 
     @property
     def model(self) -> torch.nn.Module:
@@ -111,10 +125,8 @@ class DualEncoderScorer:
         loras, prompt = self._split(adapter)
         with self.lora.activate(loras or None):
             if prompt is None:
-                return self._encode_text(tokenize_texts(self.backbone, domain.prompts()))
-            tokens, positions = tokenize_with_context(
-                self.backbone, prompt.texts(domain.labels, domain.prompt), prompt.config.ctx_text
-            )
+                return self._encode_text(self._tokenize(domain.prompts()))
+            tokens, positions = self._tokenize(prompt.texts(domain.labels, domain.prompt), prompt.config.ctx_text)
             with self.hooks.text(positions, prompt.ctx):
                 return self._encode_text(tokens)
 
@@ -132,7 +144,7 @@ class DualEncoderScorer:
                 spans.append((len(texts), len(texts) + len(domain.labels)))
                 texts.extend(domain.prompts())
                 names.extend([adapter if adapter is not None else BASE] * len(domain.labels))
-            tokens = tokenize_texts(self.backbone, texts)
+            tokens = self._tokenize(texts)
             if len(set(names)) == 1:
                 with self.lora.activate(None if names[0] == BASE else names[0]):
                     feats = self._encode_text(tokens)

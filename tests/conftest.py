@@ -82,6 +82,18 @@ def build_tiny_vlm(family: str = "clip", seed: int = 0, with_domains: bool = Tru
 
 
 @pytest.fixture
+def core_single_thread():
+    """Run a test with one torch thread: tiny models gain nothing from more, and on a busy machine
+    OpenMP threads spin-wait and make the suite many times slower. Restores the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def tiny_clip() -> ContinualVLM:
     """Tiny CLIP ContinualVLM: chest (LoRA), derm (prompt + visual tokens), fundus (text prompt), histo
     (identity LoRA), knee (no adapter: base-served) and the shared LoRA 'generalist'."""

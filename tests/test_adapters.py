@@ -21,6 +21,8 @@ from tests.conftest import (
     train_adapter,
 )
 
+pytestmark = pytest.mark.usefixtures("core_single_thread")
+
 
 def _base_numel(model: ContinualVLM) -> int:
     return sum(p.numel() for p in base_parameters(model).values())

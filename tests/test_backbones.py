@@ -19,6 +19,8 @@ from tests.conftest import (
     train_adapter,
 )
 
+pytestmark = pytest.mark.usefixtures("core_single_thread")
+
 
 def _save_tiny(family: str, folder) -> None:
     backbone = tiny_backbone(family, seed=0)

@@ -21,9 +21,11 @@ from medadapt import (
 )
 from medadapt._io import sha256_file
 from medadapt.tiny import tiny_backbone
-from tests.conftest import CORE_DOMAINS, CORE_SHARED, build_tiny_vlm, make_image_list
+from tests.conftest import CORE_ADAPTERS, CORE_DOMAINS, CORE_SHARED, build_tiny_vlm, make_image_list
 
 IMAGES = make_image_list(3)
+
+pytestmark = pytest.mark.usefixtures("core_single_thread")
 
 
 def _snapshot(model: ContinualVLM) -> dict[str, torch.Tensor]:
@@ -63,14 +65,14 @@ def core_saved(tmp_path):
 
 # -- domains and adapters -------------------------------------------------------------------------
 def test_unknown_domain_lists_known_ones(tiny_clip):
-    with pytest.raises(DomainError, match=r"unknown domain 'knee'; known domains: \['chest', 'derm', 'fundus', 'histo'\]"):
-        tiny_clip.predict_proba(IMAGES, "knee")
-    with pytest.raises(DomainError, match="unknown domain 'knee'"):
-        tiny_clip.predict_proba(IMAGES, ["chest", "knee", "derm"])
-    with pytest.raises(DomainError, match="unknown domain 'knee'"):
-        tiny_clip.remove_domain("knee")
+    with pytest.raises(DomainError, match=r"unknown domain 'spine'; known domains: \['chest', 'derm', 'fundus', 'histo', 'knee'\]"):
+        tiny_clip.predict_proba(IMAGES, "spine")
+    with pytest.raises(DomainError, match="unknown domain 'spine'"):
+        tiny_clip.predict_proba(IMAGES, ["chest", "spine", "derm"])
+    with pytest.raises(DomainError, match="unknown domain 'spine'"):
+        tiny_clip.remove_domain("spine")
     with pytest.raises(DomainError, match="none \\(add one with add_domain\\)"):
-        build_tiny_vlm("clip", with_domains=False).predict_proba(IMAGES, "knee")
+        build_tiny_vlm("clip", with_domains=False).predict_proba(IMAGES, "spine")
 
 
 def test_unknown_adapter(tiny_clip):
@@ -94,7 +96,7 @@ def test_duplicate_domain_name(tiny_clip):
         tiny_clip.add_domain(CORE_SHARED, ["a", "b"], "{}")
     with pytest.raises(DomainError, match="shared adapter 'derm' already exists"):
         tiny_clip.add_shared_adapter("derm")
-    _assert_unchanged(tiny_clip, [*CORE_DOMAINS, CORE_SHARED], before)
+    _assert_unchanged(tiny_clip, CORE_ADAPTERS, before)
 
 
 @pytest.mark.parametrize(
@@ -112,19 +114,19 @@ def test_duplicate_domain_name(tiny_clip):
     ],
 )
 def test_bad_domain_specs(tiny_clip, kwargs, fragment):
-    spec = dict(name="knee", labels=["normal", "torn"], prompt="a knee mri showing {}.")
+    spec = dict(name="spine", labels=["normal", "torn"], prompt="a spine mri showing {}.")
     spec.update(kwargs)
     before = tiny_clip.lora.names()
     with pytest.raises(DomainError, match=fragment):
         tiny_clip.add_domain(spec.pop("name"), **spec)
-    assert tiny_clip.adapter_names() == [*CORE_DOMAINS, CORE_SHARED]
+    assert tiny_clip.adapter_names() == CORE_ADAPTERS and list(tiny_clip.domains) == list(CORE_DOMAINS)
     assert tiny_clip.lora.names() == before  # no adapter was created for the refused domain
 
 
 def test_bad_adapter_spec(tiny_clip):
     with pytest.raises(AdapterError, match="must be a peft LoraConfig or a medadapt PromptConfig, got str"):
-        tiny_clip.add_domain("knee", ["a", "b"], "{}", adapter="lora")
-    assert "knee" not in tiny_clip.domains
+        tiny_clip.add_domain("spine", ["a", "b"], "{}", adapter="lora")
+    assert "spine" not in tiny_clip.domains
 
 
 def test_mixed_batch_needs_one_domain_per_image(tiny_clip):
@@ -177,7 +179,7 @@ def test_save_for_another_base(core_saved):
         other.load_adapter(root, name="chest", as_name="chest2")
     with pytest.raises(BaseMismatchError, match="another base model"):
         build_tiny_vlm("siglip").load_adapter(root / "derm")
-    _assert_unchanged(other, [*CORE_DOMAINS, CORE_SHARED], before)
+    _assert_unchanged(other, CORE_ADAPTERS, before)
     assert isinstance(BaseMismatchError("x"), StageFileError)
 
 
@@ -224,7 +226,7 @@ def test_sha256_mismatch_after_editing_json(core_saved):
     with pytest.raises(StageFileError, match="weights do not fit this base model"):
         target.load_adapter(root, name="chest", as_name="chest2")
     assert "chest2" not in target.lora
-    _assert_unchanged(target, [*CORE_DOMAINS, CORE_SHARED], before)
+    _assert_unchanged(target, CORE_ADAPTERS, before)
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc", "a/../../x", "..", "C:\\x"])
@@ -275,8 +277,8 @@ def test_failed_load_adapter_keeps_existing_domains(core_saved):
         target.load_adapter(root, name="chest")
     with pytest.raises(DomainError, match="is reserved"):
         target.load_adapter(root, name="chest", as_name="base")
-    with pytest.raises(StageFileError, match="lists no adapter 'knee'"):
-        target.load_adapter(root, name="knee")
+    with pytest.raises(StageFileError, match="lists no adapter 'spine'"):
+        target.load_adapter(root, name="spine")
     (root / "fundus" / "prompt_config.json").write_text("{}")
     with pytest.raises(StageFileError, match="sha256 mismatch"):
         target.load_adapter(root, name="fundus", as_name="fundus2")
@@ -378,9 +380,24 @@ def test_old_manifest_with_dangerous_paths_does_not_move_folders(core_saved):
     _rewrite_manifest(root, lambda m: m["adapters"].update({"evil": {"path": ".."}, "evil2": {"path": "."}}))
     model.save_pretrained(root)
     assert (root / "keep" / "x.txt").read_text() == "x" and root.parent.is_dir()
-    assert set(json.loads((root / "manifest.json").read_text())["adapters"]) == {*CORE_DOMAINS, CORE_SHARED}
+    assert set(json.loads((root / "manifest.json").read_text())["adapters"]) == set(CORE_ADAPTERS)
 
 
 def test_every_error_is_a_medadapt_error():
     for cls in (AdapterError, BaseMismatchError, DomainError, ImageError, StageFileError):
         assert issubclass(cls, MedAdaptError) and issubclass(cls, ValueError)
+
+
+@pytest.mark.parametrize("name", ["encoder", "0", "q_proj", "weight", "lora_A", "base_layer"])
+def test_lora_names_that_clash_with_parameter_names(tiny_clip, name):
+    """peft finds an adapter by its name inside parameter names: such names would mix adapters up."""
+    before = _snapshot(tiny_clip)
+    with pytest.raises(AdapterError, match=f"adapter name '{name}' clashes with the parameter names"):
+        tiny_clip.add_domain(name, ["a", "b"], "{}", adapter=None)
+    assert name not in tiny_clip.domains and name not in tiny_clip.lora
+    _assert_unchanged(tiny_clip, CORE_ADAPTERS, before)
+
+
+def test_missing_save_folder(tmp_path):
+    with pytest.raises(StageFileError, match="is neither a local folder nor a valid Hub repo id"):
+        ContinualVLM.from_pretrained(str(tmp_path / "does" / "not" / "exist"))

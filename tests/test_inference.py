@@ -12,6 +12,8 @@ from tests.conftest import CORE_DOMAINS, CORE_SHARED, core_lora_config, frozen_p
 
 ALL_DOMAINS = list(CORE_DOMAINS)
 
+pytestmark = pytest.mark.usefixtures("core_single_thread")
+
 
 def _family(model: ContinualVLM) -> str:
     return model.backbone.family.name
@@ -26,8 +28,8 @@ def test_predict_proba_shapes(tiny_vlm):
         torch.testing.assert_close(probs.sum(-1), torch.ones(3))
         assert (probs >= 0).all()
     assert model.predict_proba(images[0], "chest").shape == (1, 3)  # a single image
-    mixed = model.predict_proba(images, ["chest", "derm", "histo"])
-    assert isinstance(mixed, list) and [p.shape for p in mixed] == [(3,), (2,), (3,)]
+    mixed = model.predict_proba(images, ["chest", "derm", "knee"])
+    assert isinstance(mixed, list) and [p.shape for p in mixed] == [(3,), (2,), (2,)]
 
 
 def test_adapters_change_outputs(tiny_vlm):
@@ -36,8 +38,9 @@ def test_adapters_change_outputs(tiny_vlm):
     images = make_image_list(3)
     for domain in ("chest", "derm", "fundus"):
         assert not torch.allclose(model.predict_proba(images, domain), model.predict_proba(images, domain, adapter="base"), atol=1e-4)
-    # histo's LoRA uses peft's default init (B = 0): it serves exactly the base
-    torch.testing.assert_close(model.predict_proba(images, "histo"), model.predict_proba(images, "histo", adapter="base"), atol=1e-6, rtol=0)
+    # histo's LoRA uses peft's default init (B = 0): it serves exactly the base; knee has no adapter
+    for domain in ("histo", "knee"):
+        torch.testing.assert_close(model.predict_proba(images, domain), model.predict_proba(images, domain, adapter="base"), atol=1e-6, rtol=0)
 
 
 def test_base_adapter_equals_frozen_model(tiny_vlm):
@@ -50,8 +53,8 @@ def test_base_adapter_equals_frozen_model(tiny_vlm):
         model.predict_proba(images, domain)
         got = model.predict_proba(images, domain, adapter="base")
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    mixed = model.predict_proba(images, ["chest", "derm", "fundus", "histo"], adapter="base")
-    for i, domain in enumerate(["chest", "derm", "fundus", "histo"]):
+    mixed = model.predict_proba(images, ["chest", "derm", "fundus", "knee"], adapter="base")
+    for i, domain in enumerate(["chest", "derm", "fundus", "knee"]):
         expected = frozen_probs(_family(model), pv[i : i + 1], model.get_domain(domain).prompts())[0]
         torch.testing.assert_close(mixed[i], expected, atol=1e-5, rtol=0)
 
@@ -84,6 +87,9 @@ def test_shared_adapter_is_used(tiny_clip):
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(probs, model.predict_proba(images, "chest"), atol=1e-4)
     assert not torch.allclose(probs, model.predict_proba(images, "chest", adapter="base"), atol=1e-4)
+    # a domain without an adapter of its own is served by the shared one too
+    knee = model.predict_proba(images, "knee", adapter=CORE_SHARED)
+    assert not torch.allclose(knee, model.predict_proba(images, "knee"), atol=1e-4)
     # another domain's adapter may serve a domain too, and stacks of LoRAs are summed
     assert model.predict_proba(images, "histo", adapter="chest").shape == (3, 3)
     stacked = model.predict_proba(images, "chest", adapter=["chest", CORE_SHARED])
@@ -97,7 +103,7 @@ def test_shared_adapter_is_used(tiny_clip):
 
 def test_mixed_domain_batch_equals_per_domain_calls_and_is_batched(tiny_vlm):
     model = tiny_vlm
-    domains = ["chest", "derm", "fundus", "histo", "derm", "chest", "fundus", "histo"]
+    domains = ["chest", "derm", "fundus", "histo", "knee", "derm", "chest", "fundus", "knee"]
     images = make_image_list(len(domains), seed=7)
     calls = []
     handle = model.base_model.vision_model.register_forward_hook(lambda m, a, o: calls.append(1))
@@ -105,7 +111,7 @@ def test_mixed_domain_batch_equals_per_domain_calls_and_is_batched(tiny_vlm):
         mixed = model.predict_proba(images, domains)
     finally:
         handle.remove()
-    # one forward for LoRA/base/text-only-prompt rows + one for the visual-prompt domain
+    # one forward for LoRA / base-served / text-only-prompt rows + one for the visual-prompt domain
     assert len(calls) == 2 < len(images)
     for i, domain in enumerate(domains):
         single = model.predict_proba([images[i]], domain)[0]
@@ -119,7 +125,7 @@ def test_mixed_domain_batch_equals_per_domain_calls_and_is_batched(tiny_vlm):
 
 def test_mixed_lora_only_batch_is_one_forward(tiny_clip):
     model = tiny_clip
-    domains = ["chest", "histo", "fundus", "chest", "histo"]
+    domains = ["chest", "histo", "fundus", "knee", "chest", "histo"]
     images = make_image_list(len(domains))
     calls = []
     handle = model.base_model.vision_model.register_forward_hook(lambda m, a, o: calls.append(1))

@@ -14,6 +14,7 @@ from medadapt._io import sha256_file
 from medadapt.backbones import config_fingerprint, weights_fingerprint
 from medadapt.tiny import tiny_backbone
 from tests.conftest import (
+    CORE_ADAPTERS,
     CORE_DOMAINS,
     CORE_SHARED,
     base_state_checksum,
@@ -22,7 +23,9 @@ from tests.conftest import (
     train_adapter,
 )
 
-ADAPTERS = [*CORE_DOMAINS, CORE_SHARED]
+ADAPTERS = CORE_ADAPTERS
+
+pytestmark = pytest.mark.usefixtures("core_single_thread")
 
 
 def _outputs(model: ContinualVLM, images) -> dict[str, torch.Tensor]:
@@ -32,7 +35,8 @@ def _outputs(model: ContinualVLM, images) -> dict[str, torch.Tensor]:
         out[f"proba/{d}"] = model.predict_proba(images, d)
         out[f"shared/{d}"] = model.predict_proba(images, d, adapter=CORE_SHARED)
         out[f"base/{d}"] = model.predict_proba(images, d, adapter="base")
-    for i, p in enumerate(model.predict_proba(images, ["chest", "derm", "fundus", "histo"][: len(images)])):
+    domains = list(CORE_DOMAINS)
+    for i, p in enumerate(model.predict_proba(images, [domains[i % len(domains)] for i in range(len(images))])):
         out[f"mixed/{i}"] = p
     for a in ("base", *ADAPTERS):
         out[f"img/{a}"] = model.embed_images(images, adapter=a)
@@ -56,9 +60,11 @@ def test_manifest_content_and_layout(tiny_clip, tmp_path):
     for d in manifest["domains"]:
         labels, prompt = CORE_DOMAINS[d["name"]]
         assert d["labels"] == labels and d["prompt"] == prompt
-        assert d["adapter_type"] == ("prompt" if d["name"] in ("derm", "fundus") else "lora")
+        expected = {"derm": "prompt", "fundus": "prompt", "knee": "none"}.get(d["name"], "lora")
+        assert d["adapter_type"] == expected
     assert manifest["shared"] == [{"name": CORE_SHARED, "adapter_type": "lora"}]
-    assert manifest["stage_order"] == ADAPTERS
+    assert manifest["stage_order"] == [*CORE_DOMAINS, CORE_SHARED]
+    assert not (root / "knee").exists()  # a base-served domain has no folder
     assert set(manifest["adapters"]) == set(ADAPTERS)
     for name, entry in manifest["adapters"].items():
         folder = root / entry["path"]
@@ -104,12 +110,13 @@ def test_lora_folder_loads_with_plain_peft(tmp_path, family):
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_from_pretrained_restores_identical_outputs(tmp_path, family):
     model = build_tiny_vlm(family)
-    images = make_image_list(4)
-    train_adapter(model, "chest", "chest", model.preprocess(images), torch.tensor([0, 1, 2, 0]), steps=2)
+    images = make_image_list(5)
+    train_adapter(model, "chest", "chest", model.preprocess(images), torch.tensor([0, 1, 2, 0, 1]), steps=2)
     model.extras["routing"] = {"chest": 1}
     model.save_pretrained(tmp_path / "save")
     restored = ContinualVLM.from_pretrained(tmp_path / "save")
-    assert restored.adapter_names() == model.adapter_names()
+    assert restored.adapter_names() == model.adapter_names() == ADAPTERS
+    assert restored.stage_order == model.stage_order and restored.get_domain("knee").adapter_type == "none"
     assert restored.shared == model.shared and list(restored.domains) == list(model.domains)
     assert restored.extras == {"routing": {"chest": 1}}
     assert base_state_checksum(restored) == base_state_checksum(model)
@@ -152,7 +159,10 @@ def test_load_adapter_composes_stages_from_other_saves(tmp_path):
     assert target.load_adapter(tmp_path / "a", name="derm", as_name="skin") == "skin"
     assert target.load_adapter(tmp_path / "a" / "chest") == "chest"  # an adapter folder inside a save
     assert target.load_adapter(tmp_path / "a", name=CORE_SHARED) == CORE_SHARED
+    assert target.load_adapter(tmp_path / "a", name="knee") == "knee"  # a base-served domain: labels only
     assert target.adapter_names() == ["skin", "chest", CORE_SHARED]
+    assert list(target.domains) == ["skin", "chest", "knee"]
+    assert torch.equal(target.predict_proba(images, "knee"), source.predict_proba(images, "knee"))
     assert target.shared == {CORE_SHARED: "lora"}
     assert target.get_domain("skin").labels == source.get_domain("derm").labels
     assert target.get_domain("skin").prompt == source.get_domain("derm").prompt
@@ -173,7 +183,7 @@ def test_load_adapter_composes_stages_from_other_saves(tmp_path):
     assert target.load_adapter(tmp_path / "b") == "eye"  # the only stage of that save
     target.save_pretrained(tmp_path / "c")
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
-    assert manifest["stage_order"] == ["skin", "chest", CORE_SHARED, "eye"]
+    assert manifest["stage_order"] == ["skin", "chest", CORE_SHARED, "knee", "eye"]
     assert manifest["adapters"]["skin"]["source"]["adapter"] == "derm"
     composed = ContinualVLM.from_pretrained(tmp_path / "c")
     assert torch.equal(composed.predict_proba(images, "eye"), second.predict_proba(images, "eye"))
@@ -198,6 +208,7 @@ def test_remove_domain(tiny_clip, tmp_path):
     model.remove_domain("chest")
     model.remove_domain("derm")
     assert model.adapter_names() == ["fundus", "histo", CORE_SHARED]
+    assert list(model.domains) == ["fundus", "histo", "knee"]
     assert "chest" not in model.lora and "derm" not in model.prompt_adapters
     with pytest.raises(DomainError, match="unknown domain 'chest'"):
         model.predict_proba(images, "chest")
@@ -211,6 +222,8 @@ def test_remove_domain(tiny_clip, tmp_path):
     assert model.adapter_type("chest") == "lora"
     model.remove_domain(CORE_SHARED)
     assert model.shared == {}
+    model.remove_domain("knee")
+    assert "knee" not in model.domains and "knee" not in model.stage_order
 
 
 def test_saving_twice_leaves_adapter_files_byte_identical(tiny_clip, tmp_path):
@@ -255,3 +268,21 @@ def test_save_and_load_make_no_network_calls(tiny_clip, tmp_path, monkeypatch):
     build_tiny_vlm("clip", with_domains=False).load_adapter(tmp_path / "save", name="chest")
     restored.save_pretrained(tmp_path / "save2")
     assert attempts == []
+
+
+def test_short_adapter_names_round_trip(tmp_path):
+    """Names that are substrings of peft's 'lora_' prefix or of module names still stay apart."""
+    from tests.conftest import core_lora_config
+
+    model = build_tiny_vlm("clip", with_domains=False)
+    torch.manual_seed(0)
+    for name in ("a", "s", "v", "en"):
+        model.add_domain(name, ["x", "y"], "an image of {}.", adapter=core_lora_config())
+        assert len(model.adapter_parameters(name)) == 16  # 2 towers x 2 layers x (q, v) x (A, B)
+    model.save_pretrained(tmp_path / "save")
+    restored = ContinualVLM.from_pretrained(tmp_path / "save")
+    images = make_image_list(2)
+    outputs = [model.predict_proba(images, n) for n in ("a", "s", "v", "en")]
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    for name, expected in zip(("a", "s", "v", "en"), outputs):
+        assert torch.equal(restored.predict_proba(images, name), expected), name

@@ -16,6 +16,19 @@ BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 _UNKNOWN = object()  # peft's active/enabled state is not known (right after add/remove): always switch
 
 
+def lora_owner(param_name: str) -> str | None:
+    """The adapter a peft LoRA parameter belongs to: ``...q_proj.lora_A.<adapter>.weight`` -> ``<adapter>``.
+
+    Matching on the component right after ``lora_*`` (not on ``.<adapter>.`` anywhere in the name)
+    keeps adapters named like a module path part (``0``, ``encoder``, ``weight``) apart.
+    """
+    parts = param_name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("lora_"):
+            return parts[i + 1]
+    return None
+
+
 def default_lora_config(target_modules: Sequence[str], r: int = 8) -> LoraConfig:
     """The LoRA config used when a domain is added without one: rank 8 on the attention q/v projections."""
     return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(target_modules), bias="none")
@@ -50,6 +63,12 @@ class LoraBank:
         """Inject a new adapter named ``name`` (its weights start as peft initialises them)."""
         if not isinstance(config, LoraConfig):
             raise AdapterError(f"adapter {name!r}: expected a peft LoraConfig, got {type(config).__name__}.")
+        if name.startswith("lora_") or name in self._reserved_names():
+            raise AdapterError(
+                f"adapter name {name!r} clashes with the parameter names of the base model or of peft "
+                f"('...{name}...' or 'lora_*'); peft finds adapters by their name inside parameter names and "
+                "would mix them up. Pick another name."
+            )
         try:
             if self.peft_model is None:
                 self.peft_model = get_peft_model(self.base, config, adapter_name=name)
@@ -60,6 +79,15 @@ class LoraBank:
         self._active = _UNKNOWN  # peft left its own active adapter enabled
         self._apply_trainable()
 
+    def _reserved_names(self) -> set[str]:
+        """Dotted parts of the base's own parameter names (``encoder``, ``0``, ``q_proj``, ``weight``...)."""
+        reserved = {"weight", "bias", "base_layer"}
+        for n, _ in self.base.named_parameters():
+            parts = n.split(".")
+            cut = next((i for i, part in enumerate(parts) if part.startswith("lora_")), len(parts))
+            reserved.update(parts[:cut])
+        return reserved
+
     def remove(self, name: str) -> None:
         self.peft_model.delete_adapter(name)
         self.trainable.discard(name)
@@ -69,13 +97,13 @@ class LoraBank:
         """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``)."""
         if self.peft_model is None:
             return []
-        marker = f".{name}."
-        return [p for n, p in self.base.named_parameters() if "lora_" in n and marker in f"{n}."]
+        return [p for n, p in self.base.named_parameters() if lora_owner(n) == name]
 
     def _apply_trainable(self) -> None:
         for n, p in self.base.named_parameters():
-            if "lora_" in n:
-                p.requires_grad_(any(f".{a}." in f"{n}." for a in self.trainable))
+            owner = lora_owner(n)
+            if owner is not None:
+                p.requires_grad_(owner in self.trainable)
 
     def set_trainable(self, names: Sequence[str]) -> None:
         self.trainable = {n for n in names if n in self}
@@ -94,6 +122,14 @@ class LoraBank:
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
             raise AdapterError(f"adapter {name!r}: weights hold keys this model does not have: {unexpected[:3]}...")
+        config = self.config(name)
+        if (
+            getattr(config, "bias", "none") == "none"
+            and not getattr(config, "modules_to_save", None)
+            and getattr(config, "trainable_token_indices", None) is None
+            and not any(f".{name}." in k for k in getattr(result, "missing_keys", None) or [])
+        ):
+            return  # every tensor of the adapter was loaded: skip re-gathering the whole model's state dict
         expected = set(self.state_dict(name))
         missing = sorted(expected - set(state))
         if missing:

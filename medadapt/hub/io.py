@@ -204,7 +204,7 @@ def _load_base(root: Path, manifest: dict[str, Any], base: Any, **kwargs: Any) -
     if base is not None:
         backbone = _as_backbone(base)
     elif info.get("saved_in"):
-        folder = verify_files(root, info["saved_in"], info.get("files", {}), "base model")
+        folder = verify_files(root, info["saved_in"], info.get("files", {}), "base model", base=True)
         backbone = load_backbone(str(folder))
         backbone.source, backbone.revision = info.get("source"), info.get("revision")
     elif info.get("source"):
@@ -254,6 +254,7 @@ def read_adapter(folder: Path, adapter_type: str, what: str) -> tuple[Any, dict[
 def install_adapter(model: "ContinualVLM", name: str, adapter_type: str, config: Any, weights: dict[str, torch.Tensor], what: str) -> None:
     """Create adapter ``name`` in ``model`` from a config and weights (already registered names only)."""
     if adapter_type == "lora":
+        config.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"
         model.lora.add(name, config)
         try:
             model.lora.load_state_dict(name, weights)

@@ -62,12 +62,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def check_allowed_file(filename: str, what: str) -> None:
-    """Only safetensors and JSON are ever loaded (plus tokenizer vocabularies in a saved base);
-    anything else (a pickle) is refused."""
+def check_allowed_file(filename: str, what: str, base: bool = False) -> None:
+    """Only safetensors and JSON are ever loaded (plus tokenizer vocabularies when ``base``, a
+    saved base model); anything else (a pickle) is refused."""
     if "/" in filename or "\\" in filename or filename in ("", ".", ".."):
         raise StageFileError(f"{what}: file name {filename!r} must be a plain name.")
-    allowed = ALLOWED_SUFFIXES + (BASE_EXTRA_SUFFIXES if what == "base model" else ())
+    allowed = ALLOWED_SUFFIXES + (BASE_EXTRA_SUFFIXES if base else ())
     if not filename.endswith(allowed):
         raise StageFileError(
             f"{what}: file {filename!r} is not safetensors or JSON; medadapt never loads pickled files."
@@ -79,11 +79,11 @@ def hash_folder(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, s
     return {name: sha256_file(folder / name) for name in names}
 
 
-def verify_files(root: Path, relative: str, files: dict[str, str], what: str) -> Path:
+def verify_files(root: Path, relative: str, files: dict[str, str], what: str, base: bool = False) -> Path:
     """Check every listed file exists under ``root/relative`` with the recorded sha256."""
     folder = safe_relative(root, relative, what)
     for name, expected in files.items():
-        check_allowed_file(name, what)
+        check_allowed_file(name, what, base=base)
         path = folder / name
         if not path.is_file():
             raise StageFileError(f"{what}: file {relative}/{name} is missing from {root}.")

@@ -107,7 +107,7 @@ def needed_files(manifest: dict[str, Any], stages: Sequence[str] | None, include
         safe_relative(root, base["saved_in"], "base model")
         for filename in base.get("files", {}):
             if "/" in filename or "\\" in filename or is_pickle(filename):
-                check_allowed_file(filename, "base model")  # raises: not a plain name / a pickle
+                check_allowed_file(filename, "base model", base=True)  # raises: not a plain name / a pickle
             needed.append(str(PurePosixPath(base["saved_in"]) / filename))
     return needed
 

@@ -13,7 +13,7 @@ from .config import RunConfig, load_config
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=str, default=None, help="YAML config (default: the recipe's demo config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in output_dir")

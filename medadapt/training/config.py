@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 import types
@@ -19,6 +20,7 @@ import yaml
 from ..errors import MedAdaptError
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(MedAdaptError, ValueError):
@@ -218,6 +220,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, origin):
             raise ConfigError(f"{where} must be a {origin.__name__}, got {type(value).__name__} {value!r}.")
         return value
+    if base is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if base in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where} must be {base.__name__}, got bool {value!r}.")
     if base in (int, float) and isinstance(value, (int, float)):

@@ -19,6 +19,8 @@ OWNED = ("run.json", "results.json", "report.md", "accuracy_matrix.png", "manife
 def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
     """Refuse an output directory holding another run unless ``resume`` (same run) or ``overwrite``."""
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is not a folder.")
     if not out.exists() or not any(out.iterdir()):
         if resume:
             raise ConfigError(f"--resume given but {out} holds no run to resume.")
@@ -28,7 +30,12 @@ def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
     if run_file.is_file():
         import json
 
-        previous = json.loads(run_file.read_text()).get("fingerprint")
+        try:
+            previous = json.loads(run_file.read_text()).get("fingerprint")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+            if not overwrite:
+                raise ConfigError(f"{run_file} is unreadable ({exc}); use --overwrite or another output_dir.") from exc
+            previous = "unreadable"
     if overwrite:
         if previous is None and not (out / "manifest.json").exists():
             raise ConfigError(f"{out} holds files medadapt did not write; refusing to overwrite it. Pick another output_dir.")

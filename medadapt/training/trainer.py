@@ -42,6 +42,17 @@ def build_base(config: RunConfig) -> ContinualVLM:
     return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
 
 
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"train.lr": 0.005, ...}`` with scalar values (what trackers accept)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return out
+
+
 @dataclass
 class LoopState:
     """Where the run is: next phase/step, finished stages' metrics, buffer and elapsed time."""
@@ -68,6 +79,7 @@ class ContinualTrainer:
             mixed_precision=config.train.mixed_precision,
             gradient_accumulation_steps=config.train.grad_accum_steps,
             log_with=config.tracking.log_with,
+            project_dir=config.output_dir,  # where file-based trackers (tensorboard, ...) write
             cpu=not torch.cuda.is_available(),
         )
         self.out = Path(config.output_dir)
@@ -100,6 +112,8 @@ class ContinualTrainer:
         from accelerate.utils import set_seed
 
         cfg = self.config
+        if cfg.tracking.log_with not in (None, "all") and not self.accelerator.log_with:
+            raise ConfigError(f"tracking.log_with={cfg.tracking.log_with!r}, but that tracker's package is not installed.")
         self.data = {}
         for d in cfg.domains:
             domain = load_domain(d.name, d.labels, d.data)
@@ -229,8 +243,15 @@ class ContinualTrainer:
         for d in stage.memorise:
             self.buffer.add_stage(d, self.store.labels(d, "train"))
         digest = hashlib.sha256(json.dumps(self.buffer.state_dict(), sort_keys=True).encode()).hexdigest()
-        if len(set(self._all_processes([digest]))) != 1:
+        weights = hashlib.sha256()
+        for name in self.model.adapter_names():
+            for param in self.model.adapter_parameters(name):
+                weights.update(param.detach().float().cpu().numpy().tobytes())
+        digests = self._all_processes([(digest, weights.hexdigest())])
+        if len({d for d, _ in digests}) != 1:
             raise RuntimeError("rehearsal buffers differ across processes; refusing to continue.")
+        if len({w for _, w in digests}) != 1:
+            raise RuntimeError("adapter weights differ across processes (gradients out of sync); refusing to continue.")
 
     def run(self) -> dict[str, Any]:
         """Train every stage, evaluate after each, write outputs; returns the results dict."""
@@ -238,7 +259,7 @@ class ContinualTrainer:
             self.setup()
         acc, cfg = self.accelerator, self.config
         if cfg.tracking.log_with:
-            acc.init_trackers(cfg.tracking.project, config=cfg.to_dict())
+            acc.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()))
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})

@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/speed.py: it runs end to end and writes every key (no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+REQUIRED = [
+    "train_step_ratio",
+    "frozen_tower_speedup",
+    "mixed_batch_ratio",
+    "mixed_vs_per_image_speedup",
+    "adapter_load_ratio_20_vs_1",
+    "adapter_load_total_s_20",
+    "memory_per_adapter_ratio",
+]
+
+
+@pytest.mark.timeout(180)
+def test_speed_script_writes_all_keys(tmp_path: Path) -> None:
+    if not SCRIPT.is_file():
+        pytest.skip("benchmarks/speed.py is not part of this checkout")
+    out = tmp_path / "results" / "speed.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=170, env=env, cwd=SCRIPT.parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [p.name for p in out.parent.iterdir()] == ["speed.json"]  # written atomically, no temp file left
+    for key in REQUIRED:
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+        assert key in result["targets"] and "pass" in result["targets"][key], key
+    assert set(result["machine"]) >= {"cpu_model", "cpu_count", "platform"}
+    assert set(result["versions"]) >= {"python", "torch", "transformers", "peft", "medadapt"}
+    assert result["quick"] is True and result["mode"] == "smoke"
+    for name in ("training_overhead", "frozen_tower_reuse", "mixed_domain_inference", "adapter_scaling"):
+        assert "targets" in result["measurements"][name], name
+    training = result["measurements"]["training_overhead"]
+    assert training["medadapt_step"]["cpu"]["repeats_s"] and training["peft_baseline_step"]["wall"]["repeats_s"]
+    assert training["same_losses"]  # the hand-written baseline does the same computation
+    assert result["measurements"]["mixed_domain_inference"]["mixed_matches_per_domain"]
+    assert result["measurements"]["frozen_tower_reuse"]["cache_used"]
