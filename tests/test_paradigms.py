@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from medadapt import ContinualVLM
@@ -181,3 +182,64 @@ def test_npz_imagefolder_and_hf_domains_train_end_to_end(tmp_path, one_thread): 
     assert results["domains"] == ["npz_xr", "folder_fu", "hf_us"]
     assert np.asarray(results["accuracy_matrix"]).shape == (3, 3)
     assert ContinualVLM.from_pretrained(tmp_path / "run").get_domain("hf_us").labels == lesions  # names from the ClassLabel
+
+
+# -- tracking through accelerate's trackers ------------------------------------------------------------
+def test_metrics_reach_accelerate_trackers(tmp_path, one_thread):  # noqa: F811
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name = "recorder"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logged = None, []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append(values)
+
+    recorder = Recorder()
+    config = tiny_config(tmp_path / "run", "continual", overrides=["tracking.log_with=all", "tracking.project=medadapt-test"], n_domains=1, n_train=16)
+    ContinualTrainer(config, progress=False, accelerator=Accelerator(cpu=True, log_with=[recorder])).run()
+    assert recorder.config["train.lr"] == config.train.lr and recorder.config["paradigm"] == "continual"
+    assert len(recorder.logged) == 2 and {"shared/loss", "shared/acc"} <= set(recorder.logged[0])
+
+
+def test_an_uninstalled_tracker_is_refused_before_training(tmp_path):
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    missing = [name for name in LOGGER_TYPE_TO_CLASS if name not in {str(t) for t in get_available_trackers()}]
+    if not missing:
+        pytest.skip("every accelerate tracker is installed here")
+    config = tiny_config(tmp_path / "run", overrides=[f"tracking.log_with={missing[0]}"])
+    with pytest.raises(ConfigError, match=f"tracking.log_with='{missing[0]}', but that tracker's package is not installed"):
+        ContinualTrainer(config, progress=False).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, one_thread):  # noqa: F811
+    """batch 4 x 2 accumulated steps = batch 8: same rows per update, same mean gradient."""
+    big = ContinualTrainer(tiny_config(tmp_path / "big", "specialized", overrides=["train.batch_size=8"], n_domains=1), progress=False)
+    small = ContinualTrainer(tiny_config(tmp_path / "small", "specialized", overrides=["train.batch_size=4", "train.grad_accum_steps=2"], n_domains=1), progress=False)
+    want, got = big.run(), small.run()
+    trained = big.model.adapter_parameters("xr")
+    assert any(float(p.abs().max()) > 0 for p in trained[1::2])  # lora_B starts at 0: it did train
+    for a, b in zip(trained, small.model.adapter_parameters("xr")):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert got["accuracy_matrix"][0][0] == pytest.approx(want["accuracy_matrix"][0][0], abs=0.034)  # at most one image of 30 flips
+
+
+def test_a_pool_smaller_than_the_global_batch_still_fills_every_rank():
+    pool = [("xr", 0), ("xr", 1)]
+    ranks = [BatchSchedule(pool, 4, epochs=1, seed=0, phase_key="0:xr", world_size=2, rank=r) for r in (0, 1)]
+    rows = [s.refs(0) for s in ranks]
+    assert [len(r) for r in rows] == [4, 4] and set(rows[0] + rows[1]) == set(pool)

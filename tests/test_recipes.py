@@ -69,3 +69,16 @@ def test_bad_override_exits_non_zero_with_a_clear_message(tmp_path):
     assert "error: unknown config key(s) ['train.epohcs']; valid keys at this level: ['epochs'" in done.stderr
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_joint_recipe_with_mixed_precision_and_gradient_accumulation(tmp_path):
+    """The same recipe, untouched, with bf16 autocast and accumulation (CPU autocast here; CUDA on a GPU)."""
+    config = write_yaml(tmp_path / "run.yaml", tiny_run(tmp_path / "run", "rehearsal", n_domains=2, n_train=24, n_test=30))
+    done = run_recipe("joint", "--config", str(config), "--no-progress", "train.mixed_precision=bf16", "train.grad_accum_steps=2", "train.batch_size=4")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["paradigm"] == "joint" and len(results["accuracy_matrix"]) == 1
+    assert results["config"]["train"]["mixed_precision"] == "bf16" and results["config"]["train"]["grad_accum_steps"] == 2
+    assert "joint: accuracy matrix of the `shared` adapter" in done.stdout

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .training_helpers import ROOT, recipe_command, run_recipe, subprocess_env, tiny_run, write_yaml
+from .training_helpers import ROOT, one_thread, recipe_command, run_recipe, subprocess_env, tiny_run, write_yaml  # noqa: F401
 
 # 2 domains x (domain adapter phase + shared phase) x 20 steps: slow enough to be caught mid-stage
 # (checkpoints every 2 steps), a few seconds per run on one thread.
@@ -80,3 +80,43 @@ def test_sigkill_mid_stage_then_resume_matches_an_uninterrupted_run(tmp_path):
     # the finished stage's adapter was not rewritten by the resumed run, and equals the uninterrupted one
     assert sha(stage1) == stage1_before == sha(reference_dir / "xr" / "adapter_model.safetensors")
     assert adapter_files(killed_dir) == adapter_files(reference_dir)
+
+
+# -- in-process edge cases of --resume (cheap: one tiny domain) ------------------------------------------
+def _tiny(folder):
+    from .training_helpers import tiny_config
+
+    return tiny_config(folder, "rehearsal", n_domains=1, n_train=24, n_test=12)
+
+
+def test_resume_before_the_first_checkpoint_starts_from_the_beginning(tmp_path, one_thread):  # noqa: F811
+    import shutil
+
+    from medadapt.training.trainer import ContinualTrainer
+
+    want = ContinualTrainer(_tiny(tmp_path / "run"), progress=False).run()
+    for name in ("checkpoints", "results.json", "xr", "shared", "manifest.json"):  # as if killed right after run.json
+        path = tmp_path / "run" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    trainer = ContinualTrainer(_tiny(tmp_path / "run"), resume=True, progress=False)
+    trainer.setup()
+    assert trainer.state.phase == 0 and trainer.state.step == 0
+    assert trainer.run()["accuracy_matrix"] == want["accuracy_matrix"]
+
+
+def test_resume_finds_a_checkpoint_parked_by_an_interrupted_swap(tmp_path, one_thread):  # noqa: F811
+    from medadapt.training.checkpoint import latest_checkpoint
+    from medadapt.training.trainer import ContinualTrainer
+
+    want = ContinualTrainer(_tiny(tmp_path / "run"), progress=False).run()
+    # a kill between the two renames of the atomic swap: the old checkpoint is parked, the new one not yet in place
+    parked = tmp_path / "run" / ".checkpoints.old-x1"
+    parked.mkdir()
+    (tmp_path / "run" / "checkpoints").rename(parked / "d")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") == parked / "d"
+    trainer = ContinualTrainer(_tiny(tmp_path / "run"), resume=True, progress=False)
+    trainer.setup()
+    assert trainer.state.phase == 2 and len(trainer.buffer) > 0  # restored: both phases were done
+    assert trainer.run()["accuracy_matrix"] == want["accuracy_matrix"]
+    ContinualTrainer(_tiny(tmp_path / "run"), overwrite=True, progress=False).setup()
+    assert not parked.exists()  # --overwrite clears such leftovers too

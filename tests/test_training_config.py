@@ -16,7 +16,7 @@ def test_demo_config_loads_with_defaults_filled():
     cfg = load_config(DEMO)
     assert isinstance(cfg, RunConfig)
     assert cfg.model == "tiny-clip" and cfg.paradigm == "rehearsal" and cfg.compare_naive is True
-    assert [d.name for d in cfg.domains] == ["synth_xray", "synth_ultrasound", "synth_fundus"]
+    assert [d.name for d in cfg.domains] == ["synth_histology", "synth_xray", "synth_ultrasound"]
     assert cfg.train.grad_accum_steps == 1 and cfg.train.mixed_precision == "no"  # defaults
     assert cfg.rehearsal.policy == "class_balanced" and cfg.rehearsal.ratio == 0.5
 

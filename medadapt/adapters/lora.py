@@ -80,12 +80,18 @@ class LoraBank:
         self._apply_trainable()
 
     def _reserved_names(self) -> set[str]:
-        """Dotted parts of the base's own parameter names (``encoder``, ``0``, ``q_proj``, ``weight``...)."""
+        """Dotted parts of the base's own parameter names (``encoder``, ``0``, ``q_proj``, ``weight``...).
+
+        The base never changes, so this is computed once (not a scan per added adapter)."""
+        cached = getattr(self, "_reserved", None)
+        if cached is not None:
+            return cached
         reserved = {"weight", "bias", "base_layer"}
         for n, _ in self.base.named_parameters():
             parts = n.split(".")
             cut = next((i for i, part in enumerate(parts) if part.startswith("lora_")), len(parts))
             reserved.update(parts[:cut])
+        self._reserved: set[str] = reserved
         return reserved
 
     def remove(self, name: str) -> None:

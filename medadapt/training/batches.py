@@ -109,8 +109,8 @@ class BatchSchedule:
         epoch, within = divmod(step, self.steps_per_epoch)
         perm = _rng(self.seed, self.phase_key, "epoch", epoch).permutation(len(self.pool))
         chosen = perm[within * self.global_batch : (within + 1) * self.global_batch]
-        if len(chosen) < self.global_batch:  # last batch: top up from the start so all ranks get rows
-            chosen = np.concatenate([chosen, perm[: self.global_batch - len(chosen)]])
+        if len(chosen) < self.global_batch:  # last batch: top up from the start (cyclically) so all ranks get rows
+            chosen = np.concatenate([chosen, np.resize(perm, self.global_batch - len(chosen))])
         rows = [self.pool[int(i)] for i in chosen]
         if buffer is not None and len(buffer) and ratio > 0:
             k = replay_count(self.global_batch, ratio)

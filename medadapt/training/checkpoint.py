@@ -57,6 +57,16 @@ def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optim
         (tmp / STATE_NAME).write_text(json.dumps({**state, "optimizer": meta}, indent=2, sort_keys=True))
 
 
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``folder`` itself, or (when a kill landed in the instant between
+    the two renames of an atomic swap) the previous checkpoint parked beside it; None if there is none."""
+    folder = Path(folder)
+    if (folder / STATE_NAME).is_file():
+        return folder
+    parked = sorted(folder.parent.glob(f".{folder.name}.old-*/d/{STATE_NAME}"), key=lambda p: p.stat().st_mtime)
+    return parked[-1].parent if parked else None
+
+
 def read_state(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / STATE_NAME
     if not path.is_file():

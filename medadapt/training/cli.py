@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     import torch
     from accelerate import PartialState
 
-    from .outputs import render_report, write_outputs
+    from .outputs import write_outputs
     from .trainer import ContinualTrainer
 
     args = parse_args(argv, description)

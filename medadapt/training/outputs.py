@@ -71,6 +71,8 @@ def clear_output_dir(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+    for leftover in out.glob(".checkpoints.*"):  # halves of an atomic swap a kill interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def summarise(matrix: list[list[float]]) -> dict[str, float]:

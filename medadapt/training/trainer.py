@@ -23,7 +23,7 @@ from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from .batches import BatchSchedule, PixelStore
-from .checkpoint import MODEL_DIR, STATE_NAME, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
+from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig
 from .evaluate import evaluate_view
 from .objectives import build_objective
@@ -141,7 +141,7 @@ class ContinualTrainer:
         self.objective = build_objective("classification")
         self.state = LoopState()
         self._check_output()
-        if self.resume and (self.out / CHECKPOINT_DIR / STATE_NAME).is_file():
+        if self.resume and latest_checkpoint(self.out / CHECKPOINT_DIR) is not None:
             self._restore()
 
     def _phases(self) -> list[tuple[int, Any]]:
@@ -151,7 +151,7 @@ class ContinualTrainer:
         """Load the last checkpoint (adapters by name, loop state, buffer, optimizer, RNG).
 
         A run killed before its first checkpoint has none: it then simply starts from the beginning."""
-        folder = self.out / CHECKPOINT_DIR
+        folder = latest_checkpoint(self.out / CHECKPOINT_DIR)
         state = read_state(folder)
         if state.get("fingerprint") != self.config.fingerprint():
             raise ConfigError("checkpoint belongs to another configuration; cannot resume.")
@@ -165,6 +165,8 @@ class ContinualTrainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, optimizer: Any) -> None:
         self.state.buffer = self.buffer.state_dict()
+        if hasattr(self, "_started"):  # a resumed run's wall time includes the interrupted part
+            self.state.elapsed = time.perf_counter() - self._started
         if self.accelerator.is_main_process:
             state = {"fingerprint": self.config.fingerprint(), "loop": self.state.__dict__}
             save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
@@ -207,6 +209,7 @@ class ContinualTrainer:
         buffer = self.buffer if phase.replay else None
         tick, seen = time.perf_counter(), 0
         accum = cfg.train.grad_accum_steps
+        acc.gradient_accumulation_steps = accum  # acc.backward divides by it (accelerate keeps it process-global)
         for step in range(start, schedule.steps):
             batch = self.store.batch(schedule.refs(step, buffer, cfg.rehearsal.ratio))
             # accumulation boundaries follow the phase's own step count (not accelerate's global
@@ -263,7 +266,7 @@ class ContinualTrainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
-        started = time.perf_counter() - self.state.elapsed
+        started = self._started = time.perf_counter() - self.state.elapsed
         phases = self._phases()
         for phase_index, (stage_index, phase) in enumerate(phases):
             if phase_index < self.state.phase:

@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Render the benchmark JSON files in ``benchmarks/results/`` as markdown tables.
+
+The JSON files are the source of truth; this script only formats them. Run from anywhere::
+
+    python benchmarks/make_table.py                       # writes benchmarks/results/README_tables.md
+    python benchmarks/make_table.py --out - paradigms.json  # print one file's tables
+
+``paradigms.json`` (from ``benchmarks/paradigms.py``) and ``speed.json`` (from
+``benchmarks/speed.py``) have renderers; any other JSON file is listed as not rendered.
+``benchmarks/paradigms.py`` also uses :func:`render_paradigms` to write ``paradigms.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = RESULTS / "README_tables.md"
+
+
+# -- formatting helpers -------------------------------------------------------------------------
+def pm(stat: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
+    """``mean ± std`` of a summary ``{"mean", "std", "n"}`` (``n/a`` when missing)."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    sign = "+" if signed else ""
+    mean = f"{stat['mean']:{sign}.{digits}f}"
+    if stat.get("n", 1) > 1 and stat.get("std") is not None:
+        return f"{mean} ± {stat['std']:.{digits}f}"
+    return mean
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _seconds(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.0f}"
+
+
+# -- paradigms.json -----------------------------------------------------------------------------
+def paradigms_headline(data: dict[str, Any]) -> str:
+    """One row per paradigm: per-domain final accuracy, ACC, BWT, forgetting, wall time."""
+    domains = data["domains"]
+    header = ["paradigm (evaluated adapter)", *domains, "ACC", "BWT", "forgetting", "train s/run"]
+    rows = []
+    for row in data["rows"]:
+        s = row["summary"]
+        rows.append(
+            [row["label"]]
+            + [pm(s["final_accuracy"].get(d)) for d in domains]
+            + [pm(s["acc"]), pm(s.get("bwt"), signed=True), pm(s.get("forgetting")), _seconds(s.get("wall_time_s"))]
+        )
+    info = data.get("domain_info")
+    if info:
+        ref = [info[d]["majority_baseline_accuracy"] for d in domains]
+        rows.append(["_reference: always the train split's majority class_"] + [f"{v:.3f}" for v in ref] + [f"{sum(ref) / len(ref):.3f}", "", "", ""])
+    return table(header, rows)
+
+
+def paradigms_auroc(data: dict[str, Any]) -> str:
+    domains = data["domains"]
+    rows = [[row["label"]] + [pm(row["summary"]["final_auroc"].get(d)) for d in domains] for row in data["rows"]]
+    return table(["paradigm (evaluated adapter)", *domains], rows)
+
+
+def paradigms_sensitivity(data: dict[str, Any]) -> str:
+    sens = data.get("buffer_sensitivity")
+    if not sens or not sens.get("points"):
+        return ""
+    domains = data["domains"]
+    header = ["buffer size", *domains, "ACC", "BWT", "forgetting"]
+    rows = []
+    for p in sens["points"]:
+        s = p["summary"]
+        rows.append([str(p["size"])] + [pm(s["final_accuracy"].get(d)) for d in domains] + [pm(s["acc"]), pm(s["bwt"], signed=True), pm(s["forgetting"])])
+    return table(header, rows)
+
+
+def paradigms_cross_domain(data: dict[str, Any]) -> str:
+    cross = data.get("cross_domain")
+    if not cross:
+        return ""
+    domains = cross["domains"]
+    header = ["adapter \\ test domain", *domains, "mean"]
+    rows = []
+    for adapter in cross["adapters"]:
+        cells = cross["accuracy"][adapter]
+        label = cross.get("labels", {}).get(adapter, adapter)
+        rows.append([label] + [pm(cells.get(d)) for d in domains] + [pm(cells.get("mean"))])
+    ref = data.get("domain_info", {})
+    if ref:
+        rows.append(["majority class of train split (reference)"] + [f"{ref[d]['majority_baseline_accuracy']:.3f}" for d in domains] + [""])
+    return table(header, rows)
+
+
+def paradigms_quality_bar(data: dict[str, Any]) -> str:
+    bar = data.get("quality_bar")
+    if not bar:
+        return ""
+    header = ["run vs naive continual", "BWT (>= %.2f)" % bar["bwt_min"], "naive BWT (< %.2f)" % bar["naive_bwt_max"], "ACC gain (>= %.2f)" % bar["acc_gain_min"], "seeds passing", "pass"]
+    rows = []
+    for key, r in bar["checks"].items():
+        rows.append([
+            r["label"], f"{r['bwt']:+.3f}", f"{r['naive_bwt']:+.3f}", f"{r['acc_gain']:+.3f}",
+            f"{r['seeds_passing']}/{r['n_seeds']}", "yes" if r["pass"] else "**no**",
+        ])
+    return table(header, rows)
+
+
+def _backbone_line(data: dict[str, Any]) -> str:
+    return f"Backbone: {data['backbone']['description']}"
+
+
+def _setup_line(data: dict[str, Any]) -> str:
+    seeds = data["seeds"]
+    st = data["settings"]
+    reh = st["rehearsal"]
+    tr = st["train"]
+    caps = ", ".join(f"{d} {info['n_train']}/{info['n_test']}" for d, info in data["domain_info"].items())
+    env = data.get("environment", {})
+    return (
+        f"Data (train/test images): {caps}. {len(seeds)} seed(s) {seeds}; mean ± std (sample std over seeds). "
+        f"Adapter {st['adapter']['type']} r={st['adapter']['r']}; {tr['epochs']} epochs, batch {tr['batch_size']}, lr {tr['lr']}; "
+        f"rehearsal memory {reh['size']} ({reh['policy']}), replay ratio {reh['ratio']}. "
+        f"CPU, {env.get('torch_threads', '?')} torch thread(s), {env.get('cpu_count', '?')} cores shared with other jobs "
+        f"(load average {data.get('load_average', {}).get('start', '?')}); total {data.get('total_wall_time_s', 0):.0f} s."
+    )
+
+
+def render_paradigms(data: dict[str, Any], full: bool = True) -> str:
+    """Markdown for a ``paradigms.json``; ``full`` adds the quality bar, matrices and notes."""
+    parts = [
+        "## Continual-learning paradigms on real medical data" + (" (quick run)" if data.get("quick") else ""),
+        "",
+        "PneumoniaMNIST -> BreastMNIST -> VQA-RAD organ (head/chest/abdomen), learned in that order. "
+        "Per-domain columns: test accuracy after the last stage. ACC = mean of those; BWT = mean change on "
+        "earlier domains between right after learning them and the end (negative = forgetting); "
+        "forgetting = mean drop from each earlier domain's best accuracy.",
+        "",
+        paradigms_headline(data),
+        "",
+        _backbone_line(data),
+        "",
+        _setup_line(data),
+    ]
+    notes = data.get("row_notes") or {}
+    if notes and full:
+        parts += ["", *[f"- **{label}**: {text}" for label, text in notes.items()]]
+    if full:
+        parts += [
+            "", "### AUROC after the last stage",
+            "",
+            "Accuracy on BreastMNIST (27% malignant in test) sits near the majority-class rate for every paradigm: this "
+            "random-weight backbone separates its classes only weakly. AUROC shows how much each adapter ranks correctly.",
+            "", paradigms_auroc(data),
+        ]
+    if full and data.get("quality_bar"):
+        parts += ["", "### Quality bar: rehearsal against naive continual training", "", paradigms_quality_bar(data)]
+    sens = paradigms_sensitivity(data)
+    if sens:
+        s = data["buffer_sensitivity"]
+        parts += [
+            "", "### Rehearsal memory size",
+            "",
+            f"`{s['paradigm']}` paradigm, `{s['policy']}` memory, replay ratio {s['ratio']}; size 0 is naive continual training. "
+            f"{len(s['seeds'])} seed(s) {s['seeds']}.",
+            "", sens,
+        ]
+    cross = paradigms_cross_domain(data)
+    if cross:
+        c = data["cross_domain"]
+        parts += [
+            "", "### Cross-domain generalisation of the adapters",
+            "",
+            f"Test accuracy of each adapter (rows) on each domain's test split (columns), scoring that domain's label prompts "
+            f"through the adapter (`model.predict_proba(images, domain=column, adapter=row)`); adapters from the "
+            f"`{c['source']}` paradigm's runs after the last stage, {len(c['seeds'])} seed(s). Off-diagonal specialist cells "
+            "are domains the specialist never saw.",
+            "", cross,
+        ]
+    if full:
+        parts += ["", "### Mean accuracy matrices (row = after stage, column = test domain)", ""]
+        for row in data["rows"]:
+            matrix = row["summary"].get("accuracy_matrix_mean")
+            if not matrix:
+                continue
+            stages = row.get("stages") or [f"stage {i + 1}" for i in range(len(matrix))]
+            parts += [f"**{row['label']}**", "", table(["after stage", *data["domains"]], [[s] + [f"{v:.3f}" for v in r] for s, r in zip(stages, matrix)]), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# -- speed.json ---------------------------------------------------------------------------------
+def render_speed(data: dict[str, Any], full: bool = True) -> str:
+    targets = data.get("targets") or {}
+    rows = []
+    for key, t in targets.items():
+        value = t.get("value")
+        passed = t.get("pass")
+        rows.append([f"`{key}`", "n/a" if value is None else f"{value:.3f}", t.get("target") or "(reported)", "" if passed is None else ("yes" if passed else "**no**")])
+    machine = data.get("machine", {})
+    note = (
+        f"Mode `{data.get('mode')}`, clock `{data.get('clock')}`, {machine.get('torch_threads', '?')} torch thread(s) on "
+        f"{machine.get('cpu_count', '?')} CPU cores ({machine.get('cpu_model', '?')}); {data.get('total_seconds', 0):.0f} s in all."
+    )
+    return "\n".join(["## Speed (CPU)", "", table(["measure", "value", "target", "pass"], rows), "", note]) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed}
+
+
+def kind_of(path: Path, data: dict[str, Any]) -> str:
+    return str(data.get("benchmark") or path.stem)
+
+
+def render_file(path: Path, full: bool = False) -> str | None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    renderer = RENDERERS.get(kind_of(path, data))
+    return renderer(data, full) if renderer else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", help="JSON files (default: every benchmarks/results/*.json)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write, or - for stdout")
+    parser.add_argument("--full", action="store_true", help="include the detailed sections (quality bar, matrices)")
+    args = parser.parse_args(argv)
+    files = [Path(f) if Path(f).exists() else RESULTS / f for f in args.files] or sorted(RESULTS.glob("*.json"))
+    order = {"paradigms": 0, "speed": 1}
+    files.sort(key=lambda p: (order.get(p.stem, 9), p.name))
+    parts = ["<!-- generated by benchmarks/make_table.py from benchmarks/results/*.json; do not edit by hand -->", ""]
+    skipped = []
+    for path in files:
+        text = render_file(path, args.full)
+        if text is None:
+            skipped.append(path.name)
+            continue
+        parts += [text.rstrip(), "", f"_Source: `benchmarks/results/{path.name}`._", ""]
+    if skipped:
+        print(f"no renderer for: {', '.join(skipped)} (left out)", file=sys.stderr)
+    text = "\n".join(parts).rstrip() + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        out = Path(args.out)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from medadapt._io import atomic_write_bytes
+
+        atomic_write_bytes(out, text.encode("utf-8"))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

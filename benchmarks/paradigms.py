@@ -1,0 +1,531 @@
+#!/usr/bin/env python
+"""Paradigm benchmark on real medical data: specialized, joint, naive continual, continual with
+rehearsal and the rehearsal paradigm, trained on PneumoniaMNIST -> BreastMNIST -> VQA-RAD organ
+(the domains of ``recipes/configs/medmnist.yaml``), over several seeds.
+
+Writes ``benchmarks/results/paradigms.json`` (atomically; the source of truth) and
+``benchmarks/results/paradigms.md`` (rendered by ``benchmarks/make_table.py``). Also reports
+rehearsal-memory size sensitivity, the quality bar (rehearsal against naive continual training)
+and a cross-domain matrix (each specialist adapter scored on the other domains, against the shared
+rehearsal adapter). Run from the repository root::
+
+    python benchmarks/paradigms.py                 # 3 seeds, ~10 min on 2 busy CPU cores
+    python benchmarks/paradigms.py --quick         # 1 seed, fewer samples, < 3 min
+    python benchmarks/paradigms.py --seeds 0 1 2 3 4 --out /tmp/paradigms.json
+
+The data is read in place from ``<repo>/../shared/data`` (or ``--data-dir``); without it the
+script prints why and exits 0. The backbone is the config's ``model`` (``tiny-clip``: a 2-layer
+CLIP built from config with random weights; no pretrained medical weights), so absolute accuracies
+are low and the comparison between paradigms is what the numbers show.
+
+Training runs go to ``benchmarks/runs/paradigms/seed<S>/<variant>/`` (git-ignored) and are kept,
+so later rows can be computed from them. To add a row computed from trained runs (for example a
+*merged* adapter), write ``fn(model, run_dir) -> {domain: adapter}`` or a full evaluator and add a
+:class:`PostRow` to :data:`POST_ROWS`; :func:`evaluate_run` scores any adapter mapping of a
+trained run dir and returns per-domain accuracy and AUROC.
+
+Torch uses one thread by default (``--threads``): on a machine whose cores are shared with other
+jobs, two spinning OpenMP threads per process made training ~50x slower here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = REPO / "recipes" / "configs" / "medmnist.yaml"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_OUT = HERE / "results" / "paradigms.json"
+DEFAULT_RUNS = HERE / "runs" / "paradigms"
+CONFIG_DATA_PREFIX = ("..", "shared", "data")  # how the recipe configs spell the shared data folder
+
+QUALITY_BAR = {"bwt_min": -0.03, "naive_bwt_max": -0.03, "acc_gain_min": 0.02}
+QUICK_CAPS = {"pneumonia": 500, "breast": 300}  # train samples per domain in --quick
+DEFAULT_SIZES = (0, 50, 200, 800)
+
+BACKBONE_TEXT = {
+    "tiny-clip": (
+        "`tiny-clip`, medadapt's built-in 2-layer CLIP (hidden size 32, 32x32 input, byte-level tokenizer) "
+        "built from config with random weights; no pretrained and no medical weights (none can be downloaded "
+        "on the machine that produced these numbers). Accuracies are therefore far below what a pretrained "
+        "medical VLM (e.g. PubMedCLIP) would reach; compare the paradigms with each other, not with the literature."
+    ),
+    "tiny-siglip": "`tiny-siglip`, medadapt's built-in 2-layer SigLIP built from config with random weights (no pretrained weights).",
+}
+
+
+# -- what is trained and what is reported -------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One training run per seed: the benchmark config with ``overrides`` merged in."""
+
+    key: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row: the ``view`` (``shared`` or ``specialists``) of a variant's runs."""
+
+    key: str
+    label: str
+    variant: str
+    view: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PostRow:
+    """A row computed after training from a variant's run dirs (no accuracy matrix: final metrics only).
+
+    ``adapters(model, run_dir)`` returns ``{domain: adapter}`` for :func:`evaluate_run` (``"base"`` =
+    frozen model). A merged-adapter row would build the merged adapter inside ``adapters`` (add it to
+    ``model``) and return its name for every domain.
+    """
+
+    key: str
+    label: str
+    variant: str
+    adapters: Callable[[Any, Path], dict[str, str | None]]
+    note: str = ""
+
+
+VARIANTS = [
+    Variant("specialized", {"paradigm": "specialized"}),
+    Variant("joint", {"paradigm": "joint"}),
+    Variant("continual_naive", {"paradigm": "continual", "rehearsal": {"size": 0}}),
+    Variant("continual_rehearsal", {"paradigm": "continual"}),
+    Variant("rehearsal", {"paradigm": "rehearsal"}),
+    # the memory the recipe used before the fix, kept as a row to show what changed
+    Variant("rehearsal_cb200", {"paradigm": "rehearsal", "rehearsal": {"policy": "class_balanced", "size": 200}}),
+]
+
+ROWS = [
+    Row("specialized", "specialized: one LoRA per domain", "specialized", "specialists",
+        "each domain keeps its own adapter, so BWT is 0 by construction; needs the domain at inference"),
+    Row("joint", "joint: one LoRA on all data at once", "joint", "shared",
+        "not continual (all domains available together): an upper reference for one shared adapter; single stage, so no BWT"),
+    Row("continual_naive", "continual, naive (no rehearsal)", "continual_naive", "shared", "one shared adapter trained domain after domain"),
+    Row("continual_rehearsal", "continual + rehearsal", "continual_rehearsal", "shared", "the same, replaying the rehearsal memory"),
+    Row("rehearsal", "rehearsal paradigm: shared adapter", "rehearsal", "shared",
+        "the recipe's default: per-domain specialists plus a shared adapter trained with rehearsal (this row)"),
+    Row("rehearsal_specialists", "rehearsal paradigm: specialists", "rehearsal", "specialists", "the same runs' per-domain adapters"),
+    Row("rehearsal_cb200", "rehearsal paradigm, previous memory (class_balanced, 200)", "rehearsal_cb200", "shared",
+        "the recipe's memory before the fix: class-balanced replay shows BreastMNIST 50/50 instead of its 27/73 class mix"),
+]
+
+POST_ROWS: list[PostRow] = [
+    PostRow("base", "frozen base, no adapter (zero-shot)", "rehearsal", lambda model, run_dir: {d: "base" for d in model.domains},
+            "random-weight backbone: about chance"),
+]
+
+VIEW_ADAPTER = {"shared": lambda d: "shared", "specialists": lambda d: d}
+
+
+# -- config and data ----------------------------------------------------------------------------
+def remap_path(path: str, data_dir: Path) -> str:
+    """A config data path ``../shared/data/x`` -> ``<data_dir>/x``; other relative paths from the repo root."""
+    parts = Path(path).parts
+    if parts[: len(CONFIG_DATA_PREFIX)] == CONFIG_DATA_PREFIX:
+        return str(data_dir.joinpath(*parts[len(CONFIG_DATA_PREFIX):]))
+    if not Path(path).is_absolute():
+        return str((REPO / path).resolve())
+    return path
+
+
+def base_config(config_path: Path, data_dir: Path, quick: bool) -> dict[str, Any]:
+    """The benchmark config as a plain dict: data paths remapped, quick caps applied."""
+    import yaml
+
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    for dom in data["domains"]:
+        if dom["data"].get("path"):
+            dom["data"]["path"] = remap_path(dom["data"]["path"], data_dir)
+        if quick and dom["name"] in QUICK_CAPS:
+            caps = dict(dom["data"].get("max_samples") or {})
+            caps["train"] = min(caps.get("train", QUICK_CAPS[dom["name"]]), QUICK_CAPS[dom["name"]])
+            dom["data"]["max_samples"] = caps
+    data["compare_naive"] = False
+    return data
+
+
+def missing_data(config: dict[str, Any]) -> list[str]:
+    return [d["data"]["path"] for d in config["domains"] if d["data"].get("path") and not Path(d["data"]["path"]).exists()]
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+_TEST_CACHE: dict[str, Any] = {}
+
+
+def test_split(domain_cfg: dict[str, Any]) -> Any:
+    """The test split (an ``ImageLabelDataset``) of a config's domain, loaded once per process."""
+    from medadapt.data import load_domain
+
+    key = json.dumps(domain_cfg, sort_keys=True, default=str)
+    if key not in _TEST_CACHE:
+        _TEST_CACHE[key] = load_domain(domain_cfg["name"], domain_cfg.get("labels"), domain_cfg["data"])
+    return _TEST_CACHE[key]
+
+
+def domain_info(config: dict[str, Any]) -> dict[str, Any]:
+    """Split sizes and the majority-class reference (predict the train split's most common class)."""
+    import numpy as np
+
+    out = {}
+    for dom in config["domains"]:
+        data = test_split(dom)
+        train, test = np.asarray(data.splits["train"].labels), np.asarray(data.splits["test"].labels)
+        major = int(np.bincount(train).argmax())
+        out[dom["name"]] = {
+            "labels": data.labels,
+            "n_train": int(len(train)),
+            "n_test": int(len(test)),
+            "test_class_counts": np.bincount(test, minlength=len(data.labels)).tolist(),
+            "train_majority_class": data.labels[major],
+            "majority_baseline_accuracy": float(np.mean(test == major)),
+        }
+    return out
+
+
+# -- training and evaluation --------------------------------------------------------------------
+def train(config: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """Train one configured run (overwriting its output dir) and return its results dict."""
+    from medadapt.training.config import load_config
+    from medadapt.training.trainer import ContinualTrainer
+
+    cfg = load_config(None, defaults=config)
+    return ContinualTrainer(cfg, overwrite=True, accelerator=accelerator, progress=False).run()
+
+
+def evaluate_run(run_dir: Path, adapters: dict[str, str | None] | Callable[[Any, Path], dict[str, str | None]], batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Score a trained run's saved model on its domains' test splits.
+
+    ``adapters`` maps each domain to the adapter that scores it (a domain name = that specialist,
+    ``"shared"``, ``"base"`` = frozen model), or is a callable ``(model, run_dir) -> mapping`` that may
+    first add adapters to the model (e.g. a merged one). Each domain is scored with its own label
+    prompts through the chosen adapter: ``model.predict_proba(images, domain=d, adapter=a)``.
+    Returns ``{domain: {"accuracy", "auroc", "n"}}``.
+    """
+    import numpy as np
+    import torch
+
+    from medadapt.evaluation import accuracy, auroc
+    from medadapt.model import ContinualVLM
+
+    run = json.loads((run_dir / "run.json").read_text())["config"]
+    model = ContinualVLM.from_pretrained(run_dir)
+    mapping = adapters(model, run_dir) if callable(adapters) else adapters
+    by_name = {d["name"]: d for d in run["domains"]}
+    out = {}
+    for domain, adapter in mapping.items():
+        test = test_split(by_name[domain]).splits["test"]
+        probs = []
+        for start in range(0, len(test), batch_size):
+            images = [test[i][0] for i in range(start, min(start + batch_size, len(test)))]
+            probs.append(model.predict_proba(images, domain=domain, adapter=adapter))
+        p = torch.cat(probs).numpy()
+        y = np.asarray(test.labels)
+        out[domain] = {"accuracy": accuracy(y, p), "auroc": float(auroc(y, p)), "n": int(len(y))}
+    return out
+
+
+def summary(values: list[float | None]) -> dict[str, Any] | None:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals), "values": vals}
+
+
+def summarise_seeds(per_seed: list[dict[str, Any]], domains: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        key: summary([s.get(key) for s in per_seed]) for key in ("acc", "bwt", "forgetting", "wall_time_s")
+    }
+    out["final_accuracy"] = {d: summary([s["final"][d]["accuracy"] for s in per_seed]) for d in domains}
+    out["final_auroc"] = {d: summary([s["final"][d].get("auroc") for s in per_seed]) for d in domains}
+    matrices = [s["accuracy_matrix"] for s in per_seed if s.get("accuracy_matrix")]
+    if matrices:
+        out["accuracy_matrix_mean"] = [
+            [statistics.fmean(m[i][j] for m in matrices) for j in range(len(matrices[0][0]))] for i in range(len(matrices[0]))
+        ]
+    return out
+
+
+def row_entry(results: dict[str, Any], view: str, final: dict[str, dict[str, float]], seed: int, run_dir: Path) -> dict[str, Any]:
+    """One seed of a row: the view's accuracy matrix and metrics, final per-domain metrics."""
+    v = results["views"][view]
+    single_stage = len(v["accuracy_matrix"]) == 1
+    return {
+        "seed": seed,
+        "run_dir": os.path.relpath(run_dir, REPO),
+        "accuracy_matrix": v["accuracy_matrix"],
+        "acc": v["acc"],
+        "bwt": None if single_stage else v["bwt"],
+        "forgetting": None if single_stage else v["forgetting"],
+        "final": final,
+        "wall_time_s": results["wall_time_s"],
+    }
+
+
+@dataclass
+class Bench:
+    """Runs every variant for every seed and collects the rows, sensitivity and cross-domain data."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    runs_dir: Path
+    sizes: list[int]
+    sensitivity_seeds: list[int]
+    accelerator: Any
+    results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.runs_dir / f"seed{seed}" / variant
+
+    def train(self, variant: str, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+        key = (variant, seed)
+        if key not in self.results:
+            out = self.run_dir(variant, seed)
+            cfg = merge(self.config, {**overrides, "seed": seed, "output_dir": str(out)})
+            results = train(cfg, self.accelerator)
+            self.results[key] = results
+            self.log(
+                f"  seed {seed} {variant:<24} ACC {results['acc']:.3f}  BWT {results['bwt']:+.3f}  "
+                f"({results['wall_time_s']:.0f} s, load {os.getloadavg()[0]:.1f})"
+            )
+        return self.results[key]
+
+    def rows(self) -> list[dict[str, Any]]:
+        domains = [d["name"] for d in self.config["domains"]]
+        variants = {v.key: v for v in VARIANTS}
+        rows = []
+        for seed in self.seeds:
+            for v in VARIANTS:
+                self.train(v.key, v.overrides, seed)
+        for row in ROWS:
+            per_seed = []
+            for seed in self.seeds:
+                results = self.results[(row.variant, seed)]
+                run_dir = self.run_dir(row.variant, seed)
+                final = evaluate_run(run_dir, {d: VIEW_ADAPTER[row.view](d) for d in domains})
+                check = results["views"][row.view]["accuracy_matrix"][-1]
+                if any(abs(final[d]["accuracy"] - check[j]) > 1e-6 for j, d in enumerate(domains)):
+                    raise RuntimeError(f"{row.key} seed {seed}: reloaded model disagrees with the trainer's evaluation ({final} vs {check})")
+                per_seed.append(row_entry(results, row.view, final, seed, run_dir))
+            rows.append(self._row(row.key, row.label, row.variant, row.view, row.note, per_seed, variants[row.variant], domains))
+        for post in POST_ROWS:
+            per_seed = []
+            for seed in self.seeds:
+                run_dir = self.run_dir(post.variant, seed)
+                final = evaluate_run(run_dir, post.adapters)
+                per_seed.append({
+                    "seed": seed, "run_dir": os.path.relpath(run_dir, REPO), "accuracy_matrix": None,
+                    "acc": statistics.fmean(m["accuracy"] for m in final.values()), "bwt": None, "forgetting": None,
+                    "final": final, "wall_time_s": None,
+                })
+            rows.append(self._row(post.key, post.label, post.variant, "post-hoc", post.note, per_seed, variants[post.variant], domains))
+        return rows
+
+    def _row(self, key: str, label: str, variant: str, view: str, note: str, per_seed: list[dict[str, Any]], v: Variant, domains: list[str]) -> dict[str, Any]:
+        cfg = merge(self.config, v.overrides)
+        first = self.results[(variant, self.seeds[0])]
+        return {
+            "key": key, "label": label, "variant": variant, "view": view, "note": note,
+            "paradigm": cfg["paradigm"], "rehearsal": cfg.get("rehearsal", {}) if cfg["paradigm"] in ("continual", "rehearsal") else None,
+            "stages": first["stages"] if per_seed[0].get("accuracy_matrix") else None,
+            "per_seed": per_seed, "summary": summarise_seeds(per_seed, domains),
+        }
+
+    def sensitivity(self) -> dict[str, Any]:
+        """Continual + rehearsal with each memory size (size 0 = naive continual)."""
+        domains = [d["name"] for d in self.config["domains"]]
+        reh = self.config.get("rehearsal", {})
+        points = []
+        for size in self.sizes:
+            per_seed = []
+            for seed in self.sensitivity_seeds:
+                if size == 0:
+                    variant, overrides = "continual_naive", {"paradigm": "continual", "rehearsal": {"size": 0}}
+                elif size == reh.get("size"):
+                    variant, overrides = "continual_rehearsal", {"paradigm": "continual"}
+                else:
+                    variant, overrides = f"continual_size{size}", {"paradigm": "continual", "rehearsal": {"size": size}}
+                results = self.train(variant, overrides, seed)
+                final = {d: {"accuracy": results["accuracy_matrix"][-1][j], "auroc": results["auroc"][d]} for j, d in enumerate(domains)}
+                per_seed.append(row_entry(results, "shared", final, seed, self.run_dir(variant, seed)))
+            points.append({"size": size, "per_seed": per_seed, "summary": summarise_seeds(per_seed, domains)})
+        return {
+            "paradigm": "continual", "policy": reh.get("policy"), "ratio": reh.get("ratio"),
+            "seeds": self.sensitivity_seeds, "points": points,
+        }
+
+    def cross_domain(self, source: str = "rehearsal") -> dict[str, Any]:
+        """Every adapter of ``source``'s runs on every domain (its label prompts through that adapter)."""
+        domains = [d["name"] for d in self.config["domains"]]
+        adapters = [*domains, "shared", "base"]
+        labels = {d: f"{d} specialist" for d in domains} | {"shared": "shared (rehearsal)", "base": "frozen base (no adapter)"}
+        per_seed = []
+        for seed in self.seeds:
+            run_dir = self.run_dir(source, seed)
+            cells = {a: evaluate_run(run_dir, {d: a for d in domains}) for a in adapters}
+            per_seed.append({"seed": seed, "accuracy": {a: {d: cells[a][d]["accuracy"] for d in domains} for a in adapters},
+                             "auroc": {a: {d: cells[a][d]["auroc"] for d in domains} for a in adapters}})
+        acc: dict[str, dict[str, Any]] = {}
+        for a in adapters:
+            acc[a] = {d: summary([s["accuracy"][a][d] for s in per_seed]) for d in domains}
+            acc[a]["mean"] = summary([statistics.fmean(s["accuracy"][a][d] for d in domains) for s in per_seed])
+            others = {d: acc[a][d] for d in domains if d != a} if a in domains else None
+            if others:
+                acc[a]["other_domains_mean"] = summary([statistics.fmean(s["accuracy"][a][d] for d in others) for s in per_seed])
+        return {"source": source, "adapters": adapters, "labels": labels, "domains": domains, "seeds": self.seeds,
+                "accuracy": acc, "per_seed": per_seed}
+
+
+def quality_bar(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The issue's bar: rehearsal BWT >= -0.03, naive BWT < -0.03, ACC at least 0.02 above naive (means over seeds)."""
+    by_key = {r["key"]: r for r in rows}
+    naive = by_key["continual_naive"]
+    checks = {}
+    for key in ("continual_rehearsal", "rehearsal", "rehearsal_cb200"):
+        if key not in by_key:
+            continue
+        r = by_key[key]
+        s, n = r["summary"], naive["summary"]
+        passing = 0
+        for a, b in zip(r["per_seed"], naive["per_seed"]):
+            passing += (a["bwt"] >= QUALITY_BAR["bwt_min"] and b["bwt"] < QUALITY_BAR["naive_bwt_max"] and a["acc"] - b["acc"] >= QUALITY_BAR["acc_gain_min"])
+        checks[key] = {
+            "label": r["label"], "bwt": s["bwt"]["mean"], "naive_bwt": n["bwt"]["mean"], "acc": s["acc"]["mean"],
+            "naive_acc": n["acc"]["mean"], "acc_gain": s["acc"]["mean"] - n["acc"]["mean"],
+            "pass": bool(s["bwt"]["mean"] >= QUALITY_BAR["bwt_min"] and n["bwt"]["mean"] < QUALITY_BAR["naive_bwt_max"]
+                         and s["acc"]["mean"] - n["acc"]["mean"] >= QUALITY_BAR["acc_gain_min"]),
+            "seeds_passing": int(passing), "n_seeds": len(seeds),
+        }
+    return {**QUALITY_BAR, "on": "means over seeds; seeds_passing counts seeds meeting all three on their own", "checks": checks}
+
+
+# -- entry point --------------------------------------------------------------------------------
+def environment(threads: int) -> dict[str, Any]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    import medadapt
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "accelerate": accelerate.__version__, "medadapt": getattr(medadapt, "__version__", "?"),
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": threads,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Paradigm benchmark on real medical data (see the module docstring).")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; --quick: 0)")
+    p.add_argument("--quick", action="store_true", help=f"1 seed, train caps {QUICK_CAPS}, < 3 min")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON to write (the .md goes beside it)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="benchmark config (default recipes/configs/medmnist.yaml)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding the real data (default <repo>/../shared/data)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="where training runs go (default benchmarks/runs/paradigms[-quick])")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="rehearsal memory sizes for the sensitivity table")
+    p.add_argument("--sensitivity-seeds", type=int, nargs="+", default=None, help="seeds for the sensitivity table (default: --seeds)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the docstring)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data_dir = args.data_dir.expanduser().resolve()
+    if not data_dir.is_dir():
+        print(f"skipping the paradigm benchmark: real data folder {data_dir} not found "
+              "(expected <repo>/../shared/data with pneumoniamnist.npz, breastmnist.npz, vqa-rad/; pass --data-dir).")
+        return 0
+    config = base_config(args.config, data_dir, args.quick)
+    missing = missing_data(config)
+    if missing:
+        print(f"skipping the paradigm benchmark: data not found: {', '.join(missing)}")
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+    from accelerate import Accelerator
+
+    torch.set_num_threads(args.threads)
+    try:  # no "Loading weights" bars each time a trained run is reloaded for evaluation
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - older transformers
+        pass
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    runs_dir = args.runs_dir or (DEFAULT_RUNS.with_name(DEFAULT_RUNS.name + "-quick") if args.quick else DEFAULT_RUNS)
+    started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
+    print(f"paradigm benchmark: seeds {seeds}, runs in {runs_dir}, model {config.get('model')}")
+    bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()))
+    info = domain_info(config)
+    rows = bench.rows()
+    sensitivity = bench.sensitivity()
+    cross = bench.cross_domain()
+    model = config.get("model", "tiny-clip")
+    result = {
+        "benchmark": "paradigms",
+        "schema": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "command": "python benchmarks/paradigms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": os.path.relpath(args.config.resolve(), REPO),
+        "data_dir": str(data_dir),
+        "backbone": {"model": model, "pretrained": model not in BACKBONE_TEXT, "description": BACKBONE_TEXT.get(model, f"`{model}`")},
+        "domains": [d["name"] for d in config["domains"]],
+        "domain_info": info,
+        "settings": {k: config.get(k) for k in ("adapter", "rehearsal", "train")}
+        | {"max_samples": {d["name"]: d["data"].get("max_samples") for d in config["domains"]}},
+        "seeds": seeds,
+        "rows": rows,
+        "row_notes": {r["label"]: r["note"] for r in rows if r.get("note")},
+        "quality_bar": quality_bar(rows, seeds),
+        "buffer_sensitivity": sensitivity,
+        "cross_domain": cross,
+        "environment": environment(args.threads),
+        "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
+        "total_wall_time_s": time.perf_counter() - started,
+    }
+    from medadapt._io import atomic_write_bytes, atomic_write_json
+
+    sys.path.insert(0, str(HERE))
+    from make_table import render_paradigms
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    md = args.out.with_suffix(".md")
+    atomic_write_bytes(md, render_paradigms(result, full=True).encode("utf-8"))
+    bar = result["quality_bar"]["checks"]
+    print("\nquality bar (means over seeds):")
+    for key, c in bar.items():
+        print(f"  {c['label']}: BWT {c['bwt']:+.3f}, naive BWT {c['naive_bwt']:+.3f}, ACC gain {c['acc_gain']:+.3f} -> "
+              f"{'pass' if c['pass'] else 'FAIL'} ({c['seeds_passing']}/{c['n_seeds']} seeds)")
+    print(f"\nwrote {args.out} and {md} in {result['total_wall_time_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
