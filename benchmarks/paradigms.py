@@ -230,8 +230,16 @@ def evaluate_run(run_dir: Path, adapters: dict[str, str | None] | Callable[[Any,
     from medadapt.evaluation import accuracy, auroc
     from medadapt.model import ContinualVLM
 
+    from transformers.utils import logging as hf_logging
+
     run = json.loads((run_dir / "run.json").read_text())["config"]
-    model = ContinualVLM.from_pretrained(run_dir)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for every reload
+    try:
+        model = ContinualVLM.from_pretrained(run_dir)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     mapping = adapters(model, run_dir) if callable(adapters) else adapters
     by_name = {d["name"]: d for d in run["domains"]}
     out = {}
@@ -470,12 +478,6 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     torch.set_num_threads(args.threads)
-    try:  # no "Loading weights" bars each time a trained run is reloaded for evaluation
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - older transformers
-        pass
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     runs_dir = args.runs_dir or (DEFAULT_RUNS.with_name(DEFAULT_RUNS.name + "-quick") if args.quick else DEFAULT_RUNS)
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
@@ -494,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/paradigms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": os.path.relpath(args.config.resolve(), REPO),
         "data_dir": str(data_dir),
+        "runs_dir": os.path.relpath(runs_dir.resolve(), REPO),
         "backbone": {"model": model, "pretrained": model not in BACKBONE_TEXT, "description": BACKBONE_TEXT.get(model, f"`{model}`")},
         "domains": [d["name"] for d in config["domains"]],
         "domain_info": info,
@@ -509,15 +512,16 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "total_wall_time_s": time.perf_counter() - started,
     }
-    from medadapt._io import atomic_write_bytes, atomic_write_json
+    from medadapt._io import atomic_write_json
 
     sys.path.insert(0, str(HERE))
-    from make_table import render_paradigms
+    from make_table import render_document, write_text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
+    args.out.chmod(0o644)
     md = args.out.with_suffix(".md")
-    atomic_write_bytes(md, render_paradigms(result, full=True).encode("utf-8"))
+    write_text(md, render_document([args.out], full=True)[0])
     bar = result["quality_bar"]["checks"]
     print("\nquality bar (means over seeds):")
     for key, c in bar.items():

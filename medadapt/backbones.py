@@ -295,10 +295,12 @@ def save_backbone(backbone: Backbone, folder: str) -> None:
     }
     from transformers.utils import logging as hf_logging
 
+    was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         backbone.model.save_pretrained(folder, state_dict=state)
     finally:
-        hf_logging.enable_progress_bar()
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     backbone.tokenizer.save_pretrained(folder)
     backbone.image_processor.save_pretrained(folder)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,11 @@ from .errors import AdapterError, DomainError
 from .images import ImageInput, preprocess
 from .scoring import DualEncoderScorer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .routing import DomainRouter, RoutedPrediction
+
 AdapterSpec = Any  # peft.LoraConfig | PromptConfig | None
+AUTO = "auto"  # predict_proba(domain=AUTO) routes each image to a domain (see medadapt.routing)
 
 
 class ContinualVLM(nn.Module):
@@ -305,17 +309,26 @@ class ContinualVLM(nn.Module):
         images: Sequence[ImageInput] | ImageInput,
         domain: str | Sequence[str],
         adapter: str | Sequence[str] | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
+    ) -> torch.Tensor | list[torch.Tensor] | list[RoutedPrediction]:
         """Class probabilities from the domain's adapter scoring its label prompts.
 
         ``domain`` is one name (returns an ``(N, num_labels)`` tensor) or one name per image (a
         mixed-domain batch; returns a list of per-image probability tensors, computed with batched
         forwards). ``adapter``: ``None`` for each domain's own adapter, ``"base"`` for the frozen
         zero-shot model, or the name of a shared adapter.
+
+        ``domain="auto"`` routes each image with the router fitted by :meth:`fit_router` (or by the
+        trainer) and returns one :class:`~medadapt.routing.RoutedPrediction` per image: ``probs``
+        over the routed domain's ``labels``, the ``domain`` and ``adapter`` that served it, and
+        ``unrouted`` (matched no domain well: served by the router's fallback shared adapter).
         """
         was_training = self.training
         self.eval()
         try:
+            if isinstance(domain, str) and domain == AUTO:
+                from .routing import predict_routed
+
+                return predict_routed(self, self.preprocess(images), adapter)
             if isinstance(domain, str):
                 pixel_values = self.preprocess(images)
                 logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter))
@@ -328,7 +341,10 @@ class ContinualVLM(nn.Module):
         pixel_values = self.preprocess(images)
         if len(domains) != pixel_values.shape[0]:
             raise DomainError(f"got {pixel_values.shape[0]} images but {len(domains)} domain names; give one per image.")
-        served = [self.resolve_adapter(d, adapter) for d in domains]
+        return self._probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains])
+
+    def _probs_mixed(self, pixel_values: torch.Tensor, domains: list[str], served: list[Any]) -> list[torch.Tensor]:
+        """Per-image probabilities of preprocessed images, image ``i`` over ``domains[i]``'s labels via ``served[i]``."""
         for s in served:
             if isinstance(s, tuple):
                 raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
@@ -340,6 +356,27 @@ class ContinualVLM(nn.Module):
             logits = self.scorer.logits_from_features(image_feats[i : i + 1], label_feats[key])
             out.append(logits.softmax(dim=-1)[0].cpu())
         return out
+
+    # -- routing and composition ---------------------------------------------------------------
+    def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> "DomainRouter":
+        """Fit the router behind ``predict_proba(..., domain="auto")`` on ``{domain: training images}``.
+
+        ``threshold`` (in [0, 1]) is the fraction of each domain's held-out images that must stay
+        routed; images farther from every domain go to ``fallback`` (``"auto"``: the shared adapter
+        ``shared`` or the only one; ``None``: the frozen base) flagged unrouted. The router is
+        saved with the model (``extras["router"]``). See :mod:`medadapt.routing`.
+        """
+        from .routing import fit_router
+
+        return fit_router(self, images, threshold=threshold, fallback=fallback, preprocessed=preprocessed, **options)
+
+    def merge_adapters(self, names: Sequence[str], into: str = "merged", method: str = "linear", weights: Sequence[float] | None = None, **options: Any) -> str:
+        """Build shared LoRA ``into`` from LoRAs ``names`` with peft's ``add_weighted_adapter``
+        (``method``: ``linear``, ``ties``, ``dare_ties``, ...); saved as a normal stage. See
+        :func:`medadapt.merging.merge_adapters`."""
+        from .merging import merge_adapters
+
+        return merge_adapters(self, names, into=into, method=method, weights=weights, **options)
 
     def extra_repr(self) -> str:
         return f"base={self.backbone.source or 'in-memory'}, domains={list(self.domains)}, shared={list(self.shared)}"

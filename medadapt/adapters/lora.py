@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -63,12 +63,7 @@ class LoraBank:
         """Inject a new adapter named ``name`` (its weights start as peft initialises them)."""
         if not isinstance(config, LoraConfig):
             raise AdapterError(f"adapter {name!r}: expected a peft LoraConfig, got {type(config).__name__}.")
-        if name.startswith("lora_") or name in self._reserved_names():
-            raise AdapterError(
-                f"adapter name {name!r} clashes with the parameter names of the base model or of peft "
-                f"('...{name}...' or 'lora_*'); peft finds adapters by their name inside parameter names and "
-                "would mix them up. Pick another name."
-            )
+        self._check_name(name)
         try:
             if self.peft_model is None:
                 self.peft_model = get_peft_model(self.base, config, adapter_name=name)
@@ -77,6 +72,28 @@ class LoraBank:
         except ValueError as exc:
             raise AdapterError(f"adapter {name!r}: peft could not inject LoRA into the base model: {exc}") from exc
         self._active = _UNKNOWN  # peft left its own active adapter enabled
+        self._apply_trainable()
+
+    def _check_name(self, name: str) -> None:
+        if name.startswith("lora_") or name in self._reserved_names():
+            raise AdapterError(
+                f"adapter name {name!r} clashes with the parameter names of the base model or of peft "
+                f"('...{name}...' or 'lora_*'); peft finds adapters by their name inside parameter names and "
+                "would mix them up. Pick another name."
+            )
+
+    def add_weighted(self, name: str, sources: Sequence[str], weights: Sequence[float], combination_type: str, **kwargs: Any) -> None:
+        """Add ``name`` as peft's ``add_weighted_adapter`` combination of adapters ``sources``."""
+        self._check_name(name)
+        if name in self:  # peft would silently keep the existing adapter
+            raise AdapterError(f"adapter {name!r} already exists; merge into another name.")
+        try:
+            self.peft_model.add_weighted_adapter(list(sources), list(weights), name, combination_type=combination_type, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            if name in self:
+                self.remove(name)
+            raise AdapterError(f"peft could not merge {list(sources)} into {name!r} with {combination_type!r}: {exc}") from exc
+        self._active = _UNKNOWN
         self._apply_trainable()
 
     def _reserved_names(self) -> set[str]:

@@ -25,6 +25,7 @@ from ..rehearsal import RehearsalBuffer
 from .batches import BatchSchedule, PixelStore
 from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig
+from .composition import composition_results, fit_stage_router, trained_domains
 from .evaluate import evaluate_view
 from .objectives import build_objective
 from .outputs import RUN_FILE, check_output_dir, summarise, write_outputs
@@ -255,6 +256,7 @@ class ContinualTrainer:
             raise RuntimeError("rehearsal buffers differ across processes; refusing to continue.")
         if len({w for _, w in digests}) != 1:
             raise RuntimeError("adapter weights differ across processes (gradients out of sync); refusing to continue.")
+        fit_stage_router(self.model, self.store, trained_domains(self.plan, stage_index))  # saved with the stage
 
     def run(self) -> dict[str, Any]:
         """Train every stage, evaluate after each, write outputs; returns the results dict."""
@@ -314,4 +316,5 @@ class ContinualTrainer:
         }
         if primary != "specialists" and "specialists" in self.state.rows:
             results["specialist_accuracy_matrix"] = self.state.rows["specialists"]
+        results.update(composition_results(self.model, self.store, plan, cfg.train.eval_batch_size, self.accelerator))
         return results

@@ -1,0 +1,99 @@
+"""Merging domain LoRAs into one shared adapter with peft's ``add_weighted_adapter``.
+
+The result is an ordinary shared LoRA (``model.shared[into] == "lora"``), last in ``stage_order``,
+so ``save_pretrained`` writes it as a normal stage folder and it can serve every domain, be the
+router's fallback, or be compared with the rehearsal-trained shared adapter. How it was built is
+recorded in ``model.extras["merges"][into]``.
+
+Methods (peft's ``combination_type``): ``linear`` (weighted sum of the A and B factors: needs equal
+ranks), ``ties`` / ``dare_ties`` / ``dare_linear`` (task-vector merging with pruning to
+``density``: need equal ranks), ``svd`` (exact weighted sum of the deltas re-factorised at
+``svd_rank``, default the largest rank) and ``cat`` (exact, rank = sum of ranks): the last two
+accept LoRAs of different ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .errors import AdapterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import ContinualVLM
+
+MERGES_KEY = "merges"
+EQUAL_RANK_METHODS = ("linear", "ties", "dare_ties", "dare_linear")
+ANY_RANK_METHODS = ("svd", "cat")
+MERGE_METHODS = EQUAL_RANK_METHODS + ANY_RANK_METHODS
+DENSITY_METHODS = ("ties", "dare_ties", "dare_linear")
+SUM_METHODS = ("linear", "svd", "cat")  # default weights 1/n (an average); task-vector methods default to 1
+
+
+def _rank(model: "ContinualVLM", name: str) -> int:
+    config = model.lora.config(name)
+    return max([config.r, *(config.rank_pattern or {}).values()])
+
+
+def merge_adapters(
+    model: "ContinualVLM",
+    names: Sequence[str],
+    into: str = "merged",
+    method: str = "linear",
+    weights: Sequence[float] | None = None,
+    density: float | None = None,
+    seed: int = 0,
+    **peft_options: Any,
+) -> str:
+    """Merge LoRA adapters ``names`` (domains or shared) into a new shared LoRA ``into``.
+
+    ``weights``: one per adapter (default ``1/n`` each for ``linear``/``svd``/``cat``, ``1`` each
+    for the task-vector methods, which average where signs agree). ``density`` (in (0, 1], default
+    0.5) is the fraction of each task vector kept by ``ties``/``dare_*``; DARE's random pruning is
+    drawn from ``seed``. Other options (``svd_rank``, ``majority_sign_method``...) go to peft.
+    Returns ``into``. Raises :class:`AdapterError` for unknown or prompt adapters, an unknown
+    method, or ranks the method cannot combine.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise AdapterError("merge_adapters needs at least one adapter name.")
+    if len(set(names)) != len(names):
+        raise AdapterError(f"adapter names to merge must be distinct, got {names}.")
+    if method not in MERGE_METHODS:
+        raise AdapterError(f"unknown merge method {method!r}; valid: {list(MERGE_METHODS)}.")
+    kinds = {n: model.adapter_type(n) for n in names}  # raises for unknown names
+    prompts = [n for n, kind in kinds.items() if kind != "lora"]
+    if prompts:
+        raise AdapterError(
+            f"only LoRA adapters can be merged; {prompts} {'is a prompt adapter' if len(prompts) == 1 else 'are prompt adapters'} "
+            "(learned prompt tokens have no weight delta to add)."
+        )
+    ranks = {n: _rank(model, n) for n in names}
+    if method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
+        raise AdapterError(
+            f"merge method {method!r} needs LoRAs of equal rank, got ranks {ranks}; use method='svd' (re-factorised "
+            "at svd_rank) or method='cat' (rank = sum of ranks) to merge adapters of different ranks."
+        )
+    if weights is None:
+        weights = [1.0 / len(names)] * len(names) if method in SUM_METHODS else [1.0] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names) or not all(math.isfinite(w) for w in weights):
+        raise AdapterError(f"weights must be {len(names)} finite numbers (one per adapter), got {weights}.")
+    if method in DENSITY_METHODS:
+        density = 0.5 if density is None else float(density)
+        if not 0.0 < density <= 1.0:
+            raise AdapterError(f"density must be in (0, 1] for {method!r}, got {density}.")
+        peft_options["density"] = density
+    elif density is not None:
+        raise AdapterError(f"density applies to {list(DENSITY_METHODS)}, not to {method!r}.")
+    model._check_new_name(into, "shared adapter")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model.lora.add_weighted(into, names, weights, method, **peft_options)
+    model.shared[into] = "lora"
+    model.stage_order.append(into)
+    record = {"from": names, "method": method, "weights": weights, "density": density, "seed": seed}
+    model.extras.setdefault(MERGES_KEY, {})[into] = {**record, **{k: v for k, v in peft_options.items() if k != "density"}}
+    return into

@@ -1,0 +1,137 @@
+"""Routing and composition results of a trained run (added to ``results.json`` by the trainer).
+
+* the **router** (:mod:`medadapt.routing`) is fitted after every stage on the frozen-base features
+  of the domains trained so far, and saved with the model;
+* **routing**: routing accuracy on every trained domain's test split, and end-to-end accuracy
+  with automatic routing next to *oracle* routing (each domain through its own adapter, or the
+  evaluated view's adapter for domains without one);
+* **stacking**: each domain adapter run together with the shared adapter (both active), against
+  the domain adapter alone;
+* **merging**: the domain LoRAs merged with peft (``linear``, ``ties``, ``dare_ties``) into one
+  adapter serving every domain, against the rehearsal-trained shared adapter. The merged adapters
+  are temporary: they are removed before the model is saved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import AdapterError
+from ..merging import MERGES_KEY, merge_adapters
+from ..routing import ROUTER_KEY, DomainRouter, evaluate_routing, fit_router
+from .batches import PixelStore
+from .evaluate import evaluate_view
+from .paradigms import SHARED, Plan
+
+ROUTER_TRAIN_CAP = 1000  # training images per domain the router is fitted on (a fixed random subset above it)
+COMPARED_MERGES = ("linear", "ties", "dare_ties")
+
+
+def trained_domains(plan: Plan, upto: int) -> list[str]:
+    """Domains whose data was trained on in stages ``0..upto``, in first-seen order."""
+    seen = [d for stage in plan.stages[: upto + 1] for phase in stage.phases for d in phase.domains]
+    return list(dict.fromkeys(seen))
+
+
+def _all_indices(store: PixelStore, domain: str, split: str) -> range:
+    return range(len(store.labels(domain, split)))
+
+
+def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap: int = ROUTER_TRAIN_CAP, seed: int = 0) -> DomainRouter:
+    """Fit (or refit) the model's router on the train splits of ``domains`` (at most ``cap`` images each)."""
+    images = {}
+    for d in domains:
+        n = len(store.labels(d, "train"))
+        indices = range(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)).tolist()
+        images[d] = store.pixels(d, "train", indices)
+    return fit_router(model, images, preprocessed=True)
+
+
+def _mean(values: dict[str, float]) -> float:
+    return float(np.mean(list(values.values()))) if values else float("nan")
+
+
+def _accuracies(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {d: m["accuracy"] for d, m in metrics.items()}
+
+
+def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: int, accelerator: Any = None) -> dict[str, Any]:
+    """Routing, stacking and merging results after the last stage (see the module docstring)."""
+    domains = trained_domains(plan, len(plan.stages) - 1)
+    if ROUTER_KEY not in model.extras:  # e.g. resumed after the last stage had been evaluated
+        fit_stage_router(model, store, domains)
+    evaluated = plan.stages[-1].views[plan.primary_view]
+    oracle = {d: d if model.domains[d].adapter_type != "none" else evaluated[d] for d in domains}
+    oracle_acc = _accuracies(evaluate_view(model, store, oracle, batch_size, accelerator))
+    was_training = model.training
+    model.eval()
+    try:
+        pixels = {d: store.pixels(d, "test", _all_indices(store, d, "test")) for d in domains}
+        routing = evaluate_routing(model, pixels, {d: store.labels(d, "test") for d in domains}, oracle, batch_size)
+    finally:
+        model.train(was_training)
+    auto = routing.pop("auto_routing_accuracy_per_domain")
+    state = model.extras[ROUTER_KEY]
+    results: dict[str, Any] = {
+        "routing_accuracy": routing.pop("routing_accuracy"),
+        "routing_accuracy_per_domain": routing.pop("routing_accuracy_per_domain"),
+        "auto_routing_accuracy": _mean(auto),
+        "oracle_accuracy": _mean(oracle_acc),
+        "routing": {
+            **routing,
+            "threshold": state["coverage"],
+            "fallback": state["fallback"],
+            "oracle_adapters": oracle,
+            "auto_routing_accuracy_per_domain": auto,
+            "oracle_accuracy_per_domain": oracle_acc,
+        },
+    }
+    own = [d for d in domains if model.domains[d].adapter_type != "none"]
+    if own and SHARED in model.shared:
+        results.update(_stacking(model, store, own, oracle_acc, batch_size, accelerator))
+    loras = [d for d in own if model.domains[d].adapter_type == "lora"]
+    if len(loras) >= 2:
+        results["merging"] = _merging(model, store, loras, domains, batch_size, accelerator)
+    return results
+
+
+def _stacking(model: Any, store: PixelStore, own: list[str], oracle_acc: dict[str, float], batch_size: int, accelerator: Any) -> dict[str, Any]:
+    try:
+        stacked = _accuracies(evaluate_view(model, store, {d: (d, SHARED) for d in own}, batch_size, accelerator))
+    except AdapterError as exc:
+        return {"stacking": {"skipped": str(exc)}}
+    alone = {d: oracle_acc[d] for d in own}
+    return {
+        "stacked_accuracy": _mean(stacked),
+        "stacking_helps": _mean(stacked) > _mean(alone),
+        "stacking": {"stacked_accuracy_per_domain": stacked, "own_adapter_accuracy_per_domain": alone, "own_adapter_accuracy": _mean(alone)},
+    }
+
+
+def _merging(model: Any, store: PixelStore, loras: list[str], domains: list[str], batch_size: int, accelerator: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"merged": loras, "methods": {}}
+    if SHARED in model.shared:
+        shared = _accuracies(evaluate_view(model, store, {d: SHARED for d in domains}, batch_size, accelerator))
+        out["shared"] = {"acc": _mean(shared), "accuracy_per_domain": shared}
+    name = next(f"merged{i or ''}" for i in range(len(model.stage_order) + 1) if f"merged{i or ''}" not in model.stage_order)
+    for method in COMPARED_MERGES:
+        try:
+            merge_adapters(model, loras, into=name, method=method)
+        except AdapterError as exc:
+            out["methods"][method] = {"skipped": str(exc)}
+            continue
+        try:
+            acc = _accuracies(evaluate_view(model, store, {d: name for d in domains}, batch_size, accelerator))
+            out["methods"][method] = {"acc": _mean(acc), "accuracy_per_domain": acc}
+        finally:
+            with warnings.catch_warnings():  # peft notes that the (temporary) active adapter is deleted
+                warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
+                model.remove_adapter(name)
+            merges = model.extras.get(MERGES_KEY, {})
+            merges.pop(name, None)
+            if not merges:
+                model.extras.pop(MERGES_KEY, None)
+    return out
