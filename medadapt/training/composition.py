@@ -54,18 +54,33 @@ def _mean(values: dict[str, float]) -> float:
     return float(np.mean(list(values.values()))) if values else float("nan")
 
 
-def _accuracies(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {d: m["accuracy"] for d, m in metrics.items()}
+class _Accuracy:
+    """Per-domain test accuracy of an adapter mapping; mappings the last stage evaluated are reused."""
+
+    def __init__(self, model: Any, store: PixelStore, batch_size: int, accelerator: Any, done: dict[str, tuple[dict, dict]]) -> None:
+        self.model, self.store, self.batch_size, self.accelerator, self.done = model, store, batch_size, accelerator, done
+
+    def __call__(self, mapping: dict[str, Any]) -> dict[str, float]:
+        for view, metrics in self.done.values():
+            if all(view.get(d, ()) == a and d in metrics for d, a in mapping.items()):
+                return {d: metrics[d]["accuracy"] for d in mapping}
+        metrics = evaluate_view(self.model, self.store, mapping, self.batch_size, self.accelerator)
+        return {d: m["accuracy"] for d, m in metrics.items()}
 
 
-def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: int, accelerator: Any = None) -> dict[str, Any]:
-    """Routing, stacking and merging results after the last stage (see the module docstring)."""
+def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: int, accelerator: Any = None, last_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Routing, stacking and merging results after the last stage (see the module docstring).
+
+    ``last_metrics`` (``{view: {domain: metrics}}`` of the last stage) saves evaluating again the
+    adapter mappings that stage already evaluated."""
     domains = trained_domains(plan, len(plan.stages) - 1)
     if ROUTER_KEY not in model.extras:  # e.g. resumed after the last stage had been evaluated
         fit_stage_router(model, store, domains)
-    evaluated = plan.stages[-1].views[plan.primary_view]
+    views = plan.stages[-1].views
+    accuracy = _Accuracy(model, store, batch_size, accelerator, {v: (views[v], m) for v, m in (last_metrics or {}).items() if v in views})
+    evaluated = views[plan.primary_view]
     oracle = {d: d if model.domains[d].adapter_type != "none" else evaluated[d] for d in domains}
-    oracle_acc = _accuracies(evaluate_view(model, store, oracle, batch_size, accelerator))
+    oracle_acc = accuracy(oracle)
     was_training = model.training
     model.eval()
     try:
@@ -91,16 +106,16 @@ def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: i
     }
     own = [d for d in domains if model.domains[d].adapter_type != "none"]
     if own and SHARED in model.shared:
-        results.update(_stacking(model, store, own, oracle_acc, batch_size, accelerator))
+        results.update(_stacking(accuracy, own, oracle_acc))
     loras = [d for d in own if model.domains[d].adapter_type == "lora"]
     if len(loras) >= 2:
-        results["merging"] = _merging(model, store, loras, domains, batch_size, accelerator)
+        results["merging"] = _merging(model, accuracy, loras, domains)
     return results
 
 
-def _stacking(model: Any, store: PixelStore, own: list[str], oracle_acc: dict[str, float], batch_size: int, accelerator: Any) -> dict[str, Any]:
+def _stacking(accuracy: _Accuracy, own: list[str], oracle_acc: dict[str, float]) -> dict[str, Any]:
     try:
-        stacked = _accuracies(evaluate_view(model, store, {d: (d, SHARED) for d in own}, batch_size, accelerator))
+        stacked = accuracy({d: (d, SHARED) for d in own})
     except AdapterError as exc:
         return {"stacking": {"skipped": str(exc)}}
     alone = {d: oracle_acc[d] for d in own}
@@ -111,10 +126,10 @@ def _stacking(model: Any, store: PixelStore, own: list[str], oracle_acc: dict[st
     }
 
 
-def _merging(model: Any, store: PixelStore, loras: list[str], domains: list[str], batch_size: int, accelerator: Any) -> dict[str, Any]:
+def _merging(model: Any, accuracy: _Accuracy, loras: list[str], domains: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"merged": loras, "methods": {}}
     if SHARED in model.shared:
-        shared = _accuracies(evaluate_view(model, store, {d: SHARED for d in domains}, batch_size, accelerator))
+        shared = accuracy({d: SHARED for d in domains})
         out["shared"] = {"acc": _mean(shared), "accuracy_per_domain": shared}
     name = next(f"merged{i or ''}" for i in range(len(model.stage_order) + 1) if f"merged{i or ''}" not in model.stage_order)
     for method in COMPARED_MERGES:
@@ -124,7 +139,7 @@ def _merging(model: Any, store: PixelStore, loras: list[str], domains: list[str]
             out["methods"][method] = {"skipped": str(exc)}
             continue
         try:
-            acc = _accuracies(evaluate_view(model, store, {d: name for d in domains}, batch_size, accelerator))
+            acc = accuracy({d: name for d in domains})
             out["methods"][method] = {"acc": _mean(acc), "accuracy_per_domain": acc}
         finally:
             with warnings.catch_warnings():  # peft notes that the (temporary) active adapter is deleted

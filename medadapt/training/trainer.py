@@ -316,5 +316,5 @@ class ContinualTrainer:
         }
         if primary != "specialists" and "specialists" in self.state.rows:
             results["specialist_accuracy_matrix"] = self.state.rows["specialists"]
-        results.update(composition_results(self.model, self.store, plan, cfg.train.eval_batch_size, self.accelerator))
+        results.update(composition_results(self.model, self.store, plan, cfg.train.eval_batch_size, self.accelerator, self.state.metrics[-1]))
         return results
