@@ -126,7 +126,24 @@ ROWS = [
         "the recipe's memory before the fix: class-balanced replay shows BreastMNIST 50/50 instead of its 27/73 class mix"),
 ]
 
+def merged(method: str) -> Callable[[Any, Path], dict[str, str | None]]:
+    """Merge the run's domain LoRAs into one adapter (peft ``add_weighted_adapter``) and score every domain with it."""
+
+    def adapters(model: Any, run_dir: Path) -> dict[str, str | None]:
+        model.merge_adapters(list(model.domains), into=f"merged_{method}", method=method)
+        return {d: f"merged_{method}" for d in model.domains}
+
+    return adapters
+
+
 POST_ROWS: list[PostRow] = [
+    PostRow("merged_ties", "rehearsal paradigm: domain LoRAs merged (ties)", "rehearsal", merged("ties"),
+            "the specialists merged after training, no rehearsal: compare with the rehearsal-trained shared adapter"),
+    PostRow("merged_linear", "rehearsal paradigm: domain LoRAs merged (linear)", "rehearsal", merged("linear"),
+            "the same with a plain weighted average of the LoRA updates"),
+    PostRow("stacked", "rehearsal paradigm: own + shared adapter stacked", "rehearsal",
+            lambda model, run_dir: {d: (d, "shared") for d in model.domains},
+            "each domain's specialist and the shared adapter both active"),
     PostRow("base", "frozen base, no adapter (zero-shot)", "rehearsal", lambda model, run_dir: {d: "base" for d in model.domains},
             "random-weight backbone: about chance"),
 ]
@@ -215,7 +232,7 @@ def train(config: dict[str, Any], accelerator: Any) -> dict[str, Any]:
     return ContinualTrainer(cfg, overwrite=True, accelerator=accelerator, progress=False).run()
 
 
-def evaluate_run(run_dir: Path, adapters: dict[str, str | None] | Callable[[Any, Path], dict[str, str | None]], batch_size: int = 256) -> dict[str, dict[str, float]]:
+def evaluate_run(run_dir: Path, adapters: dict[str, Any] | Callable[[Any, Path], dict[str, Any]], batch_size: int = 256) -> dict[str, dict[str, float]]:
     """Score a trained run's saved model on its domains' test splits.
 
     ``adapters`` maps each domain to the adapter that scores it (a domain name = that specialist,

@@ -14,6 +14,7 @@ from .errors import (  # noqa: E402
     UnsupportedBackboneError,
 )
 from .model import ContinualVLM  # noqa: E402
+from .routing import RoutedPrediction, RoutingError  # noqa: E402
 
 __all__ = [
     "AdapterError",
@@ -24,6 +25,8 @@ __all__ = [
     "ImageError",
     "MedAdaptError",
     "PromptConfig",
+    "RoutedPrediction",
+    "RoutingError",
     "StageFileError",
     "UnsupportedBackboneError",
     "__version__",
