@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", help="JSON files (default: every benchmarks/results/*.json)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write, or - for stdout")
     parser.add_argument("--full", action="store_true", help="include the detailed sections (AUROC, notes, matrices)")
+    parser.add_argument("--readme", default=None, help="also replace the tables between the benchmark markers of this README")
     args = parser.parse_args(argv)
     files = [Path(f) if Path(f).exists() else RESULTS / f for f in args.files] or sorted(RESULTS.glob("*.json"))
     text, skipped = render_document(files, args.full)
@@ -272,7 +273,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write_text(Path(args.out), text)
         print(f"wrote {args.out}")
+    if args.readme:
+        update_readme(Path(args.readme), text)
+        print(f"updated {args.readme}")
     return 0
+
+
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def update_readme(path: Path, tables: str) -> None:
+    """Replace what lies between the README's benchmark markers with ``tables`` (headings demoted)."""
+    readme = path.read_text(encoding="utf-8")
+    if README_START not in readme or README_END not in readme:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} markers")
+    body = "\n".join("#" + line if line.startswith("#") else line for line in tables.strip().splitlines())
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_text(path, f"{head}{README_START}\n{body}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":
