@@ -221,7 +221,7 @@ def plot_accuracy_matrix(
     if len(stage_names) != T:
         raise ValueError(f"got {len(stage_names)} stage names for a matrix with {T} rows")
 
-    fig = Figure(figsize=(1.2 + 1.1 * D, 1.0 + 0.7 * T), dpi=120)
+    fig = Figure(figsize=(2.5 + 1.1 * D, 1.5 + 0.7 * T), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     finite = A[np.isfinite(A)]
@@ -246,7 +246,7 @@ def plot_accuracy_matrix(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
+            fig.savefig(f, format="png", bbox_inches="tight")
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
