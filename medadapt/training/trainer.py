@@ -29,7 +29,7 @@ from .composition import composition_results, fit_stage_router, trained_domains
 from .evaluate import evaluate_view
 from .objectives import build_objective
 from .outputs import RUN_FILE, check_output_dir, summarise, write_outputs
-from .paradigms import SHARED, Plan, make_plan
+from .paradigms import Plan, make_plan
 
 CHECKPOINT_DIR = "checkpoints"
 
