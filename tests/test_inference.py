@@ -101,16 +101,21 @@ def test_shared_adapter_is_used(tiny_clip):
     torch.testing.assert_close(mixed[1], model.predict_proba(images[1], "derm", adapter=CORE_SHARED)[0], atol=1e-5, rtol=0)
 
 
+def predict_counting_vision_forwards(model, images, domains):
+    """A mixed-domain ``predict_proba`` plus one list entry per vision-tower forward it ran."""
+    calls = []
+    handle = model.base_model.vision_model.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        return model.predict_proba(images, domains), calls
+    finally:
+        handle.remove()
+
+
 def test_mixed_domain_batch_equals_per_domain_calls_and_is_batched(tiny_vlm):
     model = tiny_vlm
     domains = ["chest", "derm", "fundus", "histo", "knee", "derm", "chest", "fundus", "knee"]
     images = make_image_list(len(domains), seed=7)
-    calls = []
-    handle = model.base_model.vision_model.register_forward_hook(lambda m, a, o: calls.append(1))
-    try:
-        mixed = model.predict_proba(images, domains)
-    finally:
-        handle.remove()
+    mixed, calls = predict_counting_vision_forwards(model, images, domains)
     # one forward for LoRA / base-served / text-only-prompt rows + one for the visual-prompt domain
     assert len(calls) == 2 < len(images)
     for i, domain in enumerate(domains):
@@ -127,12 +132,7 @@ def test_mixed_lora_only_batch_is_one_forward(tiny_clip):
     model = tiny_clip
     domains = ["chest", "histo", "fundus", "knee", "chest", "histo"]
     images = make_image_list(len(domains))
-    calls = []
-    handle = model.base_model.vision_model.register_forward_hook(lambda m, a, o: calls.append(1))
-    try:
-        mixed = model.predict_proba(images, domains)
-    finally:
-        handle.remove()
+    mixed, calls = predict_counting_vision_forwards(model, images, domains)
     assert len(calls) == 1
     for i, domain in enumerate(domains):
         torch.testing.assert_close(mixed[i], model.predict_proba(images[i], domain)[0], atol=1e-5, rtol=0)

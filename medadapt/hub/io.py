@@ -84,11 +84,10 @@ def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], b
     }
 
 
-def _needs_base(model: "ContinualVLM") -> bool:
+def base_needs_saving(model: "ContinualVLM") -> bool:
+    """Whether the base cannot be reloaded from its source (built in memory, or a built-in tiny model)."""
     source = model.backbone.source
-    if source is None or source.startswith("medadapt/tiny-"):
-        return True
-    return False
+    return source is None or source.startswith("medadapt/tiny-")
 
 
 def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
@@ -106,7 +105,7 @@ def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_ba
                 entry["source"] = model.provenance[name]
             entries[name] = entry
         base_files: dict[str, str] | None = None
-        if save_base if save_base is not None else _needs_base(model):
+        if save_base if save_base is not None else base_needs_saving(model):
             save_backbone(model.backbone, str(staging / BASE_FOLDER))
             names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
             base_files = hash_folder(staging / BASE_FOLDER, names)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .._io import atomic_write_json
 from ..errors import AdapterError, BaseMismatchError, StageFileError
 from .card import is_medadapt_card, render_card
-from .io import BASE_FOLDER, save_model
+from .io import BASE_FOLDER, base_needs_saving, save_model
 from .manifest import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,8 +45,7 @@ def _needs_base(model: "ContinualVLM", save_base: bool | None) -> bool:
     """Publish ``base/`` unless the base can be reloaded by others from its Hub id."""
     if save_base is not None:
         return save_base
-    source = model.backbone.source
-    return source is None or source.startswith("medadapt/tiny-") or os.path.exists(source)
+    return base_needs_saving(model) or os.path.exists(model.backbone.source)
 
 
 def _save_for_publishing(model: "ContinualVLM", folder: Path, save_base: bool | None) -> dict[str, Any]:
