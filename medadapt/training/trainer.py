@@ -141,6 +141,7 @@ class ContinualTrainer:
         self.buffer = RehearsalBuffer(cfg.rehearsal.size, cfg.rehearsal.policy, cfg.seed)
         self.objective = build_objective("classification")
         self.state = LoopState()
+        self._resume_optimizer: tuple[Path, dict[str, Any]] | None = None
         self._check_output()
         if self.resume and latest_checkpoint(self.out / CHECKPOINT_DIR) is not None:
             self._restore()
@@ -166,8 +167,7 @@ class ContinualTrainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, optimizer: Any) -> None:
         self.state.buffer = self.buffer.state_dict()
-        if hasattr(self, "_started"):  # a resumed run's wall time includes the interrupted part
-            self.state.elapsed = time.perf_counter() - self._started
+        self.state.elapsed = time.perf_counter() - self._started  # a resumed run's includes the interrupted part
         if self.accelerator.is_main_process:
             state = {"fingerprint": self.config.fingerprint(), "loop": self.state.__dict__}
             save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
@@ -197,7 +197,7 @@ class ContinualTrainer:
         params = self.model.set_trainable([phase.adapter])
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         start = self.state.step if self.state.phase == phase_index else 0
-        if start and getattr(self, "_resume_optimizer", None):
+        if start and self._resume_optimizer:
             restore_optimizer(self._resume_optimizer[0], optimizer, self._resume_optimizer[1])
         self._resume_optimizer = None
         optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
@@ -268,7 +268,7 @@ class ContinualTrainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
-        started = self._started = time.perf_counter() - self.state.elapsed
+        self._started = time.perf_counter() - self.state.elapsed
         phases = self._phases()
         for phase_index, (stage_index, phase) in enumerate(phases):
             if phase_index < self.state.phase:
@@ -277,11 +277,10 @@ class ContinualTrainer:
             last_of_stage = phase_index + 1 == len(phases) or phases[phase_index + 1][0] != stage_index
             if last_of_stage:
                 self._evaluate_stage(stage_index)
-                self.state.elapsed = time.perf_counter() - started
                 if acc.is_main_process:
                     self.model.save_pretrained(self.out)
                 self._checkpoint(None)
-        results = self._results(time.perf_counter() - started)
+        results = self._results(time.perf_counter() - self._started)
         if acc.is_main_process:
             self.model.extras["results"] = {k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")}
             self.model.save_pretrained(self.out)
