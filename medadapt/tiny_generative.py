@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = [
+    "TINY_GENERATIVE_BUILDERS",
     "TINY_GENERATIVE_NAMES",
     "generative_byte_tokenizer",
     "tiny_generative",
@@ -35,7 +36,7 @@ IMAGE_SIZE = 32
 PATCH_SIZE = 8
 MAX_LENGTH = 512
 
-# A short LLaVA-1.5 style chat: "USER: <image>\n{text} ASSISTANT: {answer}</s>".
+# A short LLaVA-1.5 style chat: "USER: <image>\n{text} ASSISTANT: {answer}<eos>".
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ 'USER: ' }}{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' }}{% endif %}"
@@ -126,32 +127,19 @@ def _text_ids(tokenizer: Any) -> dict[str, int]:
     )
 
 
+def _tower(**specific: Any) -> dict[str, Any]:
+    """Config of a 2-layer, 2-head transformer of width ``HIDDEN`` plus the ``specific`` keys."""
+    return dict(hidden_size=HIDDEN, intermediate_size=HIDDEN * 2, num_hidden_layers=2, num_attention_heads=2, **specific)
+
+
 def _small_text(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(
-        hidden_size=HIDDEN,
-        intermediate_size=HIDDEN * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=HIDDEN // 2,
-        max_position_embeddings=MAX_LENGTH,
+    return _tower(
+        **{"num_key_value_heads": 1, "head_dim": HIDDEN // 2, "max_position_embeddings": MAX_LENGTH, **overrides}
     )
-    cfg.update(overrides)
-    return cfg
 
 
 def _small_vision(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(
-        hidden_size=HIDDEN,
-        intermediate_size=HIDDEN * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        num_channels=3,
-    )
-    cfg.update(overrides)
-    return cfg
+    return _tower(**{"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "num_channels": 3, **overrides})
 
 
 def _seeded(seed: int, build: Callable[[], Any]) -> Any:
