@@ -8,6 +8,7 @@ from typing import Any
 from .errors import DomainError
 
 _RESERVED = {"base", "auto", "__base__"}
+TASKS = ("classification", "vqa")  # vqa: free-text answers (generative bases only)
 
 
 def validate_name(name: str, what: str = "domain") -> str:
@@ -45,10 +46,15 @@ class Domain:
     prompt: str = "{}"
     adapter_type: str = "lora"
     metadata: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        if isinstance(self.labels, str) or not self.labels:
+        if self.task not in TASKS:
+            raise DomainError(f"domain {self.name!r}: task must be one of {list(TASKS)}, got {self.task!r}.")
+        if self.task == "vqa" and isinstance(self.labels, (list, tuple)) and not self.labels:
+            self.labels = []  # free-text answers: no label set
+        elif isinstance(self.labels, str) or not self.labels:
             raise DomainError(f"domain {self.name!r}: labels must be a non-empty list of strings, got {self.labels!r}.")
         self.labels = [str(label) for label in self.labels]
         if len(set(self.labels)) != len(self.labels):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -215,21 +216,30 @@ class ContinualVLM(nn.Module):
     def add_domain(
         self,
         name: str,
-        labels: Sequence[str],
+        labels: Sequence[str] = (),
         prompt: str = "{}",
         adapter: AdapterSpec = None,
         metadata: dict[str, Any] | None = None,
         seed: int | None = None,
+        task: str = "classification",
     ) -> Domain:
         """Add a domain with its labels, prompt template (with one ``{}``) and its own adapter.
 
-        ``adapter`` is a peft ``LoraConfig`` or a :class:`PromptConfig`; by default a rank-8 LoRA
-        on the attention projections of both towers. ``adapter="none"`` adds a domain without an
-        adapter of its own (served by the base or by shared adapters, as in joint training).
+        On a dual encoder the template is filled with each label (``"a chest x-ray showing {}."``).
+        On a generative base the text before ``{}`` is the question and each label a candidate
+        answer (``"Is there pneumonia? {}"`` with labels ``["no", "yes"]``); ``task="vqa"`` makes a
+        free-text question-answering domain (no labels; see :meth:`generate`).
+
+        ``adapter`` is a peft ``LoraConfig`` or a :class:`PromptConfig`; by default the family's
+        rank-8 LoRA (attention q/v of both towers for a dual encoder, of the language model only for
+        a generative base). ``adapter="none"`` adds a domain without an adapter of its own (served
+        by the base or by shared adapters, as in joint training).
         """
         self.check_new_name(name, "domain")  # before the labels are checked, as a user reads the call
+        if task not in self.family.tasks:
+            raise DomainError(f"domain {name!r}: task {task!r} needs a generative base; the {self.family.name!r} family serves {list(self.family.tasks)}.")
         labels = labels if isinstance(labels, str) else list(labels)  # a bare string is refused by Domain, not split
-        domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}))
+        domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}), task=task)
         self.add_stage(name, domain=domain, adapter=adapter, seed=seed)
         return domain
 
@@ -348,8 +358,9 @@ class ContinualVLM(nn.Module):
         images: Sequence[ImageInput] | ImageInput,
         domain: str | Sequence[str],
         adapter: str | Sequence[str] | None = None,
+        questions: Sequence[str] | str | None = None,
     ) -> torch.Tensor | list[torch.Tensor] | list[RoutedPrediction]:
-        """Class probabilities from the domain's adapter scoring its label prompts.
+        """Class probabilities from the domain's adapter scoring its labels.
 
         ``domain`` is one name (returns an ``(N, num_labels)`` tensor) or one name per image (a
         mixed-domain batch; returns a list of per-image probability tensors, computed with batched
@@ -360,32 +371,76 @@ class ContinualVLM(nn.Module):
         trainer) and returns one :class:`~medadapt.routing.RoutedPrediction` per image: ``probs``
         over the routed domain's ``labels``, the ``domain`` and ``adapter`` that served it, and
         ``unrouted`` (matched no domain well: served by the router's fallback shared adapter).
+
+        ``questions`` (generative bases): one question per image (or one for all) asked instead of
+        the domain's own; each label is scored as its answer.
         """
+        with self.evaluating():
+            if isinstance(domain, str) and domain == AUTO:
+                return predict_routed(self, self.preprocess(images), adapter)
+            pixel_values = self.preprocess(images)
+            rows = self._per_image(questions, pixel_values.shape[0], "questions")
+            if isinstance(domain, str):
+                logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter), rows)
+                return logits.softmax(dim=-1).cpu()
+            domains = self._per_image(list(domain), pixel_values.shape[0], "domain names")
+            return self.probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains], rows)
+
+    @staticmethod
+    def _per_image(values: Sequence[str] | str | None, n: int, what: str) -> list[str] | None:
+        if values is None:
+            return None
+        values = [values] * n if isinstance(values, str) else list(values)
+        if len(values) != n:
+            raise DomainError(f"got {n} images but {len(values)} {what}; give one per image.")
+        return values
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Run the body in eval mode (no adapter dropout), restoring the previous mode after."""
         was_training = self.training
         self.eval()
         try:
-            if isinstance(domain, str) and domain == AUTO:
-                return predict_routed(self, self.preprocess(images), adapter)
-            if isinstance(domain, str):
-                pixel_values = self.preprocess(images)
-                logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter))
-                return logits.softmax(dim=-1).cpu()
-            return self._predict_mixed(images, list(domain), adapter)
+            yield
         finally:
             self.train(was_training)
 
-    def _predict_mixed(self, images: Any, domains: list[str], adapter: str | None) -> list[torch.Tensor]:
-        pixel_values = self.preprocess(images)
-        if len(domains) != pixel_values.shape[0]:
-            raise DomainError(f"got {pixel_values.shape[0]} images but {len(domains)} domain names; give one per image.")
-        return self.probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains])
-
     @torch.no_grad()
-    def probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Any]) -> list[torch.Tensor]:
+    def probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Any], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         """Per-image probabilities of preprocessed images: image ``i`` over ``domains[i]``'s labels
         through adapter ``served[i]`` (a name or None for the base), in batched forwards."""
-        logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served))
+        logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served), questions)
         return [row.softmax(dim=-1).cpu() for row in logits]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        questions: Sequence[str] | str | None = None,
+        domain: str | Sequence[str] | None = None,
+        adapter: str | Sequence[str] | None = None,
+        max_new_tokens: int = 32,
+    ) -> list[str]:
+        """Free-text answers (generative bases), one per image, greedy.
+
+        ``domain`` is one name or one per image: each row is answered through its domain's adapter
+        (one batched call, peft's per-row ``adapter_names``); ``None`` answers with the frozen base.
+        ``questions`` default to each domain's own question. ``adapter`` as in :meth:`predict_proba`.
+        """
+        with self.evaluating():
+            pixel_values = self.preprocess(images)
+            n = pixel_values.shape[0]
+            domains = self._per_image(domain, n, "domain names") if domain is not None else None
+            asked = self._per_image(questions, n, "questions")
+            if asked is None:
+                if domains is None:
+                    raise DomainError("give the questions to answer, or domains whose question to ask.")
+                asked = [self.scorer.question_of(self.get_domain(d)) for d in domains]
+            if domains is None:
+                served = [None if adapter in (None, "base") else self._named_adapter(adapter)] * n
+            else:
+                served = [self.resolve_adapter(d, adapter) for d in domains]
+            return self.scorer.generate(pixel_values, asked, served, max_new_tokens=max_new_tokens)
 
     # -- routing and composition ---------------------------------------------------------------
     def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> "DomainRouter":

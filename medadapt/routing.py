@@ -328,12 +328,8 @@ def fit_router(
         raise RoutingError(f"cannot route to {unknown}: not domains of this model (domains: {list(model.domains)}).")
     spec = options.pop("spec", FeatureSpec())
     fallback = resolve_fallback(model, fallback)
-    was_training = model.training
-    model.eval()
-    try:
+    with model.evaluating():
         feats = {name: router_features(model, x if preprocessed else model.preprocess(x), spec) for name, x in images.items()}
-    finally:
-        model.train(was_training)
     router = DomainRouter.fit(
         feats, threshold, fallback=fallback, spec=spec,
         base_fingerprint=model.backbone.fingerprints.get("weights"), **options,
@@ -374,7 +370,7 @@ def serving_adapter(model: "ContinualVLM", domain: str, fallback: str | None, ad
 
 
 @torch.no_grad()
-def predict_routed(model: "ContinualVLM", pixel_values: torch.Tensor, adapter: str | None = None, serve: Mapping[str, str | None] | None = None) -> list[RoutedPrediction]:
+def predict_routed(model: "ContinualVLM", pixel_values: torch.Tensor, adapter: str | None = None, serve: Mapping[str, str | None] | None = None, questions: Sequence[str] | None = None) -> list[RoutedPrediction]:
     """Route preprocessed images and score each with the adapter it is routed to.
 
     ``serve`` (domain -> adapter) overrides :func:`serving_adapter` for routed images; unrouted
@@ -388,7 +384,7 @@ def predict_routed(model: "ContinualVLM", pixel_values: torch.Tensor, adapter: s
         router.fallback if unrouted else (serve[d] if serve is not None else serving_adapter(model, d, router.fallback, adapter))
         for d, unrouted in zip(decision.domains, decision.unrouted)
     ]
-    probs = model.probs_mixed(pixel_values, decision.domains, served)
+    probs = model.probs_mixed(pixel_values, decision.domains, served, questions)
     return [
         RoutedPrediction(p, list(model.domains[d].labels), d, a, u, s)
         for p, d, a, u, s in zip(probs, decision.domains, served, decision.unrouted, decision.scores)
@@ -402,6 +398,7 @@ def evaluate_routing(
     labels: Mapping[str, np.ndarray],
     serve: Mapping[str, str | None],
     batch_size: int = 256,
+    questions: Mapping[str, Sequence[str] | None] | None = None,
 ) -> dict[str, Any]:
     """Routing quality on labelled test images of known domains.
 
@@ -416,7 +413,9 @@ def evaluate_routing(
         c = counts.setdefault(domain, {"n": 0, "routed": 0, "matched": 0, "unrouted": 0, "correct": 0})
         truth = np.asarray(labels[domain])
         for start in range(0, pv.shape[0], batch_size):
-            preds = predict_routed(model, pv[start : start + batch_size], serve=serve)
+            asked = (questions or {}).get(domain)
+            chunk = asked[start : start + batch_size] if asked is not None else None
+            preds = predict_routed(model, pv[start : start + batch_size], serve=serve, questions=chunk)
             for p, y in zip(preds, truth[start : start + batch_size]):
                 c["n"] += 1
                 c["matched"] += p.domain == domain

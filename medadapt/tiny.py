@@ -101,3 +101,23 @@ def tiny_backbone(family: str = "clip", seed: int = 0, image_size: int = 32, hid
     model.config._name_or_path = TINY_SOURCE[family]
     backbone = backbone_from_model(model, tokenizer=tokenizer, image_processor=image_processor, source=None)
     return backbone
+
+
+def tiny_names() -> list[str]:
+    """Names of the built-in tiny bases (``model:`` in a run config): dual encoders and generative VLMs."""
+    from .tiny_generative import TINY_GENERATIVE_NAMES
+
+    return [f"tiny-{family}" for family in TINY_SOURCE] + list(TINY_GENERATIVE_NAMES)
+
+
+def tiny_base(name: str, seed: int = 0) -> Backbone:
+    """The built-in tiny base ``name`` (see :func:`tiny_names`), built from config with random weights."""
+    from .tiny_generative import TINY_GENERATIVE_NAMES, tiny_generative
+
+    if name in TINY_GENERATIVE_NAMES:
+        model, processor = tiny_generative(name, seed=seed)
+        return backbone_from_model(model, processor=processor, source=None)
+    family = name.split("-", 1)[1] if name.startswith("tiny-") else name
+    if family not in TINY_SOURCE:
+        raise ValueError(f"unknown tiny base {name!r}; built in: {tiny_names()}")
+    return tiny_backbone(family, seed=seed)

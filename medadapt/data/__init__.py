@@ -1,5 +1,5 @@
 """Data loading for medadapt: per-domain datasets from npz, image folders, Hugging Face
-datasets, VQA-RAD organ recognition, or built-in synthetic modalities."""
+datasets, VQA-RAD (organ recognition, or questions and answers), or built-in synthetic modalities."""
 
 from .base import (
     BUILTIN_FORMATS,
@@ -11,6 +11,8 @@ from .base import (
 )
 from .loaders import load_domain, register_loader, registered_formats
 from .synthetic import SYNTHETIC_KINDS, default_synthetic_domains
+from .vqa import OPEN_LABEL, VQADataset
+from .vqa_rad import VQA_RAD_HUB_ID, VQA_RAD_SPLITS, VQASample, load_vqa_rad
 
 __all__ = [
     "BUILTIN_FORMATS",
@@ -19,6 +21,12 @@ __all__ = [
     "DataNotFoundError",
     "DomainData",
     "ImageLabelDataset",
+    "OPEN_LABEL",
+    "VQADataset",
+    "VQASample",
+    "VQA_RAD_HUB_ID",
+    "VQA_RAD_SPLITS",
+    "load_vqa_rad",
     "SYNTHETIC_KINDS",
     "default_synthetic_domains",
     "load_domain",

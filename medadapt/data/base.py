@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Formats shipped with medadapt (more can be added with ``register_loader``).
-BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "synthetic")
+BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "vqa_rad", "synthetic")
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):

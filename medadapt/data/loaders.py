@@ -57,7 +57,8 @@ def load_domain(
     cfg = DataConfig.from_dict(data)
     loader = loader_for(cfg.format)
     dom = loader(name, declared, cfg)
-    if not dom.labels:
+    open_ended = not dom.labels and all(getattr(ds, "open_ended", False) for ds in dom.splits.values())
+    if not dom.labels and not open_ended:
         raise DataError(
             f"domain {name!r}: format {cfg.format!r} provides no label names; declare 'labels'"
         )
@@ -65,7 +66,8 @@ def load_domain(
     for split, ds in dom.splits.items():
         if len(ds) == 0:
             raise DataError(f"domain {name!r} split {split!r} has no samples")
-        _check_label_range(name, split, ds.labels, dom.labels)
+        if not open_ended:
+            _check_label_range(name, split, ds.labels, dom.labels)
         cap = (cfg.max_samples or {}).get(split)
         if cap is not None and cap < len(ds):
             rng = np.random.default_rng([cfg.seed, zlib.crc32(split.encode())])

@@ -10,10 +10,12 @@ from .base import (
     supported_families,
 )
 from .dual_encoder import DualEncoderFamily
+from .generative import GenerativeFamily
 
 __all__ = [
     "BackboneFamily",
     "DualEncoderFamily",
+    "GenerativeFamily",
     "Preprocessing",
     "Scorer",
     "family_by_name",

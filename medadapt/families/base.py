@@ -60,12 +60,26 @@ class Scorer(ABC):
         return next(self.model.parameters()).device
 
     @abstractmethod
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None) -> torch.Tensor:
-        """``(N, num_labels)`` logits of a batch of one domain through ``adapter``; differentiable."""
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+        """``(N, num_labels)`` logits of a batch of one domain through ``adapter``; differentiable.
+
+        ``questions`` (one per image) replace the domain's own question where the family asks one."""
 
     @abstractmethod
-    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef]) -> list[torch.Tensor]:
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         """Per-row logits (row ``i`` over ``domains[i]``'s labels through ``adapters[i]``), batched."""
+
+    def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], adapters: Sequence[AdapterRef], max_new_tokens: int = 32) -> list[str]:
+        """Free-text answers, one per image (generative families only)."""
+        raise UnsupportedBackboneError(
+            f"the {self.backbone.family.name!r} family scores labels but does not generate text; "
+            "use an image-text-to-text base (LLaVA, Gemma 3, PaliGemma, Idefics3) for free-text answers."
+        )
+
+    @staticmethod
+    def question_of(domain: "Domain") -> str:
+        """A domain's question (generative families): its prompt template's text before ``{}``."""
+        return domain.prompt.split("{}", 1)[0].strip()
 
     def create_prompt_adapter(self, config: "PromptConfig", template: str, seed: int | None) -> "PromptAdapter":
         """Build a prompt adapter for this family (families without prompt support refuse)."""
@@ -92,6 +106,7 @@ class BackboneFamily(ABC):
     objective: str = ""
     kind: str = ""  # "dual-encoder" or "generative": a stage saved on one kind cannot serve the other
     auto_class: str = "AutoModel"  # the transformers auto class that loads the base (for model cards)
+    tasks: tuple[str, ...] = ("classification",)  # domain tasks it serves ("vqa": free-text answers)
 
     @abstractmethod
     def model_class(self, model_type: str) -> type:

@@ -174,6 +174,13 @@ def tokenize_with_context(backbone: "Backbone", texts: list[str], ctx_text: str)
     return dict(encoded), torch.tensor(rows, dtype=torch.long)
 
 
+def _no_questions(questions: Sequence[str] | None) -> None:
+    if questions is not None:
+        raise UnsupportedBackboneError(
+            "per-image questions need a generative (image-text-to-text) base; a dual encoder scores a domain's label prompts."
+        )
+
+
 class DualEncoderScorer(Scorer):
     """Image/text features and class logits for a CLIP-like dual encoder with medadapt adapters.
 
@@ -344,10 +351,12 @@ class DualEncoderScorer(Scorer):
         logits = scale * image_feats @ label_feats.t()
         return logits + bias.float() if bias is not None else logits
 
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None) -> torch.Tensor:
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+        _no_questions(questions)
         return self.logits_from_features(self.image_features(pixel_values, adapter), self.label_features(domain, adapter))
 
-    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef]) -> list[torch.Tensor]:
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
+        _no_questions(questions)
         for a in adapters:
             if isinstance(a, tuple):
                 raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")

@@ -75,7 +75,23 @@ class PixelStore:
             for row, p in enumerate(positions):
                 pixels[p] = values[row]
         labels = torch.tensor([int(self.labels(d, split)[i]) for d, i in refs], dtype=torch.long)
-        return Batch(torch.stack(pixels), labels, [d for d, _ in refs])  # type: ignore[arg-type]
+        questions = [self.question(d, split, i) for d, i in refs]
+        answers = [self.answer(d, split, i) for d, i in refs]
+        return Batch(
+            torch.stack(pixels), labels, [d for d, _ in refs],  # type: ignore[arg-type]
+            questions if any(q is not None for q in questions) else None,
+            answers if any(a is not None for a in answers) else None,
+        )
+
+    def question(self, domain: str, split: str, index: int) -> str | None:
+        """Sample ``index``'s own question (VQA data), or None when it uses its domain's."""
+        questions = getattr(self._datasets[(domain, split)], "questions", None)
+        return questions[int(index)] if questions is not None else None
+
+    def answer(self, domain: str, split: str, index: int) -> str | None:
+        """Sample ``index``'s free-text answer (VQA data), or None when its label is the answer."""
+        answers = getattr(self._datasets[(domain, split)], "answers", None)
+        return answers[int(index)] if answers is not None else None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..adapters import LORA
 from ..errors import AdapterError
 from ..merging import MERGES_KEY, merge_adapters
 from ..routing import ROUTER_KEY, DomainRouter, evaluate_routing, fit_router
@@ -40,14 +41,26 @@ def _all_indices(store: PixelStore, domain: str, split: str) -> range:
     return range(len(store.labels(domain, split)))
 
 
-def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap: int = ROUTER_TRAIN_CAP, seed: int = 0) -> DomainRouter:
-    """Fit (or refit) the model's router on the train splits of ``domains`` (at most ``cap`` images each)."""
+def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap: int = ROUTER_TRAIN_CAP, seed: int = 0) -> DomainRouter | None:
+    """Fit (or refit) the model's router on the train splits of the classification ``domains`` (at
+    most ``cap`` images each); open-ended domains have no labels to route to. None when there are none."""
     images = {}
-    for d in domains:
+    for d in routable(model, domains):
         n = len(store.labels(d, "train"))
         indices = range(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)).tolist()
         images[d] = store.pixels(d, "train", indices)
-    return fit_router(model, images, preprocessed=True)
+    return fit_router(model, images, preprocessed=True) if images else None
+
+
+def routable(model: Any, domains: Sequence[str]) -> list[str]:
+    """The domains an image can be routed to: those with labels to score (not open-ended VQA)."""
+    return [d for d in domains if model.get_domain(d).task == "classification"]
+
+
+def _questions(store: PixelStore, domain: str) -> list[str] | None:
+    """The test split's own questions (VQA data), or None when its samples use the domain's."""
+    asked = [store.question(domain, "test", i) for i in _all_indices(store, domain, "test")]
+    return asked if all(q is not None for q in asked) else None
 
 
 def _mean(values: dict[str, float]) -> float:
@@ -74,20 +87,18 @@ def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: i
     ``last_metrics`` (``{view: {domain: metrics}}`` of the last stage) saves evaluating again the
     adapter mappings that stage already evaluated."""
     domains = trained_domains(plan, len(plan.stages) - 1)
-    if ROUTER_KEY not in model.extras:  # e.g. resumed after the last stage had been evaluated
-        fit_stage_router(model, store, domains)
+    if ROUTER_KEY not in model.extras and fit_stage_router(model, store, domains) is None:  # e.g. resumed after the last stage
+        return {}  # only open-ended domains: nothing to route, stack or merge by accuracy
     views = plan.stages[-1].views
     accuracy = _Accuracy(model, store, batch_size, accelerator, {v: (views[v], m) for v, m in (last_metrics or {}).items() if v in views})
     evaluated = views[plan.primary_view]
     oracle = {d: d if model.domains[d].adapter_type != "none" else evaluated[d] for d in domains}
     oracle_acc = accuracy(oracle)
-    was_training = model.training
-    model.eval()
-    try:
-        pixels = {d: store.pixels(d, "test", _all_indices(store, d, "test")) for d in domains}
-        routing = evaluate_routing(model, pixels, {d: store.labels(d, "test") for d in domains}, oracle, batch_size)
-    finally:
-        model.train(was_training)
+    scored = routable(model, domains)
+    with model.evaluating():
+        pixels = {d: store.pixels(d, "test", _all_indices(store, d, "test")) for d in scored}
+        questions = {d: _questions(store, d) for d in scored}
+        routing = evaluate_routing(model, pixels, {d: store.labels(d, "test") for d in scored}, oracle, batch_size, questions)
     auto = routing.pop("auto_routing_accuracy_per_domain")
     state = model.extras[ROUTER_KEY]
     results: dict[str, Any] = {
@@ -107,7 +118,7 @@ def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: i
     own = [d for d in domains if model.domains[d].adapter_type != "none"]
     if own and SHARED in model.shared:
         results.update(_stacking(accuracy, own, oracle_acc))
-    loras = [d for d in own if model.domains[d].adapter_type == "lora"]
+    loras = [d for d in own if model.adapters.kind_of(d) is LORA]
     if len(loras) >= 2:
         results["merging"] = _merging(model, accuracy, loras, domains)
     return results

@@ -102,6 +102,7 @@ class DomainSettings:
     data: dict[str, Any]
     labels: list[str] | None = None
     prompt: str = "{}"
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         from ..data import DataConfig
@@ -110,6 +111,10 @@ class DomainSettings:
             raise ConfigError(f"domain name must be a non-empty string, got {self.name!r}.")
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise ConfigError(f"domain {self.name!r}: prompt must contain one '{{}}' where the label goes, got {self.prompt!r}.")
+        from ..domains import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"domain {self.name!r}: task must be one of {list(TASKS)}, got {self.task!r}.")
         from ..data import DataError
 
         try:
@@ -135,7 +140,8 @@ class TrackingSettings:
 
 @dataclass
 class RunConfig:
-    """Everything a training run needs. ``model`` is a Hub id, a local folder, or ``tiny-clip``/``tiny-siglip``."""
+    """Everything a training run needs. ``model`` is a Hub id, a local folder, or a built-in tiny base
+    (``tiny-clip``, ``tiny-siglip``, ``tiny-llava``, ``tiny-gemma3``, ``tiny-paligemma``, ``tiny-idefics3``)."""
 
     model: str = "tiny-clip"
     paradigm: str = "rehearsal"

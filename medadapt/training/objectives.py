@@ -19,11 +19,17 @@ from ..errors import MedAdaptError
 
 @dataclass
 class Batch:
-    """Preprocessed images, integer labels and the domain of every row."""
+    """Preprocessed images, integer labels and the domain of every row.
+
+    VQA data also carries each row's own question and free-text answer (``None`` where a row uses
+    its domain's question and the label text as the answer); label ``-1`` marks an open answer.
+    """
 
     pixel_values: torch.Tensor
     labels: torch.Tensor
     domains: list[str]
+    questions: list[str | None] | None = None
+    answers: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.domains)
@@ -75,3 +81,26 @@ class ClassificationObjective:
             correct += int((logits.argmax(-1) == labels).sum())
         loss = total / len(batch)
         return loss, {"loss": float(loss.detach()), "acc": correct / len(batch)}
+
+
+@register_objective("causal_lm")
+class CausalLMObjective:
+    """Causal-LM loss on each row's answer tokens only (the image and question are masked).
+
+    A row's answer is its free-text answer, or its label's text; its question is its own, or its
+    domain's. The report's ``acc`` is the answer-token accuracy (teacher forcing).
+    """
+
+    def reset(self) -> None:
+        """Nothing is kept between phases."""
+
+    def __call__(self, model: Any, batch: Batch, adapter: str) -> tuple[torch.Tensor, dict[str, float]]:
+        questions, answers = [], []
+        for i, name in enumerate(batch.domains):
+            domain = model.get_domain(name)
+            asked = batch.questions[i] if batch.questions is not None else None
+            given = batch.answers[i] if batch.answers is not None else None
+            questions.append(asked or model.scorer.question_of(domain))
+            answers.append(given if given is not None else domain.labels[int(batch.labels[i])])
+        loss, accuracy = model.scorer.lm_loss(batch.pixel_values, questions, answers, adapter)
+        return loss, {"loss": float(loss.detach()), "acc": accuracy}

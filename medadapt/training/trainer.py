@@ -22,6 +22,7 @@ from .._io import atomic_write_json
 from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
+from ..tiny import tiny_base, tiny_names
 from .batches import BatchSchedule, PixelStore
 from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig
@@ -35,11 +36,9 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def build_base(config: RunConfig) -> ContinualVLM:
-    """The frozen base named by ``config.model`` (``tiny-clip``/``tiny-siglip`` are built in)."""
-    if config.model in ("tiny-clip", "tiny-siglip"):
-        from ..tiny import tiny_backbone
-
-        return ContinualVLM(tiny_backbone(config.model.split("-", 1)[1], seed=0))
+    """The frozen base named by ``config.model`` (the ``tiny-*`` models of :mod:`medadapt.tiny` are built in)."""
+    if config.model in tiny_names():
+        return ContinualVLM(tiny_base(config.model, seed=0))
     return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
 
 
@@ -129,7 +128,7 @@ class ContinualTrainer:
         targets = self.model.family.default_lora_targets(self.model.base_model)
         own = {n for n, kind in self.plan.adapters if kind == "domain"}
         for d in cfg.domains:
-            self.model.add_domain(d.name, self.data[d.name].labels, d.prompt, adapter=cfg.adapter.build(targets) if d.name in own else "none", seed=cfg.seed)
+            self.model.add_domain(d.name, self.data[d.name].labels, d.prompt, adapter=cfg.adapter.build(targets) if d.name in own else "none", seed=cfg.seed, task=d.task)
         for name, kind in self.plan.adapters:
             if kind == "shared":
                 self.model.add_shared_adapter(name, adapter=(cfg.shared_adapter or cfg.adapter).build(targets), seed=cfg.seed)
