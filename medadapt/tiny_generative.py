@@ -152,8 +152,18 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
         torch.random.set_rng_state(state)
 
 
+#: The output head's weights are scaled up by this factor: with hidden size 32 and the usual 0.02
+#: init, a random head gives near-uniform next-token distributions (loss ~ln(vocab) whatever the
+#: adapter learns, and longer answers always lose by ~5 nats a token), so adapters could not learn.
+LOGIT_SCALE = 20.0
+
+
 def _finish(model: Any, tokenizer: Any, name: str) -> Any:
     model.eval()
+    head = model.get_output_embeddings()
+    if head is not model.get_input_embeddings():
+        with torch.no_grad():
+            head.weight.mul_(LOGIT_SCALE)
     model.config._name_or_path = f"medadapt/{name}"
     gen = model.generation_config
     gen.pad_token_id = tokenizer.pad_token_id

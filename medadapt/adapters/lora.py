@@ -29,9 +29,10 @@ def lora_owner(param_name: str) -> str | None:
     return None
 
 
-def default_lora_config(target_modules: Sequence[str], r: int = 8) -> LoraConfig:
+def default_lora_config(target_modules: Sequence[str] | str, r: int = 8) -> LoraConfig:
     """The LoRA config used when a domain is added without one: rank 8 on the attention q/v projections."""
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(target_modules), bias="none")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)  # a str is peft's regex
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, bias="none")
 
 
 class LoraBank:

@@ -66,8 +66,8 @@ class RehearsalBuffer:
             raise RehearsalError(f"labels of domain {domain!r} must be a non-empty 1-D array, got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.integer):
             raise RehearsalError(f"labels of domain {domain!r} must be integers, got dtype {arr.dtype}")
-        if arr.min() < 0:
-            raise RehearsalError(f"labels of domain {domain!r} must be >= 0, got {int(arr.min())}")
+        if arr.min() < -1:  # -1: a sample whose answer is free text (VQA); kept as one class of its own
+            raise RehearsalError(f"labels of domain {domain!r} must be >= 0 (or -1 for a free-text answer), got {int(arr.min())}")
         arr = arr.astype(np.int64)
         if self.size > 0:
             mem = self._policy.update(list(self._memory), domain, arr, self.size, self._rng, self._policy_state)
