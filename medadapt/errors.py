@@ -29,3 +29,7 @@ class StageFileError(MedAdaptError, ValueError):
 
 class BaseMismatchError(StageFileError):
     """A save was made for a different base model than the one given."""
+
+
+class MissingExtraError(MedAdaptError, ImportError):
+    """An optional dependency (an extra such as ``medadapt[dicom]``) is not installed."""
