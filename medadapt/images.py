@@ -64,16 +64,15 @@ def _open_pil(source: Any, where: str, what: str) -> Image.Image:
         raise ImageError(f"{where}: cannot decode {what}: {exc}") from exc
 
 
-def _colour_to_uint8(array: np.ndarray, where: str) -> np.ndarray:
+def _colour_to_uint8(array: np.ndarray, where: str, shape: tuple[int, ...]) -> np.ndarray:
     """(H, W, 3|4) colour values as uint8: uint8 as is, bool 0/255, floats in [0, 1] or [0, 255]."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
-    shape = tuple(array.shape)
     if not np.issubdtype(array.dtype, np.floating):
         raise ImageError(
-            f"{where}: a {array.dtype} array of shape {shape} is not read as a colour image (colour comes "
+            f"{where}: {array.dtype} array of shape {shape} is not read as a colour image (colour comes "
             "from uint8 or float arrays; a wider integer stack is usually CT/MR slices). For an RGB image, "
             f"convert it: array.astype(numpy.uint8). {_SLICING_HINT}"
         )
@@ -116,7 +115,7 @@ def _array_to_pil(array: np.ndarray, where: str, window: WindowSpec = None) -> I
         raise ImageError(f"{where}: image has an empty side, shape {shape}.")
     if window is not None:
         raise ImageError(f"{where}: a window applies to greyscale images; this one has {array.shape[-1]} channels.")
-    colour = _colour_to_uint8(array, where)
+    colour = _colour_to_uint8(array, where, shape)
     return Image.fromarray(np.ascontiguousarray(colour), "RGB" if colour.shape[-1] == 3 else "RGBA")
 
 
