@@ -35,7 +35,7 @@ from .medical.windows import WindowSpec, apply_window, resolve_window, scale_to_
 
 ImageInput = Any  # PIL.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes | pydicom.Dataset
 
-__all__ = ["ImageInput", "load_image", "to_rgb", "preprocess"]
+__all__ = ["ImageInput", "load_image", "to_rgb", "preprocess", "model_input_image"]
 
 _GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L", "1")
 _SLICING_HINT = (
@@ -205,3 +205,19 @@ def preprocess(images: Sequence[ImageInput] | ImageInput, image_processor: Any) 
         raise ImageError("no images given (empty list).")
     rgb = [to_rgb(image, i) for i, image in enumerate(images)]
     return image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+def model_input_image(
+    image: ImageInput, image_processor: Any, window: WindowSpec = None, frame: int | None = None
+) -> Image.Image:
+    """The image as the model receives it (windowed, converted, resized, cropped), back in display range.
+
+    Runs :func:`to_rgb` and the base model's ``image_processor``, then undoes the processor's
+    normalisation (``image_mean`` / ``image_std``) so a person can look at the result.
+    """
+    pixels = image_processor(images=[to_rgb(image, window=window, frame=frame)], return_tensors="pt")["pixel_values"][0]
+    mean = torch.tensor(getattr(image_processor, "image_mean", None) or [0.0, 0.0, 0.0], dtype=pixels.dtype).view(-1, 1, 1)
+    std = torch.tensor(getattr(image_processor, "image_std", None) or [1.0, 1.0, 1.0], dtype=pixels.dtype).view(-1, 1, 1)
+    values = (pixels * std + mean).clamp(0.0, 1.0)
+    array = np.round(values.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+    return Image.fromarray(array, "RGB")

@@ -161,7 +161,7 @@ class DataConfig:
         format: ``"npz" | "imagefolder" | "hf" | "vqa_rad_organ" | "synthetic" | "dicom"`` (or any
             format added with :func:`medadapt.data.loaders.register_loader`).
         path: file or folder (npz file, image folder root, ``save_to_disk`` folder,
-            VQA-RAD folder).
+            VQA-RAD folder, DICOM folder); ``medadapt:...`` points inside the installed package.
         dataset: Hugging Face Hub dataset name (``hf`` format without ``path``).
         splits: medadapt split name -> source split name (npz key prefix, image-folder
             subfolder, HF split, or ``train``/``val``/``test`` for generated splits).

@@ -31,6 +31,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VQA_RAD_ORGANS",
     "VQA_RAD_DEFAULT_LABELS",
+    "PACKAGE_PREFIX",
     "require_path",
     "stratified_split",
     "match_label_names",
@@ -120,8 +121,17 @@ def _check_label_range(domain: str, split: str, values: np.ndarray, labels: list
         )
 
 
+#: Prefix of data paths inside the installed medadapt package, e.g. ``medadapt:demo/medical_demo.npz``.
+PACKAGE_PREFIX = "medadapt:"
+
+
 def require_path(path: str | None, what: str, domain: str, is_dir: bool) -> Path:
-    p = Path(str(path)).expanduser()
+    """``path`` as an existing file or folder (``medadapt:`` paths point inside the package), else a DataError."""
+    text = str(path)
+    if text.startswith(PACKAGE_PREFIX):
+        p = Path(__file__).resolve().parents[1] / text[len(PACKAGE_PREFIX):]
+    else:
+        p = Path(text).expanduser()
     if not p.exists():
         raise DataNotFoundError(f"domain {domain!r}: {what} not found: {p}")
     if is_dir and not p.is_dir():
