@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -31,12 +30,11 @@ from medadapt.medical import (
 
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installed")
 nibabel = pytest.importorskip("nibabel", reason="the nifti extra (nibabel) is not installed")
+nibabel_testing = pytest.importorskip("nibabel.testing", reason="the nifti extra (nibabel) is not installed")
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder  # noqa: E402
 
 DICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
-import nibabel.testing  # noqa: E402
-
-NIFTI_DIR = Path(nibabel.testing.data_path)
+NIFTI_DIR = Path(nibabel_testing.data_path)
 
 
 def dcm(name: str) -> Path:

@@ -49,8 +49,7 @@ def test_show_writes_the_model_input_with_the_window_and_orientation(tiny_clip, 
 
 def test_show_dicom_window_and_nifti_slice(tiny_clip, tmp_path):
     pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed")
-    nibabel = pytest.importorskip("nibabel", reason="the nifti extra is not installed")
-    import nibabel.testing
+    nibabel_testing = pytest.importorskip("nibabel.testing", reason="the nifti extra is not installed")
 
     ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
     assert main(["show", str(ct), "-o", str(tmp_path / "lung.png"), "--window", "lung", "--scale", "1"]) == 0
@@ -62,7 +61,7 @@ def test_show_dicom_window_and_nifti_slice(tiny_clip, tmp_path):
     assert main(["show", str(ct), "-o", str(tmp_path / "full.png"), "--original", "--scale", "1"]) == 0
     with Image.open(tmp_path / "full.png") as full:  # the windowed DICOM itself, greyscale, before resizing
         assert full.mode == "L" and np.array_equal(np.asarray(full), np.asarray(read_dicom(ct)))
-    anat = Path(nibabel.testing.data_path) / "anatomical.nii"
+    anat = Path(nibabel_testing.data_path) / "anatomical.nii"
     assert main(["show", str(anat), "-o", str(tmp_path / "axial.png"), "--slice", "7", "--scale", "1"]) == 0
     expected = model_input_image(nifti_slices(anat, axis=2, slices=7)[0], tiny_clip.backbone.image_processor)
     assert np.array_equal(written(tmp_path / "axial.png"), np.asarray(expected).astype(np.int64))

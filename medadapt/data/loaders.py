@@ -8,7 +8,6 @@ then applies the shared checks (non-empty splits, labels within the declared lis
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 import zlib

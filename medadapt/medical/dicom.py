@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError, MissingExtraError
+from ..errors import ImageError
+from .extras import require_module
 from .windows import WindowSpec, apply_window, resolve_window, stretch_to_uint8
 
 __all__ = [
@@ -45,12 +46,8 @@ DicomSource = Any  # str | os.PathLike | bytes | pydicom.Dataset | binary file o
 
 
 def _pydicom() -> Any:
-    try:
-        import pydicom
-        import pydicom.pixels  # noqa: F401  (decoders, LUTs)
-    except ImportError as exc:
-        raise MissingExtraError(f"reading DICOM needs pydicom and its decoders: {DICOM_EXTRA}") from exc
-    return pydicom
+    require_module("pydicom.pixels", "reading DICOM (with its decoders)", DICOM_EXTRA)
+    return require_module("pydicom", "reading DICOM", DICOM_EXTRA)
 
 
 def is_dicom(source: Any) -> bool:

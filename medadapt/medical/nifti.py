@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError, MissingExtraError
+from ..errors import ImageError
+from .extras import require_module
 from .volumes import SliceSpec, volume_slices
 from .windows import WindowSpec
 
@@ -27,11 +28,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".img.gz")
 
 
 def _nibabel() -> Any:
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise MissingExtraError(f"reading NIfTI needs nibabel: {NIFTI_EXTRA}") from exc
-    return nibabel
+    return require_module("nibabel", "reading NIfTI", NIFTI_EXTRA)
 
 
 def is_nifti(source: Any) -> bool:
