@@ -49,3 +49,7 @@ class DataError(MedAdaptError, ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A data file or folder named by the configuration does not exist."""
+
+
+class MissingExtraError(MedAdaptError, ImportError):
+    """An optional dependency (an extra such as ``medadapt[dicom]``) is not installed."""

@@ -65,8 +65,8 @@ def test_image_label_dataset_and_subset() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(DataError, match="valid formats: .*npz.*imagefolder.*hf.*vqa_rad_organ.*synthetic"):
-        DataConfig(format="dicom", path="x")
+    with pytest.raises(DataError, match="valid formats: .*npz.*imagefolder.*hf.*vqa_rad_organ.*synthetic.*dicom"):
+        DataConfig(format="parquet", path="x")
     with pytest.raises(DataError, match="unknown data config keys \\['pth'\\]"):
         DataConfig.from_dict({"format": "npz", "pth": "x.npz"})
     with pytest.raises(DataError, match="needs 'path'"):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from medadapt import ContinualVLM, PromptConfig
+from medadapt.errors import ImageError
 from tests.conftest import CORE_DOMAINS, CORE_SHARED, core_lora_config, frozen_probs, make_image_list, png_bytes
 
 ALL_DOMAINS = list(CORE_DOMAINS)
@@ -231,8 +232,10 @@ def test_batches_as_arrays_and_mixed_lists(tiny_clip):
     assert model.predict_proba(stack, "chest").shape == (5, 3)
     tensor = torch.rand(4, 3, 20, 28)
     assert model.predict_proba(tensor, "chest").shape == (4, 3)
-    greys = np.random.RandomState(0).randint(0, 256, size=(6, 20, 20), dtype=np.uint8)  # (N, H, W)
-    assert model.predict_proba(greys, "chest").shape == (6, 3)
+    greys = np.random.RandomState(0).randint(0, 256, size=(6, 20, 20), dtype=np.uint8)  # (N, H, W): batch or volume?
+    with pytest.raises(ImageError, match="pass list\\(array\\)"):
+        model.predict_proba(greys, "chest")
+    assert model.predict_proba(list(greys), "chest").shape == (6, 3)
     mixed = [Image.fromarray(_rgb_u8()), _rgb_u8(10, 40), torch.rand(3, 9, 9), png_bytes(Image.fromarray(_rgb_u8(5, 5)))]
     assert model.predict_proba(mixed, "derm").shape == (4, 2)
     probs = model.predict_proba(mixed, ["derm", "chest", "fundus", "derm"])

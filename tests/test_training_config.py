@@ -16,9 +16,12 @@ def test_demo_config_loads_with_defaults_filled():
     cfg = load_config(DEMO)
     assert isinstance(cfg, RunConfig)
     assert cfg.model == "tiny-clip" and cfg.paradigm == "rehearsal" and cfg.compare_naive is True
-    assert [d.name for d in cfg.domains] == ["synth_histology", "synth_xray", "synth_ultrasound"]
+    assert [d.name for d in cfg.domains] == ["pneumonia", "breast", "organ"]
+    assert {d.data["path"] for d in cfg.domains} == {"medadapt:demo/medical_demo.npz"}  # shipped in the package
     assert cfg.train.grad_accum_steps == 1 and cfg.train.mixed_precision == "no"  # defaults
     assert cfg.rehearsal.policy == "class_balanced" and cfg.rehearsal.ratio == 0.5
+    synthetic = load_config(RECIPES / "configs" / "synthetic.yaml")
+    assert [d.name for d in synthetic.domains] == ["synth_histology", "synth_xray", "synth_ultrasound"]
 
 
 def test_parse_overrides_nests_and_parses_yaml_values():

@@ -1,5 +1,6 @@
 """Data loading for medadapt: per-domain datasets from npz, image folders, Hugging Face
-datasets, VQA-RAD (organ recognition, or questions and answers), or built-in synthetic modalities."""
+datasets, VQA-RAD (organ recognition, or questions and answers), DICOM folders, or built-in synthetic
+modalities."""
 
 from .base import (
     BUILTIN_FORMATS,
@@ -10,12 +11,16 @@ from .base import (
     ImageLabelDataset,
 )
 from .loaders import load_domain, register_loader, registered_formats
+from . import dicom as _dicom_format  # noqa: F401  (registers the ``dicom`` format)
+from .files import BadFilesWarning, ImageFiles
 from .synthetic import SYNTHETIC_KINDS, default_synthetic_domains
 from .vqa import OPEN_LABEL, VQADataset
 from .vqa_rad import VQA_RAD_HUB_ID, VQA_RAD_SPLITS, VQASample, load_vqa_rad
 
 __all__ = [
     "BUILTIN_FORMATS",
+    "BadFilesWarning",
+    "ImageFiles",
     "DataConfig",
     "DataError",
     "DataNotFoundError",

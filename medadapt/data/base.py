@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Formats shipped with medadapt (more can be added with ``register_loader``).
-BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "vqa_rad", "synthetic")
+BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "vqa_rad", "synthetic", "dicom")
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):
@@ -143,6 +143,8 @@ def open_image(path: str) -> Image.Image:
             return im.copy() if im.mode not in ("P", "PA") else im.convert("RGB")
     except FileNotFoundError:
         raise DataNotFoundError(f"image file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image file {path}: {exc}") from exc
 
 
 @dataclass
@@ -150,10 +152,10 @@ class DataConfig:
     """Where and how to read one domain's data.
 
     Fields:
-        format: ``"npz" | "imagefolder" | "hf" | "vqa_rad_organ" | "synthetic"`` (or any
+        format: ``"npz" | "imagefolder" | "hf" | "vqa_rad_organ" | "synthetic" | "dicom"`` (or any
             format added with :func:`medadapt.data.loaders.register_loader`).
         path: file or folder (npz file, image folder root, ``save_to_disk`` folder,
-            VQA-RAD folder).
+            VQA-RAD folder, DICOM folder); ``medadapt:...`` points inside the installed package.
         dataset: Hugging Face Hub dataset name (``hf`` format without ``path``).
         splits: medadapt split name -> source split name (npz key prefix, image-folder
             subfolder, HF split, or ``train``/``val``/``test`` for generated splits).
@@ -217,7 +219,7 @@ class DataConfig:
             raise DataError(f"data 'options' must be a mapping, got {self.options!r}")
 
         fmt = self.format
-        if fmt in ("npz", "imagefolder", "vqa_rad_organ") and not self.path:
+        if fmt in ("npz", "imagefolder", "vqa_rad_organ", "dicom") and not self.path:
             raise DataError(f"data format {fmt!r} needs 'path'")
         if fmt == "hf" and not (self.path or self.dataset):
             raise DataError("data format 'hf' needs 'path' (a save_to_disk folder) or 'dataset' (a Hub name)")

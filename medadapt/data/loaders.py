@@ -8,7 +8,6 @@ then applies the shared checks (non-empty splits, labels within the declared lis
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 import zlib
@@ -18,9 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, DataNotFoundError
+from ..errors import DataError, DataNotFoundError, ImageError
+from ..images import load_image
 from . import synthetic
-from .base import DataConfig, DomainData, ImageLabelDataset, open_image
+from .base import DataConfig, DomainData, ImageLabelDataset
+from .files import FileOptions, ImageFiles, check_files
 from .registry import loader_for, register_loader, registered_formats
 
 __all__ = [
@@ -30,11 +31,15 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VQA_RAD_ORGANS",
     "VQA_RAD_DEFAULT_LABELS",
+    "PACKAGE_PREFIX",
+    "require_path",
+    "stratified_split",
+    "match_label_names",
 ]
 
 
-#: File extensions read by the ``imagefolder`` format (case-insensitive).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: File extensions read by the ``imagefolder`` format (case-insensitive); DICOM included.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 #: ``image_organ`` values of VQA-RAD, in label order.
 VQA_RAD_ORGANS = ("HEAD", "CHEST", "ABD")
 #: Label names used for VQA-RAD organ recognition when the domain declares none.
@@ -97,8 +102,17 @@ def _check_label_range(domain: str, split: str, values: np.ndarray, labels: list
         )
 
 
-def _require_path(path: str | None, what: str, domain: str, is_dir: bool) -> Path:
-    p = Path(str(path)).expanduser()
+#: Prefix of data paths inside the installed medadapt package, e.g. ``medadapt:demo/medical_demo.npz``.
+PACKAGE_PREFIX = "medadapt:"
+
+
+def require_path(path: str | None, what: str, domain: str, is_dir: bool) -> Path:
+    """``path`` as an existing file or folder (``medadapt:`` paths point inside the package), else a DataError."""
+    text = str(path)
+    if text.startswith(PACKAGE_PREFIX):
+        p = Path(__file__).resolve().parents[1] / text[len(PACKAGE_PREFIX):]
+    else:
+        p = Path(text).expanduser()
     if not p.exists():
         raise DataNotFoundError(f"domain {domain!r}: {what} not found: {p}")
     if is_dir and not p.is_dir():
@@ -108,11 +122,40 @@ def _require_path(path: str | None, what: str, domain: str, is_dir: bool) -> Pat
     return p
 
 
+def stratified_split(y: np.ndarray, test_fraction: Any, seed: int, domain: str) -> dict[str, np.ndarray]:
+    """Deterministic stratified split: per class, indices shuffled with ``seed``, ``round(n * test_fraction)``
+    to ``test``, the rest to ``train``; ``all`` holds every index. Returns source split -> indices."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 < float(test_fraction) < 1.0:
+        raise DataError(f"domain {domain!r}: options.test_fraction must be in (0, 1), got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        pick = rng.permutation(members)[: int(round(len(members) * float(test_fraction)))]
+        is_test[pick] = True
+    return {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test), "all": np.arange(len(y))}
+
+
+def match_label_names(values: list[str], labels: list[str], domain: str, where: str) -> np.ndarray:
+    """Label indices for label-name strings (case- and space-insensitive) or integer strings."""
+    declared = {_norm(lab): k for k, lab in enumerate(labels)}
+    out = []
+    for v in values:
+        text = str(v).strip()
+        if _norm(text) in declared:
+            out.append(declared[_norm(text)])
+        elif text.lstrip("-").isdigit():
+            out.append(int(text))
+        else:
+            raise DataError(f"domain {domain!r}: label {text!r} in {where} is not one of the declared labels {labels}")
+    return np.asarray(out, dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------- npz
 @register_loader("npz")
 def _load_npz(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
     """MedMNIST-style ``.npz``: ``{split}_images`` (uint8) and ``{split}_labels``."""
-    path = _require_path(cfg.path, "npz file", name, is_dir=False)
+    path = require_path(cfg.path, "npz file", name, is_dir=False)
     if not labels:
         raise DataError(f"domain {name!r}: npz files carry no label names; declare 'labels'")
     try:
@@ -151,6 +194,14 @@ def _load_npz(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
                 )
             if len(labs) != len(images):
                 raise DataError(f"domain {name!r}: {ik} has {len(images)} rows but {lk} has {len(labs)}")
+            if labs.dtype.kind not in "iub":
+                fractional = labs.dtype.kind != "f" or not np.all(np.isfinite(labs)) or np.any(labs != np.round(labs))
+                if fractional:
+                    odd = np.unique(labs[~np.isfinite(labs) | (labs != np.round(labs))] if labs.dtype.kind == "f" else labs)[:5]
+                    raise DataError(
+                        f"domain {name!r}: {lk} in {path} holds labels that are not whole class indices "
+                        f"(dtype {labs.dtype}, e.g. {odd.tolist()}); labels must be integers 0..{len(labels) - 1}"
+                    )
             splits[split] = ImageLabelDataset(images, labs.astype(np.int64))
     return DomainData(name, labels, splits)
 
@@ -158,11 +209,14 @@ def _load_npz(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
 # --------------------------------------------------------------------- imagefolder
 @register_loader("imagefolder")
 def _load_imagefolder(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
-    """``path/<split>/<label_name>/*.png|jpg|...``; label index = position in ``labels``.
+    """``path/<split>/<label_name>/*.png|jpg|...|dcm``; label index = position in ``labels``.
 
-    With no declared labels, the sorted union of class-folder names is used.
+    With no declared labels, the sorted union of class-folder names is used. ``options``:
+    ``window`` (DICOM/16-bit), ``frame``, ``on_bad_file`` (``error`` | ``skip``), ``check_files``
+    (see :class:`medadapt.data.files.FileOptions`).
     """
-    root = _require_path(cfg.path, "image folder", name, is_dir=True)
+    root = require_path(cfg.path, "image folder", name, is_dir=True)
+    options = FileOptions(name, cfg.options)
     split_dirs: dict[str, Path] = {}
     available = sorted(p.name for p in root.iterdir() if p.is_dir())
     for split, src in cfg.splits.items():
@@ -190,7 +244,8 @@ def _load_imagefolder(name: str, labels: list[str], cfg: DataConfig) -> DomainDa
             )
             paths += [str(f) for f in files]
             ys += [index[cls_dir.name]] * len(files)
-        splits[split] = ImageLabelDataset(paths, np.asarray(ys, dtype=np.int64))
+        files_, y = check_files(ImageFiles(paths, options.window, options.frame), np.asarray(ys, dtype=np.int64), options, name, split)
+        splits[split] = ImageLabelDataset(files_, y)
     return DomainData(name, labels, splits)
 
 
@@ -198,12 +253,15 @@ def _load_imagefolder(name: str, labels: list[str], cfg: DataConfig) -> DomainDa
 class HFImageColumn:
     """Lazily decoded image column of a Hugging Face ``datasets.Dataset``.
 
-    Items are PIL images (``Image`` feature) or uint8 arrays (array-like cells).
+    Items are PIL images (``Image`` feature, undecoded ``{"bytes", "path"}`` cells, DICOM bytes or
+    paths, or string file paths) or uint8 arrays (array-like cells). ``window`` and ``frame`` apply
+    to DICOM and 16-bit cells, as in the ``imagefolder`` format.
     """
 
-    def __init__(self, ds: Any, column: str) -> None:
+    def __init__(self, ds: Any, column: str, window: Any = None, frame: int | None = None) -> None:
         self.ds = ds.select_columns([column])
         self.column = column
+        self.files = ImageFiles([], window, frame)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -212,17 +270,20 @@ class HFImageColumn:
         value = self.ds[int(i)][self.column]
         if isinstance(value, Image.Image):
             return value
+        if isinstance(value, str):  # a file path (PNG, JPEG, DICOM, ...)
+            return self.files.read(value)
         if isinstance(value, dict) and ("bytes" in value or "path" in value):  # undecoded Image
             if value.get("bytes") is not None:
-                with Image.open(io.BytesIO(value["bytes"])) as im:
-                    im.load()
-                    return im.copy()
-            return open_image(str(value["path"]))
+                try:
+                    return load_image(value["bytes"], window=self.files.window, frame=self.files.frame)
+                except ImageError as exc:
+                    raise DataError(f"row {int(i)} of column {self.column!r}: {exc}") from exc
+            return self.files.read(str(value["path"]))
         return np.asarray(value, dtype=np.uint8)
 
     def subset(self, indices: np.ndarray) -> "HFImageColumn":
         """Column over the rows ``indices`` (lazy; no decoding)."""
-        return HFImageColumn(self.ds.select([int(k) for k in indices]), self.column)
+        return HFImageColumn(self.ds.select([int(k) for k in indices]), self.column, self.files.window, self.files.frame)
 
 
 def _norm(s: str) -> str:
@@ -239,8 +300,9 @@ def _load_hf(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
     """
     import datasets
 
+    file_options = FileOptions(name, cfg.options, extra_keys=("config",))
     if cfg.path:
-        p = _require_path(cfg.path, "Hugging Face dataset folder", name, is_dir=True)
+        p = require_path(cfg.path, "Hugging Face dataset folder", name, is_dir=True)
         try:
             dd = datasets.load_from_disk(str(p))
         except Exception as e:  # noqa: BLE001 - datasets raises many types
@@ -310,7 +372,8 @@ def _load_hf(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
                 f"domain {name!r} split {split!r}: label column {lab_col!r} must hold integers, "
                 f"ClassLabel or strings, got dtype {values.dtype}"
             )
-        splits[split] = ImageLabelDataset(HFImageColumn(ds, img_col), values.astype(np.int64))
+        column = HFImageColumn(ds, img_col, file_options.window, file_options.frame)
+        splits[split] = ImageLabelDataset(column, values.astype(np.int64))
     return DomainData(name, labels, splits)
 
 
@@ -325,7 +388,7 @@ def _load_vqa_rad_organ(name: str, labels: list[str], cfg: DataConfig) -> Domain
     with ``seed`` and ``round(n * test_fraction)`` go to ``test`` (``options.test_fraction``,
     default 0.3), the rest to ``train``. Source split names: ``train``, ``test``, ``all``.
     """
-    root = _require_path(cfg.path, "VQA-RAD folder", name, is_dir=True)
+    root = require_path(cfg.path, "VQA-RAD folder", name, is_dir=True)
     ann = root / "vqa_rad.json"
     img_dir = root / "images"
     if not ann.is_file():
@@ -340,8 +403,6 @@ def _load_vqa_rad_organ(name: str, labels: list[str], cfg: DataConfig) -> Domain
             f"{list(VQA_RAD_ORGANS)} (in that order), got {labels}"
         )
     frac = cfg.options.get("test_fraction", 0.3)
-    if not isinstance(frac, (int, float)) or not 0.0 < float(frac) < 1.0:
-        raise DataError(f"domain {name!r}: options.test_fraction must be in (0, 1), got {frac!r}")
     with open(ann, encoding="utf-8") as f:
         records = json.load(f)
     organ_of: dict[str, str] = {}
@@ -363,13 +424,7 @@ def _load_vqa_rad_organ(name: str, labels: list[str], cfg: DataConfig) -> Domain
             f"domain {name!r}: {len(missing)} referenced image(s) missing from {img_dir}, e.g. {missing[:3]}"
         )
     y = np.array([VQA_RAD_ORGANS.index(organ_of[n]) for n in names], dtype=np.int64)
-    rng = np.random.default_rng(cfg.seed)
-    is_test = np.zeros(len(names), dtype=bool)
-    for c in range(len(VQA_RAD_ORGANS)):
-        members = np.flatnonzero(y == c)
-        pick = rng.permutation(members)[: int(round(len(members) * float(frac)))]
-        is_test[pick] = True
-    parts = {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test), "all": np.arange(len(names))}
+    parts = stratified_split(y, frac, cfg.seed, name)
     paths = [str(img_dir / n) for n in names]
     splits: dict[str, ImageLabelDataset] = {}
     for split, src in cfg.splits.items():

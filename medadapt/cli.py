@@ -1,0 +1,125 @@
+"""The ``medadapt`` command line.
+
+    medadapt show IMAGE [-o OUT.png] [--window lung | --window 40,400] [--frame K]
+                        [--axis 2 --slice middle --volume T] [--model tiny-clip | HUB_ID | FOLDER] [--scale 8]
+
+``show`` writes a PNG of IMAGE as the model receives it: DICOM rescale and window (or the one you
+give), MONOCHROME1 inversion, 16-bit scaling, NIfTI orientation, then the base model's own resize,
+crop and (undone) normalisation. Use it to check windowing and orientation before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .errors import MedAdaptError
+
+__all__ = ["main", "image_processor_for"]
+
+TINY_MODELS = ("tiny-clip", "tiny-siglip")
+
+
+def image_processor_for(model: str) -> Any:
+    """The image processor of ``model``: a built-in tiny model, a Hub id or a local folder (or its ``base/``)."""
+    if model in TINY_MODELS:
+        from .tiny import tiny_backbone
+
+        return tiny_backbone(model.split("-", 1)[1], seed=0).image_processor
+    from transformers import AutoImageProcessor
+
+    candidates = [model]
+    if (Path(model) / "base").is_dir():
+        candidates.insert(0, str(Path(model) / "base"))
+    errors = []
+    for source in candidates:
+        try:
+            return AutoImageProcessor.from_pretrained(source)
+        except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HF errors
+            errors.append(f"{source}: {exc}")
+    raise MedAdaptError(
+        f"cannot load the image processor of {model!r}: it is neither a built-in name ({', '.join(TINY_MODELS)}), "
+        f"a local model folder, nor a Hub id reachable now. Details: {' | '.join(errors)}"
+    )
+
+
+def _window(text: str | None) -> Any:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 2:
+        try:
+            return float(parts[0]), float(parts[1])
+        except ValueError:
+            pass
+    return text
+
+
+def _slice(text: str) -> Any:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .images import load_image, model_input_image
+    from .medical import is_nifti, nifti_slices
+
+    window = _window(args.window)
+    source: Any = args.image
+    if is_nifti(source):
+        if args.slice == "all":
+            raise MedAdaptError("show writes one image: give --slice middle or an index, not 'all'.")
+        source = nifti_slices(source, axis=args.axis, slices=_slice(args.slice), window=window, volume=args.volume)[0]
+        window = None
+    processor = image_processor_for(args.model)
+    if args.original:
+        picture = load_image(source, window=window, frame=args.frame)
+    else:
+        picture = model_input_image(source, processor, window=window, frame=args.frame)
+    shown = picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST) if args.scale > 1 else picture
+    out = Path(args.output) if args.output else Path(Path(args.image).name.split(".")[0] + ".model_input.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    shown.save(tmp, format="PNG")
+    tmp.replace(out)
+    what = "full-resolution windowed image" if args.original else f"model input of {args.model}"
+    print(f"wrote {out}: {what}, {picture.width}x{picture.height} shown at {shown.width}x{shown.height}, window={args.window or 'default'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``medadapt`` command."""
+    parser = argparse.ArgumentParser(prog="medadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="write a PNG of an image as the model receives it")
+    show.add_argument("image", help="image file: PNG/JPEG/TIFF (8 or 16 bit), DICOM, or NIfTI")
+    show.add_argument("-o", "--output", help="PNG to write (default: IMAGE's name + .model_input.png in the current folder)")
+    show.add_argument("--window", help="window name (lung, brain, bone, ...; 'full' for the real range) or CENTER,WIDTH")
+    show.add_argument("--frame", type=int, help="frame of a multi-frame DICOM")
+    show.add_argument("--axis", type=int, default=2, help="NIfTI slicing axis after reorienting to RAS+ (0 sagittal, 1 coronal, 2 axial)")
+    show.add_argument("--slice", default="middle", help="NIfTI slice: 'middle' or an index")
+    show.add_argument("--volume", type=int, help="time point of a 4D NIfTI series")
+    show.add_argument("--model", default="tiny-clip", help="whose image processor to use: tiny-clip, a Hub id or a local folder")
+    show.add_argument("--scale", type=int, default=8, help="enlarge the written PNG this many times (nearest neighbour; 1 = as is)")
+    show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medadapt`` console script; returns the exit status (2 on a medadapt error)."""
+    args = build_parser().parse_args(argv)
+    if args.scale < 1:
+        print("error: --scale must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return _show(args)
+    except MedAdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
