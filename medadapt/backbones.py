@@ -160,18 +160,21 @@ def load_backbone(
     revision: str | None = None,
     trust_remote_code: bool = False,
     torch_dtype: torch.dtype | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     **hub_kwargs: Any,
 ) -> Backbone:
-    """Load a frozen base and its preprocessing from a Hub id or local folder (safetensors only)."""
+    """Load a frozen base and its preprocessing from a Hub id or local folder (safetensors only).
+
+    ``model_kwargs`` go to the model's ``from_pretrained`` only (quantization, device map...)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     family = family_for_model_type(config.model_type)
     # safetensors only: transformers refuses pickled (.bin) weights instead of unpickling them
-    model_kwargs: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **hub_kwargs)
+    loading: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **hub_kwargs)
     if torch_dtype is not None:
-        model_kwargs["dtype"] = torch_dtype
-    model = family.model_class(config.model_type).from_pretrained(source, **model_kwargs)
+        loading["dtype"] = torch_dtype
+    model = family.model_class(config.model_type).from_pretrained(source, **loading, **(model_kwargs or {}))
     _own_aligned_memory(model)
     pre = family.load_preprocessing(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     resolved = getattr(config, "_commit_hash", None) or revision

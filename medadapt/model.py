@@ -18,6 +18,7 @@ from .hub.io import load_model, load_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
 from .merging import merge_adapters
+from .quantization import quantization_config
 from .routing import DomainRouter, RoutedPrediction, fit_router, predict_routed
 
 AdapterSpec = Any  # peft.LoraConfig | PromptConfig | MergeSpec | dict | "none" | None
@@ -89,11 +90,21 @@ class ContinualVLM(nn.Module):
         revision: str | None = None,
         trust_remote_code: bool = False,
         torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         **hub_kwargs: Any,
     ) -> "ContinualVLM":
         """Load a frozen base (a dual encoder such as CLIP/SigLIP, or an image-text-to-text model such as
-        LLaVA, Gemma 3/MedGemma, PaliGemma, Idefics3/SmolVLM) from the Hub or a folder."""
-        return cls(load_backbone(source, revision, trust_remote_code, torch_dtype, **hub_kwargs))
+        LLaVA, Gemma 3/MedGemma, PaliGemma, Idefics3/SmolVLM) from the Hub or a folder.
+
+        ``quantization="4bit"``/``"8bit"`` loads the frozen base through bitsandbytes (QLoRA; see
+        :mod:`medadapt.quantization`); ``model_kwargs`` go to the model's ``from_pretrained`` only
+        (e.g. ``{"device_map": "auto", "attn_implementation": "sdpa"}``).
+        """
+        extra = dict(model_kwargs or {})
+        if quantization is not None:
+            extra["quantization_config"] = quantization_config(quantization)
+        return cls(load_backbone(source, revision, trust_remote_code, torch_dtype, model_kwargs=extra, **hub_kwargs))
 
     @classmethod
     def from_pretrained(

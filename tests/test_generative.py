@@ -333,3 +333,25 @@ def test_auto_routing_reads_the_vision_tower():
     preds = model.predict_proba(dark[:2] + bright[:2], domain="auto")
     assert [p.domain for p in preds] == ["cxr", "cxr", "organ", "organ"]
     assert preds[0].labels == ["no", "yes"] and preds[2].probs.shape == (3,)
+
+
+# -- large bases --------------------------------------------------------------------------------------
+def test_model_kwargs_reach_from_pretrained_and_qlora_needs_bitsandbytes(tmp_path):
+    import importlib.util
+
+    from medadapt.errors import MissingExtraError
+    from medadapt.quantization import quantization_config
+
+    model, processor = tiny_generative("tiny-llava")
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    loaded = ContinualVLM.from_base(str(tmp_path / "base"), model_kwargs={"attn_implementation": "eager"})
+    assert loaded.base_model.config._attn_implementation == "eager" and loaded.family.name == "image-text-to-text"
+    assert loaded.backbone.fingerprints == ContinualVLM(model, processor=processor).backbone.fingerprints
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(MissingExtraError, match="pip install bitsandbytes"):
+            ContinualVLM.from_base(str(tmp_path / "base"), quantization="4bit")
+    else:  # pragma: no cover - machines with bitsandbytes (and a GPU)
+        assert quantization_config("4bit").load_in_4bit
+    with pytest.raises(UnsupportedBackboneError, match="quantization must be one of"):
+        quantization_config("3bit")

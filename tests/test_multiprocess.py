@@ -12,6 +12,7 @@ import pytest
 
 from medadapt import ContinualVLM
 
+from .test_resume import GENERATIVE
 from .training_helpers import RECIPES, ROOT, free_port, subprocess_env, tiny_run, write_yaml
 
 
@@ -26,9 +27,10 @@ def launcher(port: int) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_process_cpu_run(tmp_path):
+@pytest.mark.parametrize("family", [{}, GENERATIVE], ids=["dual-encoder", "generative"])
+def test_two_process_cpu_run(tmp_path, family):
     out = tmp_path / "run"
-    settings = tiny_run(out, "rehearsal", n_domains=2, n_train=32, n_test=30)
+    settings = tiny_run(out, "rehearsal", n_domains=2, n_train=32, n_test=30, **family)
     settings["compare_naive"] = True  # the naive baseline runs on the same 2 processes
     config = write_yaml(tmp_path / "run.yaml", settings)
     command = launcher(free_port()) + [str(RECIPES / "rehearsal.py"), "--config", str(config), "--no-progress"]

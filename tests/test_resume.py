@@ -33,12 +33,17 @@ def adapter_files(folder):
     return {p.relative_to(folder).as_posix(): sha(p) for p in sorted(folder.glob("*/adapter_model.safetensors"))}
 
 
+# the generative family runs the same recipe: a tiny LLaVA, LoRA on its language model (the family default)
+GENERATIVE = dict(model="tiny-llava", adapter={"type": "lora", "r": 4, "alpha": 8, "target_modules": None})
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_sigkill_mid_stage_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("family", [{}, GENERATIVE], ids=["dual-encoder", "generative"])
+def test_sigkill_mid_stage_then_resume_matches_an_uninterrupted_run(tmp_path, family):
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
-    killed_cfg = write_yaml(tmp_path / "killed.yaml", tiny_run(killed_dir, "rehearsal", **SETTINGS))
-    reference_cfg = write_yaml(tmp_path / "reference.yaml", tiny_run(reference_dir, "rehearsal", **SETTINGS))
+    killed_cfg = write_yaml(tmp_path / "killed.yaml", tiny_run(killed_dir, "rehearsal", **SETTINGS, **family))
+    reference_cfg = write_yaml(tmp_path / "reference.yaml", tiny_run(reference_dir, "rehearsal", **SETTINGS, **family))
     env = subprocess_env()
     reference = subprocess.Popen(recipe_command("rehearsal", "--config", str(reference_cfg), "--no-progress"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = subprocess.Popen(recipe_command("rehearsal", "--config", str(killed_cfg), "--no-progress"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

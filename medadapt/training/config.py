@@ -156,12 +156,15 @@ class RunConfig:
     compare_naive: bool = False
     revision: str | None = None
     trust_remote_code: bool = False
+    quantization: str | None = None  # "4bit" / "8bit": a bitsandbytes-quantized frozen base (QLoRA)
 
     def __post_init__(self) -> None:
         if self.paradigm not in PARADIGMS:
             raise ConfigError(f"paradigm {self.paradigm!r} unknown; valid: {list(PARADIGMS)}.")
         if not self.domains:
             raise ConfigError("config lists no domains; add at least one under `domains:`.")
+        if self.quantization is not None and self.quantization not in ("4bit", "8bit"):
+            raise ConfigError(f"quantization must be 4bit, 8bit or empty, got {self.quantization!r}.")
         names = [d.name for d in self.domains]
         if len(set(names)) != len(names):
             raise ConfigError(f"domain names must be unique, got {names}.")

@@ -39,7 +39,7 @@ def build_base(config: RunConfig) -> ContinualVLM:
     """The frozen base named by ``config.model`` (the ``tiny-*`` models of :mod:`medadapt.tiny` are built in)."""
     if config.model in tiny_names():
         return ContinualVLM(tiny_base(config.model, seed=0))
-    return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code, quantization=config.quantization)
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
