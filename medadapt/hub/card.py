@@ -167,9 +167,9 @@ def _stages(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             "index": i, "name": name, "path": entry.get("path", name) if entry else None,
             "adapter_type": entry["type"] if entry else "none (base / shared adapters)",
             "kind": "domain" if domain else "shared",
-            "labels": ", ".join(_cell(x) for x in domain["labels"]) if domain else "–",
+            "labels": (", ".join(_cell(x) for x in domain["labels"]) or "free text") if domain else "–",
             "prompt": f"`{_cell(domain['prompt'])}`" if domain else "–",
-            "example": domain["prompt"].format(domain["labels"][0]) if domain else "",
+            "example": domain["prompt"].format(domain["labels"][0]) if domain and domain["labels"] else "",
         })
     return rows
 
