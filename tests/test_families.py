@@ -192,3 +192,10 @@ def test_label_cache_reuses_until_anything_changes(tmp_path):
     model.remove_domain("chest")
     model.load_adapter(tmp_path / "save", name="chest")
     _assert_fresh(model, "chest", "chest")
+
+
+def test_removing_the_active_adapter_leaves_every_other_frozen():
+    model = build_tiny_vlm("clip")
+    model.predict_proba([torch.rand(3, 32, 32)], domain="chest")  # chest becomes peft's active adapter
+    model.remove_domain("chest")  # peft activates another adapter and flips its requires_grad on
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == []

@@ -199,6 +199,7 @@ class AdapterSet:
         self.kind_of(name).remove(self, name)
         self.trainable.discard(name)
         self.version += 1
+        self.set_trainable(sorted(self.trainable))  # peft makes the adapter it activates instead trainable
 
     def parameters(self, name: str) -> list[nn.Parameter]:
         return self.kind_of(name).parameters(self, name)
