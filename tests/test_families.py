@@ -199,3 +199,57 @@ def test_removing_the_active_adapter_leaves_every_other_frozen():
     model.predict_proba([torch.rand(3, 32, 32)], domain="chest")  # chest becomes peft's active adapter
     model.remove_domain("chest")  # peft activates another adapter and flips its requires_grad on
     assert [n for n, p in model.named_parameters() if p.requires_grad] == []
+
+
+# -- frozen image features reused across epochs -----------------------------------------------------
+def _text_only_run(cache_bytes: int | None, epochs: int = 2):
+    from medadapt.training.objectives import Batch, build_objective
+
+    model = build_tiny_vlm("clip", with_domains=False)
+    torch.manual_seed(0)
+    model.add_domain("chest", ["normal", "pneumonia"], "a chest x-ray showing {}.", adapter=core_lora_config_text())
+    if cache_bytes is not None:
+        model.scorer.image_cache_bytes = cache_bytes
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1] * 6)
+    params = model.set_trainable(["chest"])
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    objective = build_objective("classification")
+    losses = []
+    for _ in range(epochs):
+        for start in (0, 6):
+            rows = list(range(start, start + 6))
+            batch = Batch(images[rows], labels[rows], ["chest"] * 6, keys=[("chest", i) for i in rows])
+            loss, _ = objective(model, batch, "chest")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+    return model, losses
+
+
+def core_lora_config_text():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=r".*text_model.*(q_proj|v_proj)", init_lora_weights=False)
+
+
+def test_text_only_training_reuses_frozen_image_features_exactly():
+    cached, cached_losses = _text_only_run(None)
+    uncached, uncached_losses = _text_only_run(0)  # a cache of 0 bytes: every image is recomputed
+    assert cached.scorer.image_cache_hits == 12  # the second epoch read every image from the cache
+    assert uncached.scorer.image_cache_hits == 0
+    assert cached_losses == pytest.approx(uncached_losses, abs=1e-6)
+    assert uncached.scorer._image_bytes == 0
+
+
+def test_image_cache_is_dropped_when_the_image_side_changes():
+    model, _ = _text_only_run(None, epochs=1)
+    scorer = model.scorer
+    keys = [("chest", 0)]
+    pixels = torch.rand(1, 3, 32, 32)
+    first = scorer._cached_image_features(pixels, "chest", keys)
+    assert torch.equal(scorer._cached_image_features(pixels * 0, "chest", keys), first)  # served by key
+    state = {k: v + 0.1 for k, v in model.adapter_state_dict("chest").items()}
+    model.load_adapter_weights("chest", state)  # new weights: the cached features are stale
+    assert torch.equal(scorer._cached_image_features(pixels, "chest", keys), scorer.image_features(pixels, "chest"))

@@ -191,6 +191,7 @@ class DualEncoderScorer(Scorer):
 
     _TOKEN_CACHE_SIZE = 512
     _LABEL_CACHE_SIZE = 1024
+    image_cache_bytes = 256 << 20  # frozen training-image features kept at most; beyond it they are recomputed
 
     def __init__(self, backbone: "Backbone", adapters: "AdapterSet", family: DualEncoderFamily) -> None:
         super().__init__(backbone, adapters)
@@ -202,6 +203,10 @@ class DualEncoderScorer(Scorer):
         self._tokens: dict[tuple, Any] = {}
         self._labels: dict[tuple, tuple[tuple, torch.Tensor]] = {}
         self.label_cache_hits = 0
+        self._images: dict[tuple, torch.Tensor] = {}  # (adapter, sample key) -> image features
+        self._images_stamp: dict[Any, tuple] = {}  # adapter -> the image-side weights the features were made with
+        self.image_cache_hits = 0
+        self._image_bytes = 0
 
     # -- prompt adapters -------------------------------------------------------------------------
     def create_prompt_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
@@ -303,6 +308,36 @@ class DualEncoderScorer(Scorer):
         out = self.model.get_text_features(**tokens).pooler_output
         return F.normalize(out.float(), dim=-1)
 
+    def _image_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+        """Adapter parameters that can change image embeddings (the image tower's LoRA, VPT tokens)."""
+        loras, prompt_name = self.adapters.split(adapter)
+        vision = {id(p) for p in self.adapters.vision_tower.parameters()} if self.adapters.vision_tower is not None else set()
+        params = [p for n in loras for p in self.adapters.parameters(n) if id(p) in vision]
+        prompt = self._prompt(prompt_name)
+        return params + ([prompt.visual] if prompt is not None and prompt.visual is not None else [])
+
+    def _cached_image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef, keys: Sequence[tuple[str, int]]) -> torch.Tensor:
+        ref = adapter if not isinstance(adapter, list) else tuple(adapter)
+        stamp = (self.adapters.version, tuple((id(p), p._version) for p in self._image_side_params(adapter)))
+        if self._images_stamp.get(ref) != stamp:  # image-side weights changed: drop what was made with the old ones
+            self._images = {k: v for k, v in self._images.items() if k[0] != ref}
+            self._image_bytes = sum(v.numel() * v.element_size() for v in self._images.values())
+            self._images_stamp[ref] = stamp
+        missing = [i for i, key in enumerate(keys) if (ref, key) not in self._images]
+        self.image_cache_hits += len(keys) - len(missing)
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            with torch.no_grad():
+                index = torch.tensor(missing, device=pixel_values.device)
+                computed = self.image_features(pixel_values[index], adapter)
+            for j, i in enumerate(missing):
+                fresh[i] = computed[j]
+                size = computed[j].numel() * computed[j].element_size()
+                if self._image_bytes + size <= self.image_cache_bytes:
+                    self._images[(ref, keys[i])] = computed[j]
+                    self._image_bytes += size
+        return torch.stack([fresh[i] if i in fresh else self._images[(ref, key)] for i, key in enumerate(keys)])
+
     def _text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
         """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
         loras, prompt_name = self.adapters.split(adapter)
@@ -370,10 +405,20 @@ class DualEncoderScorer(Scorer):
             for i, (d, a) in enumerate(zip(domains, adapters))
         ]
 
-    def batch_logits(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapter: AdapterRef, cache: bool = True) -> list[tuple[list[int], torch.Tensor]]:
+    def batch_logits(
+        self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapter: AdapterRef, cache: bool = True,
+        keys: Sequence[tuple[str, int]] | None = None,
+    ) -> list[tuple[list[int], torch.Tensor]]:
         """Training: one image forward for a (mixed-domain) batch through one adapter; per domain the
-        rows and their ``(rows, num_labels)`` logits."""
-        image_feats = self.image_features(pixel_values, adapter)
+        rows and their ``(rows, num_labels)`` logits.
+
+        With ``keys`` (one per row) and nothing on the image side of ``adapter`` training (text-tower
+        LoRA, CoOp context without visual tokens), image features are computed once per training image
+        and reused across epochs, until the image-side weights change or the cache is full."""
+        if cache and keys is not None and not any(p.requires_grad for p in self._image_side_params(adapter)):
+            image_feats = self._cached_image_features(pixel_values, adapter, keys)
+        else:
+            image_feats = self.image_features(pixel_values, adapter)
         out = []
         for name in dict.fromkeys(d.name for d in domains):
             rows = [i for i, d in enumerate(domains) if d.name == name]

@@ -81,6 +81,7 @@ class PixelStore:
             torch.stack(pixels), labels, [d for d, _ in refs],  # type: ignore[arg-type]
             questions if any(q is not None for q in questions) else None,
             answers if any(a is not None for a in answers) else None,
+            [(d, int(i)) for d, i in refs] if split == "train" else None,
         )
 
     def question(self, domain: str, split: str, index: int) -> str | None:

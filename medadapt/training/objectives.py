@@ -30,6 +30,7 @@ class Batch:
     domains: list[str]
     questions: list[str | None] | None = None
     answers: list[str | None] | None = None
+    keys: list[tuple[str, int]] | None = None  # (domain, train index) of every row: lets a scorer reuse frozen features
 
     def __len__(self) -> int:
         return len(self.domains)
@@ -74,7 +75,7 @@ class ClassificationObjective:
     def __call__(self, model: Any, batch: Batch, adapter: str) -> tuple[torch.Tensor, dict[str, float]]:
         domains = [model.get_domain(d) for d in batch.domains]
         total, correct = None, 0
-        for rows, logits in model.scorer.batch_logits(batch.pixel_values, domains, adapter, cache=self.cache_text):
+        for rows, logits in model.scorer.batch_logits(batch.pixel_values, domains, adapter, cache=self.cache_text, keys=batch.keys):
             labels = batch.labels[rows].to(logits.device)
             loss = F.cross_entropy(logits, labels, reduction="sum")
             total = loss if total is None else total + loss
