@@ -254,11 +254,9 @@ def install_adapter(model: "ContinualVLM", name: str, adapter_type: str, config:
     """Create adapter ``name`` in ``model`` from a config and weights (already registered names only)."""
     if adapter_type == "lora":
         config.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"
-        model.lora.add(name, config)
-        try:
-            model.lora.load_state_dict(name, weights)
+        try:  # checks every key and shape first; a refused stage leaves the model as it was
+            model.lora.load(name, config, weights)
         except (AdapterError, RuntimeError) as exc:
-            model.lora.remove(name)
             raise StageFileError(f"{what}: weights do not fit this base model: {exc}") from exc
         return
     prompt = PromptAdapter(config)
