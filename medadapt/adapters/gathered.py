@@ -18,7 +18,8 @@ counter are checked for every adapter a batch uses, so a training step, ``load_s
 any in-place edit is seen), and :meth:`GatherCache.forget` drops an adapter on add, load, merge
 or remove. Layers that cannot be gathered keep peft's path: other layer types (Embedding, Conv),
 DoRA and other LoRA variants, ``lora_bias``, active dropout (training mode), adapters of different
-ranks in one layer, merged weights.
+ranks in one layer, merged weights. LoRA variants such as DoRA run peft's own per-adapter
+sub-batch loop (``_mixed_batch_forward``, whose public ``adapter_names`` entry refuses DoRA).
 """
 
 from __future__ import annotations
@@ -167,6 +168,27 @@ class _CannotGather(Exception):
     pass
 
 
+_VARIANT = "LoRA variant"  # DoRA and the like
+
+
+def _check_rows(x: torch.Tensor, n_rows: int) -> None:
+    if x.shape[0] != n_rows:
+        raise AdapterError(
+            f"mixed-adapter batch: {n_rows} adapter names were given but a LoRA layer received {x.shape[0]} rows; "
+            "give one adapter name per row of the batch (expand them too when the batch is expanded, e.g. beams)."
+        )
+
+
+def _variant_forward(layer: LoraLinear, names: list[str]) -> Callable[..., torch.Tensor]:
+    """peft's own per-adapter sub-batch loop, which handles LoRA variants (its public entry refuses DoRA)."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _check_rows(x, len(names))
+        return layer._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+
+    return forward
+
+
 def fallback_reason(layer: LoraLayer, present: Sequence[str]) -> str | None:
     """Why ``layer`` must keep peft's mixed-batch path for adapters ``present`` (None: it can be gathered)."""
     if type(layer) is not LoraLinear:
@@ -175,7 +197,7 @@ def fallback_reason(layer: LoraLayer, present: Sequence[str]) -> str | None:
         return "merged adapter weights"
     for name in present:
         if name in layer.lora_variant:
-            return f"LoRA variant {type(layer.lora_variant[name]).__name__} (e.g. DoRA)"
+            return f"{_VARIANT} {type(layer.lora_variant[name]).__name__}: peft's per-adapter sub-batches"
         if layer.lora_bias.get(name):
             return "lora_bias"
         dropout = layer.lora_dropout[name]
@@ -221,12 +243,8 @@ def _gathered_forward(layer: LoraLinear, A: torch.Tensor, B: torch.Tensor, scale
     base_layer = layer.base_layer
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _check_rows(x, n_rows)
         result = base_layer(x, *args, **kwargs)
-        if x.shape[0] != n_rows:
-            raise AdapterError(
-                f"mixed-adapter batch: {n_rows} adapter names were given but a LoRA layer received {x.shape[0]} rows; "
-                "give one adapter name per row of the batch (expand them too when the batch is expanded, e.g. beams)."
-            )
         a_rows = A.index_select(0, rows)  # (N, r, in)
         b_rows = B.index_select(0, rows)  # (N, out, r)
         xs = x.reshape(n_rows, -1, x.shape[-1]).to(A.dtype)  # (N, T, in): any leading batch layout
@@ -252,7 +270,7 @@ def gathered_lora(
     fallback: dict[str, LoraLayer] = {}
     report = MixedReport(path="none")
     for path, layer in layers.items():
-        present = [n for n in distinct if n in layer.lora_A]
+        present = [n for n in distinct if n in layer.r]  # (Embedding layers keep theirs in lora_embedding_A)
         reason = fallback_reason(layer, present)
         if reason is None and not present:  # no row's adapter is in this layer: every row gets the base layer
             layer.forward = _base_only(layer.base_layer)
@@ -263,6 +281,12 @@ def gathered_lora(
                 A, B, scale, slots = _stacks(layer, present, cache)
             except _CannotGather as exc:
                 reason = str(exc)
+        if reason is not None and reason.startswith(_VARIANT):
+            # peft's adapter_names check refuses DoRA, but its sub-batch loop serves every variant exactly
+            layer.forward = _variant_forward(layer, names)
+            swapped.append(layer)
+            report.fallback[path] = reason
+            continue
         if reason is not None:
             fallback[path] = layer  # peft's path, which also serves rows whose adapter is not in the layer
             if present:
@@ -273,11 +297,11 @@ def gathered_lora(
         layer.forward = _gathered_forward(layer, A, B, scale, rows, len(names))
         swapped.append(layer)
         report.gathered_layers += 1
-    if report.gathered_layers and fallback:
+    if report.gathered_layers and report.fallback:
         report.path = "partial"
     elif report.gathered_layers:
         report.path = "gathered"
-    elif fallback:
+    elif report.fallback:
         report.path = "peft"
     try:
         with peft_fallback(fallback):
