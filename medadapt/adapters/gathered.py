@@ -76,15 +76,15 @@ def _same(stamp: tuple, a: torch.Tensor, b: torch.Tensor, scaling: float) -> boo
 
 
 class _Stack:
-    """The stacked A/B/scale tensors of one layer's adapters of one rank (grown by doubling)."""
+    """The stacked A/B/scale tensors of one layer's adapters of one rank (slot 0: zeros)."""
 
     def __init__(self, rank: int, in_features: int, out_features: int, like: torch.Tensor) -> None:
         self.rank, self.dtype, self.device = rank, like.dtype, like.device
         self.slots: dict[str, _Slot] = {}
         self.free: list[int] = []
-        self.A = torch.zeros(4, rank, in_features, dtype=like.dtype, device=like.device)
-        self.B = torch.zeros(4, out_features, rank, dtype=like.dtype, device=like.device)
-        self.scale = torch.zeros(4, dtype=like.dtype, device=like.device)
+        self.A = torch.zeros(1, rank, in_features, dtype=like.dtype, device=like.device)
+        self.B = torch.zeros(1, out_features, rank, dtype=like.dtype, device=like.device)
+        self.scale = torch.zeros(1, dtype=like.dtype, device=like.device)
         self.used = 1  # slot 0: zeros (the base)
 
     def nbytes(self) -> int:
@@ -93,14 +93,20 @@ class _Stack:
     def fits(self, a: torch.Tensor) -> bool:
         return a.dtype == self.dtype and a.device == self.device
 
-    def _new_index(self) -> int:
-        if self.free:
-            return self.free.pop()
-        if self.used == self.A.shape[0]:
-            grow = self.A.shape[0]
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more adapters: exactly what is asked, or 25% more when growing again."""
+        need = self.used + max(0, extra - len(self.free))
+        capacity = self.A.shape[0]
+        if need > capacity:
+            grow = max(need, capacity + capacity // 4) - capacity
             self.A = torch.cat([self.A, self.A.new_zeros(grow, *self.A.shape[1:])])
             self.B = torch.cat([self.B, self.B.new_zeros(grow, *self.B.shape[1:])])
             self.scale = torch.cat([self.scale, self.scale.new_zeros(grow)])
+
+    def _new_index(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.reserve(1)
         self.used += 1
         return self.used - 1
 
@@ -151,6 +157,7 @@ class GatherCache:
         stack = by_rank.get(rank)
         if stack is None or not stack.fits(a0):
             stack = by_rank[rank] = _Stack(rank, layer.in_features, layer.out_features, a0)
+        stack.reserve(sum(1 for name in names if name not in stack.slots))
         indices = []
         for name in names:
             a, b, scaling = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
