@@ -193,3 +193,20 @@ def test_training_an_adapter_loaded_on_the_fast_path(tmp_path):
     loss.backward()
     torch.optim.SGD(params, lr=0.5).step()
     assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_adapter_parameters_are_found_in_named_parameters_order():
+    """``LoraBank.parameters`` reads the LoRA layers directly; it must list exactly what the model's
+    ``named_parameters`` attributes to the adapter, in the same order (optimizer state depends on it)."""
+    from medadapt.adapters.lora import lora_owner
+
+    model = ContinualVLM(tiny_backbone("clip", seed=0))
+    model.add_domain("plain", ["a", "b"], "{}", adapter=_lora())
+    model.add_domain("dora", ["a", "b"], "{}", adapter=_lora(use_dora=True))
+    model.add_shared_adapter("embed", adapter=LoraConfig(r=2, target_modules=["token_embedding", "q_proj"]))
+    model.add_shared_adapter("biased", adapter=_lora(lora_bias=True))
+    for name in ("plain", "dora", "embed", "biased"):
+        expected = [p for n, p in model.base_model.named_parameters() if lora_owner(n) == name]
+        got = model.lora.parameters(name)
+        assert len(got) == len(expected) > 0 and all(a is b for a, b in zip(got, expected)), name
+    assert model.lora.parameters("nope") == []

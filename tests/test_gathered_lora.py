@@ -145,7 +145,7 @@ def test_dora_embedding_and_dropout_fall_back_with_a_reason():
     names = ["a0", "a1", BASE, "a0"]
     dora = toy_bank(n=2, use_dora=True)
     torch.testing.assert_close(mixed(dora, ids, names), per_row(dora, ids, names), atol=1e-5, rtol=0)
-    assert dora.last_mixed_path == "peft" and dora.last_mixed.reasons == {"LoRA variant DoraLinearVariant: peft's per-adapter sub-batches"}
+    assert dora.last_mixed_path == "peft" and dora.last_mixed.reasons == {"LoRA variant DoraLinearVariant: one sub-batch per adapter"}
 
     embed = toy_bank(n=2, targets=("embed", "q_proj"))
     torch.testing.assert_close(mixed(embed, ids, names), per_row(embed, ids, names), atol=1e-5, rtol=0)

@@ -18,8 +18,8 @@ counter are checked for every adapter a batch uses, so a training step, ``load_s
 any in-place edit is seen), and :meth:`GatherCache.forget` drops an adapter on add, load, merge
 or remove. Layers that cannot be gathered keep peft's path: other layer types (Embedding, Conv),
 DoRA and other LoRA variants, ``lora_bias``, active dropout (training mode), adapters of different
-ranks in one layer, merged weights. LoRA variants such as DoRA run peft's own per-adapter
-sub-batch loop (``_mixed_batch_forward``, whose public ``adapter_names`` entry refuses DoRA).
+ranks in one layer, merged weights. LoRA variants such as DoRA run one sub-batch per adapter
+through each variant's own ``forward`` (peft's ``adapter_names`` entry refuses DoRA).
 """
 
 from __future__ import annotations
@@ -187,11 +187,27 @@ def _check_rows(x: torch.Tensor, n_rows: int) -> None:
 
 
 def _variant_forward(layer: LoraLinear, names: list[str]) -> Callable[..., torch.Tensor]:
-    """peft's own per-adapter sub-batch loop, which handles LoRA variants (its public entry refuses DoRA)."""
+    """One sub-batch per adapter, through each LoRA variant's own ``forward`` (DoRA and the like):
+    the loop of peft's mixed-batch path, whose ``adapter_names`` entry refuses DoRA."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if name in layer.lora_A:
+            groups.setdefault(name, []).append(i)
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         _check_rows(x, len(names))
-        return layer._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        dtype = result.dtype
+        for name, rows in groups.items():
+            index = torch.tensor(rows, device=x.device)
+            sub = x.index_select(0, index).to(layer.lora_A[name].weight.dtype)
+            if name in layer.lora_variant:
+                out = layer.lora_variant[name].forward(layer, active_adapter=name, x=sub, result=result.index_select(0, index))
+            else:
+                lora = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](sub))) * layer.scaling[name]
+                out = result.index_select(0, index) + lora
+            result = result.index_copy(0, index, out.to(dtype))
+        return result
 
     return forward
 
@@ -204,7 +220,7 @@ def fallback_reason(layer: LoraLayer, present: Sequence[str]) -> str | None:
         return "merged adapter weights"
     for name in present:
         if name in layer.lora_variant:
-            return f"{_VARIANT} {type(layer.lora_variant[name]).__name__}: peft's per-adapter sub-batches"
+            return f"{_VARIANT} {type(layer.lora_variant[name]).__name__}: one sub-batch per adapter"
         if layer.lora_bias.get(name):
             return "lora_bias"
         dropout = layer.lora_dropout[name]
@@ -289,8 +305,7 @@ def gathered_lora(
             except _CannotGather as exc:
                 reason = str(exc)
         if reason is not None and reason.startswith(_VARIANT):
-            # peft's adapter_names check refuses DoRA, but its sub-batch loop serves every variant exactly
-            layer.forward = _variant_forward(layer, names)
+            layer.forward = _variant_forward(layer, names)  # peft's adapter_names check refuses DoRA
             swapped.append(layer)
             report.fallback[path] = reason
             continue

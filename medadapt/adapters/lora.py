@@ -195,10 +195,18 @@ class LoraBank:
         self._active = _UNKNOWN
 
     def parameters(self, name: str) -> list[nn.Parameter]:
-        """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``)."""
-        if self.peft_model is None:
+        """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``),
+        found in the LoRA layers only (not a walk over every adapter's parameters)."""
+        if name not in self:
             return []
-        return [p for n, p in self.base.named_parameters() if lora_owner(n) == name]
+        out: list[nn.Parameter] = []  # LoRA layers in module order, each in its containers' order (= named_parameters)
+        for layer in self._layers().layers.values():
+            for attr in dict.fromkeys(layer.adapter_layer_names):  # (DoRA appends its name a second time)
+                container = getattr(layer, attr, None)
+                if isinstance(container, (nn.ModuleDict, nn.ParameterDict)) and name in container:
+                    item = container[name]
+                    out.extend([item] if isinstance(item, nn.Parameter) else item.parameters())
+        return out
 
     def _apply_trainable(self) -> None:
         for n, p in self.base.named_parameters():

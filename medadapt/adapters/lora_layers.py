@@ -126,31 +126,30 @@ def wrapped_targets(index: LayerIndex, config: LoraConfig) -> dict[str, LoraLine
     return layers  # type: ignore[return-value]
 
 
+_CONTAINERS = ("lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
 @contextmanager
-def _local_update(layer: LoraLayer, name: str) -> Iterator[None]:
-    """Keep ``update_layer`` to adapter ``name``'s own modules.
+def _alone(layer: LoraLayer, name: str) -> Iterator[None]:
+    """Let ``update_layer`` see only adapter ``name``'s module containers.
 
     peft's ``update_layer`` ends with ``set_adapter(active adapters)``, which re-toggles
     ``requires_grad`` on every adapter of the layer, and moves the new adapter to the base layer's
-    device after scanning every adapter's parameters: both O(adapters), and adding one adapter
-    changes no other. Inside this context the first is skipped and the second moves only ``name``.
+    device after scanning every adapter's parameters: both O(adapters), while adding one adapter
+    changes no other. With empty containers swapped in, both touch the new adapter only; its
+    entries are then moved into the real containers (which keep their place in the module).
     """
-    weight = layer.get_base_layer().weight
-    dtype = weight.dtype if weight.dtype.is_floating_point else None
-
-    def move(adapter_name: str, device: Any = None) -> None:
-        for attr in layer.adapter_layer_names + layer.other_param_names:
-            modules = getattr(layer, attr, None)
-            if isinstance(modules, nn.ModuleDict) and adapter_name in modules:
-                modules[adapter_name].to(device=device or weight.device, dtype=dtype)
-
-    layer.set_adapter = lambda *args, **kwargs: None  # instance attributes shadow the methods
-    layer._move_adapter_to_device_of_base_layer = move
+    real = {attr: getattr(layer, attr) for attr in _CONTAINERS if isinstance(getattr(layer, attr, None), (nn.ModuleDict, nn.ParameterDict))}
+    for attr, container in real.items():
+        setattr(layer, attr, type(container)())
     try:
         yield
     finally:
-        del layer.set_adapter
-        del layer._move_adapter_to_device_of_base_layer
+        for attr, container in real.items():
+            fresh = getattr(layer, attr)
+            setattr(layer, attr, container)
+            if name in fresh:
+                container[name] = fresh[name]
 
 
 def add_to_layers(layers: Mapping[str, LoraLinear], name: str, config: LoraConfig, initialise: bool = True) -> None:
@@ -162,9 +161,9 @@ def add_to_layers(layers: Mapping[str, LoraLinear], name: str, config: LoraConfi
     done: list[LoraLinear] = []
     try:
         for path, layer in layers.items():
-            with _local_update(layer, name):
-                layer.update_layer(name, config.r, lora_alpha=config.lora_alpha, config=init_config, target_name=path)
             done.append(layer)
+            with _alone(layer, name):
+                layer.update_layer(name, config.r, lora_alpha=config.lora_alpha, config=init_config, target_name=path)
             for sub in (layer.lora_A[name], layer.lora_B[name]):
                 if sub.weight.dtype in _UPCAST:
                     sub.float()
