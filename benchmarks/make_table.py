@@ -217,7 +217,11 @@ def render_speed(data: dict[str, Any], full: bool = True) -> str:
         f"Mode `{data.get('mode')}`, clock `{data.get('clock')}`, {machine.get('torch_threads', '?')} torch thread(s) on "
         f"{machine.get('cpu_count', '?')} CPU cores ({machine.get('cpu_model', '?')}); {data.get('total_seconds', 0):.0f} s in all."
     )
-    return "\n".join(["## Speed (CPU)", "", table(["measure", "value", "target", "pass"], rows), "", note]) + "\n"
+    missed = [f"- `{key}` misses its target: {t['cause']}." for key, t in targets.items() if t.get("pass") is False and t.get("cause")]
+    parts = ["## Speed (CPU)", "", table(["measure", "value", "target", "pass"], rows), ""]
+    if missed:
+        parts += ["Measured causes of the missed targets:", "", *missed, ""]
+    return "\n".join([*parts, note]) + "\n"
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed}

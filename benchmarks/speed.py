@@ -32,6 +32,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+# measure the medadapt of this checkout (an editable install elsewhere would otherwise win)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "speed.json"
 
 LABELS = ["normal", "pneumonia", "effusion", "nodule", "fracture"]
@@ -58,14 +61,24 @@ class Settings:
     loop_repeats: int = 5  # image-by-image loops (slow side)
     n_stages: int = 20
     load_repeats: int = 7  # fresh models loading all stages in order
+    scaling_images: int = 64
+    scaling_domains: tuple[int, ...] = (4, 16, 64)  # distinct domains in the mixed batch (keys are named by these)
+    scaling_repeats: int = 9
+    n_many: int = 100  # sequential loads for adapter_load_ratio_100_vs_1 / memory_100_adapters_ratio
+    many_repeats: int = 3
+    memory_hidden_check: int = 768  # a second memory probe at a realistic hidden size (diagnostic; 0 = skip)
+    memory_fresh_process: bool = True  # probe memory in a fresh process (smoke: in this one, meaningless numbers)
 
 
 MODES = {
     "full": Settings(),
-    "quick": Settings(warmup=2, train_repeats=5, train_steps=2, frozen_repeats=5, infer_repeats=4, loop_repeats=1, load_repeats=2),
+    "quick": Settings(warmup=2, train_repeats=5, train_steps=2, frozen_repeats=5, infer_repeats=4, loop_repeats=1, load_repeats=2,
+                      scaling_repeats=3, many_repeats=1, memory_hidden_check=0),
     # smoke: only checks the script runs end to end (used by the test-suite); numbers are meaningless
     "smoke": Settings(hidden=32, image_size=32, batch=8, warmup=1, train_repeats=1, train_steps=1, frozen_repeats=1,
-                      infer_images=8, infer_repeats=1, loop_repeats=1, n_stages=3, load_repeats=1),
+                      infer_images=8, infer_repeats=1, loop_repeats=1, n_stages=3, load_repeats=1,
+                      scaling_images=8, scaling_repeats=1, n_many=10, many_repeats=1, memory_hidden_check=0,
+                      memory_fresh_process=False),
 }
 
 # key -> (comparison, threshold); None = reported without a target
@@ -77,6 +90,13 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "adapter_load_ratio_20_vs_1": ("<=", 1.2),
     "adapter_load_total_s_20": None,
     "memory_per_adapter_ratio": ("<=", 1.5),
+    "mixed_batch_ratio_4": None,
+    "mixed_batch_ratio_16": None,
+    "mixed_batch_ratio_64": ("<=", 1.3),
+    "peft_mixed_ratio_64": None,
+    "adapter_load_ratio_100_vs_1": ("<=", 1.2),
+    "adapter_load_total_s_100": None,
+    "memory_100_adapters_ratio": ("<=", 1.2),
 }
 
 
@@ -85,6 +105,8 @@ SECTION_KEYS = {
     "frozen_tower_reuse": ["frozen_tower_speedup"],
     "mixed_domain_inference": ["mixed_batch_ratio", "mixed_vs_per_image_speedup"],
     "adapter_scaling": ["adapter_load_ratio_20_vs_1", "adapter_load_total_s_20", "memory_per_adapter_ratio"],
+    "many_domain_mixed_batch": ["mixed_batch_ratio_4", "mixed_batch_ratio_16", "mixed_batch_ratio_64", "peft_mixed_ratio_64"],
+    "many_adapters": ["adapter_load_ratio_100_vs_1", "adapter_load_total_s_100", "memory_100_adapters_ratio"],
 }
 
 
@@ -448,7 +470,230 @@ def bench_adapter_loading(s: Settings, workdir: Path) -> dict[str, Any]:
     }
 
 
+# -- 5. many domains in one mixed batch -------------------------------------------------------------
+def many_domain_model(s: Settings, n_domains: int) -> Any:
+    model = fresh_model(s)
+    for i in range(n_domains):
+        torch.manual_seed(1000 + i)
+        model.add_domain(f"d{i:02d}", LABELS[: 2 + i % 3], f"d{i:02d} image of {{}}.", adapter=lora_config(list(LORA_TARGETS), s.lora_r))
+    return model
+
+
+def bench_many_domains(s: Settings) -> dict[str, Any]:
+    """``predict_proba`` of one image batch spread over K distinct LoRA domains vs one adapter.
+
+    Also times the two halves apart (diagnostic): the image tower's mixed forward
+    (``image_features_mixed``, where the gathered LoRA runs) and the label embeddings of the K
+    domains (``label_features``, served from the scorer's label cache once computed), which a
+    single-domain call needs for one domain only.
+    """
+    import numpy as np
+    from PIL import Image
+
+    top = max(s.scaling_domains)
+    model = many_domain_model(s, top)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (s.image_size, s.image_size, 3), dtype=np.uint8)) for _ in range(s.scaling_images)]
+    pixel_values = model.preprocess(images)
+    names = [f"d{i:02d}" for i in range(top)]
+    batches = {k: [names[i % k] for i in range(s.scaling_images)] for k in s.scaling_domains}
+
+    def predict(domains: Any, gather: bool = True) -> Callable[[], Any]:
+        def call() -> Any:
+            model.lora.gather_mixed = gather
+            try:
+                return model.predict_proba(images, domain=domains)
+            finally:
+                model.lora.gather_mixed = True
+        return call
+
+    sides = {"single_adapter": predict(names[0])}
+    sides.update({f"mixed_{k}": predict(batches[k]) for k in s.scaling_domains})
+    sides[f"peft_mixed_{top}"] = predict(batches[top], gather=False)
+    # exactness and paths: the gathered batch equals per-domain calls and peft's own path
+    gathered = sides[f"mixed_{top}"]()
+    path = model.lora.last_mixed_path
+    peft_out = sides[f"peft_mixed_{top}"]()
+    peft_path = model.lora.last_mixed_path
+    checked = range(0, s.scaling_images, max(1, s.scaling_images // 8))
+    agree = all(torch.allclose(gathered[i], model.predict_proba(images[i], domain=batches[top][i])[0], atol=1e-5) for i in checked)
+    agree_peft = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gathered, peft_out))
+    for fn in sides.values():  # warm-up
+        fn()
+    times = interleaved({n: (lambda fn=fn: timed(fn)) for n, fn in sides.items()}, s.scaling_repeats)
+
+    # diagnostic halves at the largest K
+    served = batches[top]
+    pairs = sorted({(d, d) for d in served})
+    hits_before = getattr(model.scorer, "label_cache_hits", 0)
+    halves = interleaved({
+        "image_single": lambda: timed(lambda: model.scorer.image_features(pixel_values, names[0])),
+        "image_mixed": lambda: timed(lambda: model.scorer.image_features_mixed(pixel_values, served)),
+        "labels_one_domain": lambda: timed(lambda: model.scorer.label_features(model.domains[names[0]], names[0])),
+        "labels_all_domains": lambda: timed(lambda: [model.scorer.label_features(model.domains[d], a) for d, a in pairs]),
+    }, s.scaling_repeats)
+    lookups = s.scaling_repeats * (len(pairs) + 1)
+    single = times["single_adapter"]
+    out: dict[str, Any] = {
+        "label_cache_hit_share": (getattr(model.scorer, "label_cache_hits", 0) - hits_before) / lookups,
+        "label_lookup_ms": med(halves["labels_all_domains"]) / len(pairs) * 1e3,
+        **{f"mixed_batch_ratio_{k}": ratio(times[f"mixed_{k}"], single)[CLOCK] for k in s.scaling_domains},
+        f"peft_mixed_ratio_{top}": ratio(times[f"peft_mixed_{top}"], single)[CLOCK],
+        "ratio_by_clock": {n: ratio(t, single) for n, t in times.items() if n != "single_adapter"},
+        "timings": {n: summary(t) for n, t in times.items()},
+        "image_tower_mixed_ratio": ratio(halves["image_mixed"], halves["image_single"])[CLOCK],
+        "label_prompts_ratio": ratio(halves["labels_all_domains"], halves["labels_one_domain"])[CLOCK],
+        "halves": {n: summary(t) for n, t in halves.items()},
+        "label_prompts_encoded": {"single_adapter": len(LABELS[:2]), f"mixed_{top}": sum(len(model.domains[d].labels) for d, _ in pairs)},
+        "mixed_path": path,
+        "peft_side_path": peft_path,
+        "gather_cache_bytes": model.lora.gather.nbytes(),
+        "adapter_tensor_bytes": sum(p.numel() * p.element_size() for n in names for p in model.adapter_parameters(n)),
+        "mixed_matches_per_domain": bool(agree),
+        "gathered_matches_peft_path": bool(agree_peft),
+        "distinct_domains": {k: len(set(batches[k])) for k in s.scaling_domains},
+        "setup": f"predict_proba on {s.scaling_images} PIL images ({s.image_size}px), {top} LoRA domains (r={s.lora_r}, q/v of "
+        "both towers, 2-4 labels each); K distinct domains per batch vs all images through one domain; peft side: "
+        "model.lora.gather_mixed=False (peft's adapter_names sub-batches)",
+    }
+    return out
+
+
+# -- 6. a hundred adapters ----------------------------------------------------------------------------
+def save_many(s: Settings, n: int, folder: Path, hidden: int | None = None) -> list[str]:
+    from dataclasses import replace
+
+    model = fresh_model(replace(s, hidden=hidden or s.hidden))
+    names = [f"many{i:03d}" for i in range(n)]
+    for i, name in enumerate(names):
+        torch.manual_seed(5000 + i)
+        model.add_domain(name, LABELS[:2], PROMPT, adapter=lora_config(list(LORA_TARGETS), s.lora_r))
+    model.save_pretrained(folder)
+    return names
+
+
+def memory_probe(save: str, hidden: int, image_size: int, use_rss: bool = True) -> dict[str, Any]:
+    """In a fresh process: RSS growth while loading every stage of ``save`` after the first, and the
+    bytes of the tensors those stages hold (the first load wraps the base: left out of both).
+
+    ``use_rss=False`` (smoke runs, in the benchmark's own process where RSS growth means nothing)
+    counts the model's tensor bytes instead."""
+    from safetensors.torch import load_file
+
+    from medadapt import ContinualVLM
+    from medadapt.hub.manifest import read_manifest
+    from medadapt.tiny import tiny_backbone
+
+    names = read_manifest(save)["stage_order"]
+    model = ContinualVLM(tiny_backbone("clip", seed=0, image_size=image_size, hidden=hidden))
+    model.load_adapter(save, name=names[0])
+    measure = rss_bytes if use_rss else (lambda: tensor_bytes(model))
+    gc.collect()
+    before = measure()
+    for name in names[1:]:
+        model.load_adapter(save, name=name)
+    gc.collect()
+    after = measure()
+    tensors = sum(t.numel() * t.element_size() for n in names[1:] for t in load_file(str(Path(save) / n / "adapter_model.safetensors")).values())
+    modules = sum(1 for layer in model.lora._layers().layers.values() for _ in layer.lora_A) * 3 // len(names)
+    adapters = len(names) - 1
+    return {"rss_added_bytes": after - before, "tensor_bytes": tensors, "adapters": adapters, "hidden": hidden,
+            "measured": "rss" if use_rss else "tensor bytes (smoke)",
+            "ratio": (after - before) / tensors, "modules_per_adapter": modules,
+            "tensor_bytes_per_adapter": tensors / adapters, "overhead_bytes_per_adapter": (after - before - tensors) / adapters}
+
+
+def run_memory_probe(save: Path, hidden: int, image_size: int) -> dict[str, Any]:
+    import subprocess
+
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); import speed; "
+            "print(json.dumps(speed.memory_probe(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))")
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run([sys.executable, "-c", code, str(here.parent), str(here), str(save), str(hidden), str(image_size)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_many_adapters(s: Settings, workdir: Path) -> dict[str, Any]:
+    """``n_many`` sequential ``load_adapter`` calls into a fresh model; memory in a fresh process."""
+    save = workdir / "many"
+    names = save_many(s, s.n_many, save)
+    window = max(1, min(5, s.n_many // 2))
+
+    def load_all() -> list[Sample]:
+        gc.collect()
+        model = fresh_model(s)
+        samples = [timed(lambda name=name: model.load_adapter(save, name=name)) for name in names]
+        assert model.adapter_names() == names
+        return samples
+
+    load_all()  # warm-up
+    runs = [load_all() for _ in range(s.many_repeats)]
+    first = [sample for run in runs for sample in run[:window]]
+    last = [sample for run in runs for sample in run[-window:]]
+    per_index = [med([run[i] for run in runs]) for i in range(s.n_many)]
+    totals = [(sum(c for c, _ in run), sum(w for _, w in run)) for run in runs]
+    probe = run_memory_probe if s.memory_fresh_process else lambda *args: memory_probe(str(args[0]), *args[1:], use_rss=False)
+    memory = probe(save, s.hidden, s.image_size)
+    result: dict[str, Any] = {
+        "adapter_load_ratio_100_vs_1": med(last) / med(first),
+        "adapter_load_total_s_100": med(totals),
+        "memory_100_adapters_ratio": memory["ratio"],
+        "ratio_by_clock": ratio(last, first),
+        "n_loads": s.n_many,
+        "window": window,
+        "load_s_first": summary(first),
+        "load_s_last": summary(last),
+        "load_s_median_by_index": [round(t, 6) for t in per_index],
+        "load_total_s": summary(totals),
+        "memory": memory,
+        "setup": f"one save holding {s.n_many} LoRA stages (r={s.lora_r}, q/v of both towers); a fresh model loads them in "
+        f"order with model.load_adapter(save, name=...); ratio = median of the last {window} loads / median of the first "
+        f"{window} (first includes peft wrapping the base). Memory: RSS growth over loads 2..{s.n_many} in a fresh "
+        "process / the bytes of those stages' tensors",
+    }
+    if s.memory_hidden_check:
+        big = workdir / "many_big"
+        save_many(s, s.n_many, big, hidden=s.memory_hidden_check)
+        result["memory_at_hidden"] = {str(s.memory_hidden_check): run_memory_probe(big, s.memory_hidden_check, s.image_size)}
+    return result
+
+
 # -- main -------------------------------------------------------------------------------------------
+def miss_causes(measurements: dict[str, Any]) -> dict[str, str]:
+    """The measured reason behind each target that can miss, written into ``targets`` when it does."""
+    causes: dict[str, str] = {}
+    mixed = measurements.get("many_domain_mixed_batch")
+    if mixed:
+        prompts = mixed["label_prompts_encoded"]
+        causes["mixed_batch_ratio_64"] = (
+            f"the image tower with gathered LoRA takes {mixed['image_tower_mixed_ratio']:.2f}x the one-adapter time and "
+            f"the label embeddings of the 64 domains ({max(prompts.values())} prompts through 64 adapters, vs "
+            f"{min(prompts.values())}) {mixed['label_prompts_ratio']:.1f}x one domain's: {mixed['label_lookup_ms']:.2f} ms per "
+            f"(domain, adapter) label lookup, {mixed['label_cache_hit_share']:.0%} of them label-cache hits, so the time is "
+            "the lookup itself (see halves)"
+        )
+    many = measurements.get("many_adapters")
+    if many:
+        mem = many["memory"]
+        text = (
+            f"peft keeps {mem['modules_per_adapter']} nn.Module objects per adapter (lora_A, lora_B and a dropout per "
+            f"target layer): {mem['overhead_bytes_per_adapter'] / 1024:.0f} KiB of resident memory per adapter beyond its "
+            f"{mem['tensor_bytes_per_adapter'] / 1024:.0f} KiB of tensors at hidden {mem['hidden']}, a fixed cost per "
+            "module that larger layers dilute"
+        )
+        for hidden, probe in (many.get("memory_at_hidden") or {}).items():
+            text += f"; at hidden {hidden} the same 100 stages give {probe['ratio']:.2f}"
+        causes["memory_100_adapters_ratio"] = text
+        causes["adapter_load_ratio_100_vs_1"] = (
+            f"last {many['window']} loads {many['load_s_last']['median_s'] * 1e3:.1f} ms vs first "
+            f"{many['load_s_first']['median_s'] * 1e3:.1f} ms (see load_s_median_by_index)"
+        )
+    return causes
+
+
 def check(key: str, value: float) -> dict[str, Any]:
     target = TARGETS[key]
     if target is None:
@@ -504,6 +749,9 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
     mixed = section("mixed_domain_inference", lambda: bench_mixed(s))
     with tempfile.TemporaryDirectory(prefix="medadapt-speed-") as tmp:
         loading = section("adapter_scaling", lambda: bench_adapter_loading(s, Path(tmp)))
+    many_domains = section("many_domain_mixed_batch", lambda: bench_many_domains(s))
+    with tempfile.TemporaryDirectory(prefix="medadapt-speed-") as tmp:
+        many = section("many_adapters", lambda: bench_many_adapters(s, Path(tmp)))
 
     values = {
         "train_step_ratio": training["value"],
@@ -513,8 +761,13 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
         "adapter_load_ratio_20_vs_1": loading["adapter_load_ratio_20_vs_1"],
         "adapter_load_total_s_20": loading["adapter_load_total_s_20"],
         "memory_per_adapter_ratio": loading["memory_per_adapter_ratio"],
+        **{k: many_domains[k] for k in SECTION_KEYS["many_domain_mixed_batch"]},
+        **{k: many[k] for k in SECTION_KEYS["many_adapters"]},
     }
     targets = {k: check(k, v) for k, v in values.items()}
+    for key, cause in miss_causes(measurements).items():
+        if targets[key]["pass"] is False:
+            targets[key]["cause"] = cause
     for section_name, keys in SECTION_KEYS.items():
         measurements[section_name]["targets"] = {k: targets[k] for k in keys}
     result: dict[str, Any] = {

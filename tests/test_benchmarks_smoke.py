@@ -20,6 +20,13 @@ REQUIRED = [
     "adapter_load_ratio_20_vs_1",
     "adapter_load_total_s_20",
     "memory_per_adapter_ratio",
+    "mixed_batch_ratio_4",
+    "mixed_batch_ratio_16",
+    "mixed_batch_ratio_64",
+    "peft_mixed_ratio_64",
+    "adapter_load_ratio_100_vs_1",
+    "adapter_load_total_s_100",
+    "memory_100_adapters_ratio",
 ]
 
 
@@ -42,10 +49,13 @@ def test_speed_script_writes_all_keys(tmp_path: Path) -> None:
     assert set(result["machine"]) >= {"cpu_model", "cpu_count", "platform"}
     assert set(result["versions"]) >= {"python", "torch", "transformers", "peft", "medadapt"}
     assert result["quick"] is True and result["mode"] == "smoke"
-    for name in ("training_overhead", "frozen_tower_reuse", "mixed_domain_inference", "adapter_scaling"):
+    for name in ("training_overhead", "frozen_tower_reuse", "mixed_domain_inference", "adapter_scaling", "many_domain_mixed_batch", "many_adapters"):
         assert "targets" in result["measurements"][name], name
     training = result["measurements"]["training_overhead"]
     assert training["medadapt_step"]["cpu"]["repeats_s"] and training["peft_baseline_step"]["wall"]["repeats_s"]
     assert training["same_losses"]  # the hand-written baseline does the same computation
     assert result["measurements"]["mixed_domain_inference"]["mixed_matches_per_domain"]
     assert result["measurements"]["frozen_tower_reuse"]["cache_used"]
+    many = result["measurements"]["many_domain_mixed_batch"]
+    assert many["mixed_path"] == "gathered" and many["peft_side_path"] == "peft"
+    assert many["mixed_matches_per_domain"] and many["gathered_matches_peft_path"]

@@ -8,11 +8,21 @@ from typing import Any, Iterator, Sequence
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from ..errors import AdapterError
-
-BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
+from .gathered import BASE, GatherCache, MixedReport, gathered_lora
+from .lora_layers import (
+    STATE_PREFIX,
+    LayerIndex,
+    add_to_layers,
+    check_tensors,
+    copy_into_layers,
+    is_plain,
+    planned_shapes,
+    wrapped_targets,
+)
 _UNKNOWN = object()  # peft's active/enabled state is not known (right after add/remove): always switch
 
 
@@ -40,6 +50,11 @@ class LoraBank:
 
     ``trainable`` names the adapters whose parameters receive gradients; peft toggles
     ``requires_grad`` when the active adapter changes, so the bank re-applies it after every switch.
+
+    Adding or loading an adapter whose targets are already wrapped costs the same whatever the
+    number of adapters (see :mod:`medadapt.adapters.lora_layers`); mixed batches gather each row's
+    LoRA update in batched ops (see :mod:`medadapt.adapters.gathered`; ``gather_mixed=False``
+    keeps peft's per-adapter sub-batches) and ``last_mixed`` reports which path ran.
     """
 
     def __init__(self, base: nn.Module) -> None:
@@ -47,6 +62,20 @@ class LoraBank:
         self.peft_model = None
         self.trainable: set[str] = set()
         self._active: object = _UNKNOWN
+        self._index: LayerIndex | None = None  # LoRA layers by path; rebuilt when peft wraps modules
+        self.gather = GatherCache()
+        self.gather_mixed = True
+        self.last_mixed: MixedReport | None = None
+
+    @property
+    def last_mixed_path(self) -> str | None:
+        """``"gathered"``, ``"peft"``, ``"partial"`` or ``"none"``: the path of the last mixed batch."""
+        return self.last_mixed.path if self.last_mixed is not None else None
+
+    def _layers(self) -> LayerIndex:
+        if self._index is None:
+            self._index = LayerIndex(self.base)
+        return self._index
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -55,16 +84,27 @@ class LoraBank:
         return list(self.peft_model.peft_config)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.names()
+        return self.peft_model is not None and name in self.peft_model.peft_config
 
     def config(self, name: str) -> LoraConfig:
         return self.peft_model.peft_config[name]
 
     def add(self, name: str, config: LoraConfig) -> None:
         """Inject a new adapter named ``name`` (its weights start as peft initialises them)."""
+        self._add(name, config, initialise=True)
+
+    def _add(self, name: str, config: LoraConfig, initialise: bool) -> None:
         if not isinstance(config, LoraConfig):
             raise AdapterError(f"adapter {name!r}: expected a peft LoraConfig, got {type(config).__name__}.")
         self._check_name(name)
+        if name in self:
+            raise AdapterError(f"adapter {name!r} already exists; remove it first or pick another name.")
+        self.gather.forget(name)
+        layers = wrapped_targets(self._layers(), config) if self.peft_model is not None and self.names() else None
+        if layers is not None:  # every target already wrapped: touch only those layers (constant time)
+            add_to_layers(layers, name, config, initialise=initialise)
+            self.peft_model.peft_config[name] = config
+            return  # peft's active adapters, and every other adapter's requires_grad, are unchanged
         try:
             if self.peft_model is None:
                 self.peft_model = get_peft_model(self.base, config, adapter_name=name)
@@ -72,8 +112,42 @@ class LoraBank:
                 self.peft_model.add_adapter(name, config)
         except ValueError as exc:
             raise AdapterError(f"adapter {name!r}: peft could not inject LoRA into the base model: {exc}") from exc
+        finally:
+            self._index = None  # peft may have wrapped new modules
         self._active = _UNKNOWN  # peft left its own active adapter enabled
         self._apply_trainable()
+
+    def load(self, name: str, config: LoraConfig, weights: dict[str, torch.Tensor]) -> None:
+        """Add adapter ``name`` from a stage's config and peft-format weights, strictly.
+
+        The weights must be exactly this adapter's LoRA tensors for the declared targets and rank:
+        any other key (a base weight, another adapter's tensor, ``logit_scale``) or a wrong shape
+        raises :class:`AdapterError` naming it, and the model is left as it was (checked before
+        anything is injected where the config allows, else the injected adapter is removed again).
+        """
+        if not isinstance(config, LoraConfig):
+            raise AdapterError(f"adapter {name!r}: expected a peft LoraConfig, got {type(config).__name__}.")
+        first = self.peft_model is None or not self.names()
+        planned = planned_shapes(self._layers(), self.base, config)
+        if planned is not None:
+            check_tensors(name, config, weights, planned)
+        self._add(name, config, initialise=False)
+        try:
+            self.load_state_dict(name, weights)
+        except Exception:
+            self._undo_add(name, first)
+            raise
+
+    def _undo_add(self, name: str, first: bool) -> None:
+        """Remove a just-added adapter; when it was the first, unwrap the base again (model as before)."""
+        if first and self.names() == [name]:
+            self.peft_model.base_model.unload()
+            self.peft_model = None
+            self._index = None
+            self.gather.forget()
+            self._active = _UNKNOWN
+        else:
+            self.remove(name)
 
     def _check_name(self, name: str) -> None:
         if name.startswith("lora_") or name in self._reserved_names():
@@ -88,12 +162,15 @@ class LoraBank:
         self._check_name(name)
         if name in self:  # peft would silently keep the existing adapter
             raise AdapterError(f"adapter {name!r} already exists; merge into another name.")
+        self.gather.forget(name)
         try:
             self.peft_model.add_weighted_adapter(list(sources), list(weights), name, combination_type=combination_type, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:
             if name in self:
                 self.remove(name)
             raise AdapterError(f"peft could not merge {list(sources)} into {name!r} with {combination_type!r}: {exc}") from exc
+        finally:
+            self._index = None
         self._active = _UNKNOWN
         self._apply_trainable()
 
@@ -114,14 +191,23 @@ class LoraBank:
 
     def remove(self, name: str) -> None:
         self.peft_model.delete_adapter(name)
+        self.gather.forget(name)
         self.trainable.discard(name)
         self._active = _UNKNOWN
 
     def parameters(self, name: str) -> list[nn.Parameter]:
-        """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``)."""
-        if self.peft_model is None:
+        """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``),
+        found in the LoRA layers only (not a walk over every adapter's parameters)."""
+        if name not in self:
             return []
-        return [p for n, p in self.base.named_parameters() if lora_owner(n) == name]
+        out: list[nn.Parameter] = []  # LoRA layers in module order, each in its containers' order (= named_parameters)
+        for layer in self._layers().layers.values():
+            for attr in dict.fromkeys(layer.adapter_layer_names):  # (DoRA appends its name a second time)
+                container = getattr(layer, attr, None)
+                if isinstance(container, (nn.ModuleDict, nn.ParameterDict)) and name in container:
+                    item = container[name]
+                    out.extend([item] if isinstance(item, nn.Parameter) else item.parameters())
+        return out
 
     def _apply_trainable(self) -> None:
         for n, p in self.base.named_parameters():
@@ -142,22 +228,32 @@ class LoraBank:
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        result = set_peft_model_state_dict(self.peft_model, state, adapter_name=name)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise AdapterError(f"adapter {name!r}: weights hold keys this model does not have: {unexpected[:3]}...")
+        """Copy peft-format weights into existing adapter ``name``, strictly (see :meth:`load`).
+
+        Every key and shape is checked before any tensor is written.
+        """
         config = self.config(name)
-        if (
-            getattr(config, "bias", "none") == "none"
-            and not getattr(config, "modules_to_save", None)
-            and getattr(config, "trainable_token_indices", None) is None
-            and not any(f".{name}." in k for k in getattr(result, "missing_keys", None) or [])
-        ):
-            return  # every tensor of the adapter was loaded: skip re-gathering the whole model's state dict
-        expected = set(self.state_dict(name))
-        missing = sorted(expected - set(state))
-        if missing:
-            raise AdapterError(f"adapter {name!r}: weights miss {len(missing)} tensors, e.g. {missing[:3]}.")
+        layers = self._adapter_layers(name, config)
+        if layers is not None:  # plain LoRA Linear layers: expected keys from those layers, direct copies
+            expected = {}
+            for path, layer in layers.items():
+                expected[f"{STATE_PREFIX}{path}.lora_A.weight"] = tuple(layer.lora_A[name].weight.shape)
+                expected[f"{STATE_PREFIX}{path}.lora_B.weight"] = tuple(layer.lora_B[name].weight.shape)
+            check_tensors(name, config, state, expected)
+            copy_into_layers(layers, name, state)
+        else:  # other layer types / variants: peft's own key mapping, checked against its state dict
+            check_tensors(name, config, state, {k: tuple(v.shape) for k, v in self.state_dict(name).items()})
+            set_peft_model_state_dict(self.peft_model, state, adapter_name=name)
+        self.gather.forget(name)
+
+    def _adapter_layers(self, name: str, config: LoraConfig) -> dict[str, LoraLinear] | None:
+        """The LoRA Linear layers holding plain adapter ``name`` (None: not plain, or other layer types)."""
+        if not is_plain(config):
+            return None
+        layers = {p: layer for p, layer in self._layers().layers.items() if name in layer.lora_A}
+        if not layers or any(type(layer) is not LoraLinear or name in layer.lora_variant for layer in layers.values()):
+            return None
+        return layers
 
     # -- activation --------------------------------------------------------------------------------
     def _switch(self, target: object) -> None:
@@ -182,25 +278,58 @@ class LoraBank:
         yield
 
     @contextmanager
-    def mixed(self, adapter_names: Sequence[str]) -> Iterator[None]:
-        """Run the body with one adapter per batch row (``BASE`` for none) via peft's mixed-batch path."""
+    def mixed(self, adapter_names: Sequence[str], gather: bool | None = None) -> Iterator[MixedReport]:
+        """Run the body with one adapter per batch row (``BASE`` for none); yields a :class:`MixedReport`.
+
+        LoRA Linear layers gather each row's update in batched ops (``gather``: default
+        ``self.gather_mixed``); other layers, or all with ``gather=False``, take peft's per-row
+        ``adapter_names`` path. Works for any input with a leading batch dimension (``(N, T, d)``
+        sequences and one-token decoding steps included) as long as it keeps ``len(adapter_names)`` rows.
+        """
+        names = list(adapter_names)
         if self.peft_model is None:
-            yield
+            self.last_mixed = MixedReport(path="none")
+            yield self.last_mixed
             return
-        names = sorted({n for n in adapter_names if n != BASE})
-        if names:
-            self._switch(tuple(names) if len(names) > 1 else names[0])
-        handles = []
+        layers = self._layers().layers
+        if not (self.gather_mixed if gather is None else gather):
+            used = sorted({n for n in names if n != BASE})
+            report = MixedReport(path="peft" if used else "none")
+            report.fallback = {p: "gathering turned off" for p, layer in layers.items() if any(n in layer.lora_A for n in used)}
+            self.last_mixed = report
+            with self._peft_mixed(names)(layers):
+                yield report
+            return
+        with gathered_lora(layers, names, self.gather, self._peft_mixed(names)) as report:
+            self.last_mixed = report
+            yield report
+
+    def _peft_mixed(self, names: list[str]) -> Any:
+        """A context factory running peft's ``adapter_names`` path on the given layers."""
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-            kwargs["adapter_names"] = list(adapter_names)
+            x = args[0] if args else kwargs.get("x")
+            if x is not None and x.shape[0] != len(names):
+                raise AdapterError(
+                    f"mixed-adapter batch: {len(names)} adapter names were given but a LoRA layer received "
+                    f"{x.shape[0]} rows; give one adapter name per row of the batch."
+                )
+            kwargs["adapter_names"] = names
             return args, kwargs
 
-        for module in self.base.modules():
-            if isinstance(module, LoraLayer):
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        @contextmanager
+        def run(layers: dict[str, LoraLayer]) -> Iterator[None]:
+            if not layers:
+                yield
+                return
+            used = sorted({n for n in names if n != BASE})
+            if used:  # peft serves no adapter (not even per row) in layers whose adapters are disabled
+                self._switch(tuple(used) if len(used) > 1 else used[0])
+            handles = [layer.register_forward_pre_hook(pre_hook, with_kwargs=True) for layer in layers.values()]
+            try:
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        return run

@@ -92,8 +92,15 @@ class LoraKind(AdapterKind):
         adapters.lora.set_trainable([n for n in names if n in adapters.lora])
 
     def install(self, adapters: AdapterSet, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
+        """Strict and constant-time (see ``LoraBank.load``): every key and shape is checked before
+        anything is injected, and a refused stage leaves the model as it was."""
         spec.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"
-        super().install(adapters, name, spec, weights, scorer, what)
+        try:
+            adapters.lora.load(name, spec, weights)
+        except (AdapterError, RuntimeError) as exc:
+            raise StageFileError(f"{what}: weights do not fit this base model: {exc}") from exc
+        if name in adapters.trainable:  # a new adapter is frozen unless already named trainable
+            self.set_trainable(adapters, sorted(adapters.trainable))
 
     def trains_text_side(self, adapters: AdapterSet, name: str) -> bool:
         tower = adapters.vision_tower
