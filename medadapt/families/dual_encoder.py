@@ -207,6 +207,8 @@ class DualEncoderScorer(Scorer):
         self._images_stamp: dict[Any, tuple] = {}  # adapter -> the image-side weights the features were made with
         self.image_cache_hits = 0
         self._image_bytes = 0
+        self._vision_version: int | None = None
+        self._vision_id_set: set[int] = set()
 
     # -- prompt adapters -------------------------------------------------------------------------
     def create_prompt_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
@@ -308,10 +310,18 @@ class DualEncoderScorer(Scorer):
         out = self.model.get_text_features(**tokens).pooler_output
         return F.normalize(out.float(), dim=-1)
 
+    def _vision_ids(self) -> set[int]:
+        """ids of the image tower's parameters (its LoRA ones included), rebuilt only when adapters change."""
+        if self._vision_version != self.adapters.version:
+            tower = self.adapters.vision_tower
+            self._vision_id_set = {id(p) for p in tower.parameters()} if tower is not None else set()
+            self._vision_version = self.adapters.version
+        return self._vision_id_set
+
     def _image_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
         """Adapter parameters that can change image embeddings (the image tower's LoRA, VPT tokens)."""
         loras, prompt_name = self.adapters.split(adapter)
-        vision = {id(p) for p in self.adapters.vision_tower.parameters()} if self.adapters.vision_tower is not None else set()
+        vision = self._vision_ids()
         params = [p for n in loras for p in self.adapters.parameters(n) if id(p) in vision]
         prompt = self._prompt(prompt_name)
         return params + ([prompt.visual] if prompt is not None and prompt.visual is not None else [])
@@ -341,7 +351,7 @@ class DualEncoderScorer(Scorer):
     def _text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
         """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
         loras, prompt_name = self.adapters.split(adapter)
-        vision = {id(p) for p in self.adapters.vision_tower.parameters()} if self.adapters.vision_tower is not None else set()
+        vision = self._vision_ids()
         params = [p for n in loras for p in self.adapters.parameters(n) if id(p) not in vision]
         prompt = self._prompt(prompt_name)
         return params + ([prompt.ctx] if prompt is not None else [])
