@@ -97,6 +97,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "adapter_load_ratio_100_vs_1": ("<=", 1.2),
     "adapter_load_total_s_100": None,
     "memory_100_adapters_ratio": ("<=", 1.2),
+    "text_only_epoch_speedup": (">=", 3.0),
+    "predict_overhead_ratio": ("<=", 1.10),
 }
 
 
@@ -107,6 +109,8 @@ SECTION_KEYS = {
     "adapter_scaling": ["adapter_load_ratio_20_vs_1", "adapter_load_total_s_20", "memory_per_adapter_ratio"],
     "many_domain_mixed_batch": ["mixed_batch_ratio_4", "mixed_batch_ratio_16", "mixed_batch_ratio_64", "peft_mixed_ratio_64"],
     "many_adapters": ["adapter_load_ratio_100_vs_1", "adapter_load_total_s_100", "memory_100_adapters_ratio"],
+    "text_only_epochs": ["text_only_epoch_speedup"],
+    "predict_overhead": ["predict_overhead_ratio"],
 }
 
 
@@ -413,6 +417,84 @@ def bench_mixed(s: Settings) -> dict[str, Any]:
         "mixed_matches_per_domain": bool(agree),
         "setup": f"predict_proba on {s.infer_images} PIL images ({s.image_size}px) over {s.infer_domains} LoRA domains; "
         "timings include preprocessing, which all three sides share",
+    }
+
+
+# -- 3b. frozen image features across epochs --------------------------------------------------------
+TEXT_ONLY_TARGETS = r".*text_model.*(q_proj|v_proj)"
+
+
+def bench_text_only_epochs(s: Settings) -> dict[str, Any]:
+    """The second epoch of a stage that trains only the text tower, with and without the image-feature cache."""
+    from medadapt.training.objectives import Batch, ClassificationObjective
+
+    model = fresh_model(s)
+    torch.manual_seed(2)
+    model.add_domain("scan", LABELS, PROMPT, adapter=lora_config(TEXT_ONLY_TARGETS, s.lora_r))
+    g = torch.Generator().manual_seed(3)
+    n = s.batch * 4
+    pixels = torch.randn(n, 3, s.image_size, s.image_size, generator=g)
+    labels = torch.randint(0, len(LABELS), (n,), generator=g)
+    batches = [list(range(i, min(i + s.batch, n))) for i in range(0, n, s.batch)]
+    step = medadapt_trainer_step(model, ClassificationObjective(), "scan")
+
+    def epoch(keyed: bool) -> None:
+        for rows in batches:
+            keys = [("scan", i) for i in rows] if keyed else None
+            step(Batch(pixels[rows], labels[rows], ["scan"] * len(rows), keys=keys))
+
+    epoch(True)  # the first epoch fills the cache
+    hits = model.scorer.image_cache_hits
+    epoch(True)
+    reused = model.scorer.image_cache_hits - hits == n
+    times = interleaved({"cached_epoch": lambda: timed(lambda: epoch(True)), "uncached_epoch": lambda: timed(lambda: epoch(False))}, s.frozen_repeats)
+    return {
+        "value": ratio(times["uncached_epoch"], times["cached_epoch"])[CLOCK],
+        "ratio_by_clock": ratio(times["uncached_epoch"], times["cached_epoch"]),
+        "cached_epoch": summary(times["cached_epoch"]),
+        "uncached_epoch": summary(times["uncached_epoch"]),
+        "images_reused_in_second_epoch": bool(reused),
+        "setup": f"LoRA r={s.lora_r} target_modules={TEXT_ONLY_TARGETS!r}; {n} images, batches of {s.batch}, "
+        "an epoch = forward + backward + step over them",
+    }
+
+
+# -- 3c. predict_proba overhead over plain transformers ------------------------------------------------
+def bench_predict_overhead(s: Settings) -> dict[str, Any]:
+    """``predict_proba`` of one domain vs the same computation written by hand with transformers."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    model = fresh_model(s)
+    torch.manual_seed(4)
+    model.add_domain("scan", LABELS, PROMPT, adapter=lora_config(list(LORA_TARGETS), s.lora_r))
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (s.image_size, s.image_size, 3), dtype=np.uint8)) for _ in range(s.infer_images)]
+    clip = model.base_model
+    processor, tokenizer = model.backbone.image_processor, model.backbone.tokenizer
+    with torch.no_grad(), model.adapters.active(["scan"]):  # the labels, encoded once by hand too
+        tokens = tokenizer([PROMPT.format(label) for label in LABELS], padding=True, return_tensors="pt")
+        labels = F.normalize(clip.get_text_features(**tokens).pooler_output, dim=-1)
+
+    def by_hand() -> Any:
+        with torch.no_grad(), model.adapters.active(["scan"]):
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+            feats = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+            return (clip.logit_scale.exp() * feats @ labels.t()).softmax(-1)
+
+    def ours() -> Any:
+        return model.predict_proba(images, domain="scan")
+
+    agree = torch.allclose(ours(), by_hand(), atol=1e-5)
+    times = interleaved({"predict_proba": lambda: timed(ours), "transformers": lambda: timed(by_hand)}, s.infer_repeats)
+    return {
+        "value": ratio(times["predict_proba"], times["transformers"])[CLOCK],
+        "ratio_by_clock": ratio(times["predict_proba"], times["transformers"]),
+        "predict_proba": summary(times["predict_proba"]),
+        "transformers": summary(times["transformers"]),
+        "same_probabilities": bool(agree),
+        "setup": f"{s.infer_images} PIL images ({s.image_size}px), one LoRA domain, label embeddings cached on both sides",
     }
 
 
@@ -752,6 +834,8 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
     many_domains = section("many_domain_mixed_batch", lambda: bench_many_domains(s))
     with tempfile.TemporaryDirectory(prefix="medadapt-speed-") as tmp:
         many = section("many_adapters", lambda: bench_many_adapters(s, Path(tmp)))
+    text_only = section("text_only_epochs", lambda: bench_text_only_epochs(s))
+    overhead = section("predict_overhead", lambda: bench_predict_overhead(s))
 
     values = {
         "train_step_ratio": training["value"],
@@ -763,6 +847,8 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
         "memory_per_adapter_ratio": loading["memory_per_adapter_ratio"],
         **{k: many_domains[k] for k in SECTION_KEYS["many_domain_mixed_batch"]},
         **{k: many[k] for k in SECTION_KEYS["many_adapters"]},
+        "text_only_epoch_speedup": text_only["value"],
+        "predict_overhead_ratio": overhead["value"],
     }
     targets = {k: check(k, v) for k, v in values.items()}
     for key, cause in miss_causes(measurements).items():
