@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -76,3 +77,39 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_ERRNO_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space or write somewhere else",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write somewhere else",
+    errno.EROFS: "the folder is on a read-only filesystem: pick a writable folder",
+    errno.EACCES: "permission denied: pick a folder you can write to",
+    errno.EPERM: "permission denied: pick a folder you can write to",
+    errno.ENAMETOOLONG: "a file name is too long: use shorter domain / adapter names",
+}
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn OS-level write failures (disk full, read-only, permissions) into a clear StorageError.
+
+    medadapt errors pass through unchanged; so does anything that is not an OSError or a safetensors error.
+    """
+    from safetensors import SafetensorError
+
+    from .errors import MedAdaptError, StorageError
+
+    try:
+        yield
+    except MedAdaptError:
+        raise
+    except OSError as exc:
+        advice = _ERRNO_ADVICE.get(exc.errno or -1, "check the folder and the disk")
+        where = f" ({exc.filename})" if exc.filename else ""
+        error = StorageError(f"{what}: {exc.strerror or exc}{where}; {advice}. Any previous save there is intact.")
+        error.errno = exc.errno
+        raise error from exc
+    except SafetensorError as exc:
+        text = str(exc)
+        hint = "the disk is probably full or read-only" if "os error" in text.lower() or "No space" in text else "check the folder and the disk"
+        raise StorageError(f"{what}: writing a safetensors file failed ({text}); {hint}. Any previous save there is intact.") from exc

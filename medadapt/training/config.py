@@ -17,14 +17,10 @@ from typing import Any, Union, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import MedAdaptError
+from ..errors import ConfigError
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class ConfigError(MedAdaptError, ValueError):
-    """A run configuration is invalid (unknown key, bad value, unreadable file)."""
 
 
 @dataclass
