@@ -54,6 +54,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def recover_directory_swap(target: str | os.PathLike) -> None:
+    """Tidy what a killed :func:`atomic_directory` left beside ``target``: unfinished new folders go; a parked
+    old folder is put back when ``target`` is missing (killed between the two renames), else removed.
+
+    Only call it while no other process writes ``target`` (e.g. holding the output dir's writer lock)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    parked = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for old in reversed(parked):
+        if not target.exists() and (old / "d").is_dir():
+            os.replace(old / "d", target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
@@ -63,6 +80,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory_swap(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:

@@ -214,8 +214,7 @@ def recover(target: str | os.PathLike) -> None:
                 _roll_back(target, journal)
             (target / JOURNAL_NAME).unlink()
     for path in target.iterdir():
-        name = path.name
-        if name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or (name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp")):
+        if _is_leftover(path.name):
             _remove(path)
 
 
@@ -231,12 +230,37 @@ def needs_recovery(target: Path) -> bool:
     return journal is not None and (target / journal["trash"]).exists() and not _committed(target, journal)
 
 
+def _is_leftover(name: str) -> bool:
+    return name == JOURNAL_NAME or name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or (
+        name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp")
+    )
+
+
+def has_leftovers(target: Path) -> bool:
+    """Whether ``target`` holds a journal, staging or trash folder (an unfinished or interrupted save)."""
+    try:
+        return any(_is_leftover(p.name) for p in target.iterdir())
+    except OSError:
+        return False
+
+
+def tidy(target: Path) -> None:
+    """Recover and clean ``target`` if no writer is at work there (best effort, never raises)."""
+    try:
+        with writer_lock(target, "cleaning up after an interrupted save"):
+            recover(target)
+    except (SaveLockedError, OSError, StageFileError):
+        pass
+
+
 @contextmanager
 def read_snapshot(root: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
     """Hold ``root`` steady while a save in it is read: waits for a writer's swap, and first recovers a
     save a crash left half-swapped (when this process may write there)."""
     root = Path(root)
     deadline = time.monotonic() + timeout
+    if has_leftovers(root):
+        tidy(root)
     while True:
         with snapshot_lock(root, exclusive=False):
             if not needs_recovery(root):
