@@ -231,9 +231,8 @@ def needs_recovery(target: Path) -> bool:
 
 
 def _is_leftover(name: str) -> bool:
-    return name == JOURNAL_NAME or name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or (
-        name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp")
-    )
+    temporary = name.startswith((f".{MANIFEST_NAME}.", f".{JOURNAL_NAME}.")) and name.endswith(".tmp")  # atomic writes
+    return name == JOURNAL_NAME or name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or temporary
 
 
 def has_leftovers(target: Path) -> bool:
