@@ -14,6 +14,7 @@ from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
 from .errors import AdapterError, DomainError
 from .images import ImageInput, preprocess
+from .labels import check_label_prompts
 from .scoring import DualEncoderScorer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,6 +186,7 @@ class ContinualVLM(nn.Module):
         self._check_new_name(name, "domain")
         labels = labels if isinstance(labels, str) else list(labels)  # a bare string is refused by Domain, not split
         domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}))
+        check_label_prompts(self.backbone, name, domain.prompts(), domain.labels)
         if isinstance(adapter, str) and adapter == "none":  # served by the base or a shared adapter only
             domain.adapter_type = "none"
         else:

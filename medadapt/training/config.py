@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from ..errors import ConfigError
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
+BUILTIN_MODELS = ("tiny-clip", "tiny-siglip")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -41,6 +43,12 @@ class AdapterSettings:
             raise ConfigError(f"adapter.type must be 'lora' or 'prompt', got {self.type!r}.")
         if self.r < 1:
             raise ConfigError(f"adapter.r must be >= 1, got {self.r}.")
+        if not self.alpha > 0:
+            raise ConfigError(f"adapter.alpha must be > 0 (LoRA scales its update by alpha / r; 0 trains nothing), got {self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
+        if self.n_ctx < 1 or self.n_visual_tokens < 0:
+            raise ConfigError(f"adapter.n_ctx must be >= 1 and adapter.n_visual_tokens >= 0, got {self.n_ctx} and {self.n_visual_tokens}.")
 
     def build(self, default_targets: tuple[str, ...]) -> Any:
         """The peft ``LoraConfig`` or medadapt ``PromptConfig`` these settings describe."""
@@ -91,8 +99,12 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}.")
+        if self.max_steps_per_stage is not None and self.max_steps_per_stage < 1:
+            raise ConfigError(f"train.max_steps_per_stage must be >= 1 (or left empty for no limit), got {self.max_steps_per_stage}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
 
@@ -108,9 +120,17 @@ class DomainSettings:
 
     def __post_init__(self) -> None:
         from ..data import DataConfig
+        from ..domains import validate_labels, validate_name
+        from ..errors import DomainError
 
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"domain name must be a non-empty string, got {self.name!r}.")
+        try:
+            validate_name(self.name)
+            if self.labels is not None:
+                self.labels = validate_labels(self.name, self.labels)
+        except DomainError as exc:
+            raise ConfigError(f"domains: {exc}") from exc
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise ConfigError(f"domain {self.name!r}: prompt must contain one '{{}}' where the label goes, got {self.prompt!r}.")
         from ..data import DataError
@@ -155,6 +175,8 @@ class RunConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}.")
         if self.paradigm not in PARADIGMS:
             raise ConfigError(f"paradigm {self.paradigm!r} unknown; valid: {list(PARADIGMS)}.")
         if not self.domains:
@@ -172,6 +194,22 @@ class RunConfig:
         data.pop("output_dir", None)
         data.pop("tracking", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_not_found(model: str, exc: BaseException) -> ConfigError:
+    """The error for a ``model`` that is no built-in name, no loadable folder and could not be had from the Hub."""
+    import difflib
+    import os
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.isdir(model):
+        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a dual encoder: {reason}")
+    close = difflib.get_close_matches(model, BUILTIN_MODELS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"model {model!r} is neither a built-in name {list(BUILTIN_MODELS)} nor a local folder, and the Hugging Face "
+        f"Hub could not provide it ({reason}).{hint} Check the spelling, the path, or your network / HF_HUB_OFFLINE."
+    )
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -25,7 +25,7 @@ from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from .batches import BatchSchedule, PixelStore
 from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
-from .config import ConfigError, RunConfig
+from .config import BUILTIN_MODELS, ConfigError, RunConfig, model_not_found
 from .composition import composition_results, fit_stage_router, trained_domains
 from .evaluate import evaluate_view
 from .objectives import build_objective
@@ -40,11 +40,14 @@ CHECKPOINT_DIR = "checkpoints"
 
 def build_base(config: RunConfig) -> ContinualVLM:
     """The frozen base named by ``config.model`` (``tiny-clip``/``tiny-siglip`` are built in)."""
-    if config.model in ("tiny-clip", "tiny-siglip"):
+    if config.model in BUILTIN_MODELS:
         from ..tiny import tiny_backbone
 
         return ContinualVLM(tiny_backbone(config.model.split("-", 1)[1], seed=0))
-    return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    try:
+        return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    except OSError as exc:  # not a folder, and the Hub said no or could not be reached
+        raise model_not_found(config.model, exc) from exc
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
