@@ -7,9 +7,10 @@ Layout of a save::
     <adapter>/prompt_config.json  + prompt_model.safetensors       (prompt adapter)
     base/...                      (only when the base cannot be reloaded from a Hub id or folder)
 
-Saves are atomic: new folders are written to a staging folder, the old manifest is removed,
-changed adapter folders are swapped in with ``os.replace`` and the new manifest is written last,
-so an interrupted save never leaves a folder that loads as valid. Unchanged adapter folders are
+Saves are transactions (:mod:`medadapt.hub.transaction`): new folders are staged, a journal records
+the swap, and the new manifest is the commit point, so a failed or killed save leaves the folder
+loading as the complete previous save or the complete new one; the writer holds the folder's lock
+(:mod:`medadapt.locking`) and readers load a consistent snapshot. Unchanged adapter folders are
 left untouched (byte-identical).
 """
 
