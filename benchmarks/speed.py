@@ -330,6 +330,9 @@ def bench_frozen_tower(s: Settings) -> dict[str, Any]:
     uncached = medadapt_trainer_step(model, uncached_obj, "scan")  # same model, same parameters/optimiser kind
     for _ in range(s.warmup):
         cached(batch), uncached(batch)
+    hits = model.scorer.label_cache_hits
+    cached(batch), uncached(batch)
+    cache_used = model.scorer.label_cache_hits == hits + 1  # a hit for the cached objective's step, none for the other
     times = interleaved(
         {"cached": lambda: timed(lambda: cached(batch), s.train_steps), "recomputed": lambda: timed(lambda: uncached(batch), s.train_steps)},
         s.frozen_repeats,
@@ -341,7 +344,7 @@ def bench_frozen_tower(s: Settings) -> dict[str, Any]:
         "recomputed_step": summary(times["recomputed"]),
         "steps_per_repeat": s.train_steps,
         "text_tower_trainable": trainable_text,
-        "cache_used": bool(cached_obj._cache) and not uncached_obj._cache,
+        "cache_used": cache_used,
         "setup": f"LoRA r={s.lora_r} target_modules={VISION_ONLY_TARGETS!r}; ClassificationObjective() vs (cache_text=False)",
     }
 

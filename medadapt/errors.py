@@ -31,8 +31,24 @@ class BaseMismatchError(StageFileError):
     """A save was made for a different base model than the one given."""
 
 
+class RoutingError(MedAdaptError, ValueError):
+    """Routing cannot be fitted or used (no trained domains, no router, bad threshold...)."""
+
+
 class ConfigError(MedAdaptError, ValueError):
     """A run configuration is invalid (unknown key, bad value, unreadable file)."""
+
+
+class RehearsalError(MedAdaptError, ValueError):
+    """Invalid rehearsal buffer configuration, input or saved state."""
+
+
+class DataError(MedAdaptError, ValueError):
+    """A dataset, its configuration or its contents is invalid."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file or folder named by the configuration does not exist."""
 
 
 class SaveLockedError(MedAdaptError, RuntimeError):

@@ -14,8 +14,12 @@ from .errors import DomainError
 
 
 def check_label_prompts(backbone: Any, name: str, prompts: list[str], labels: list[str]) -> None:
-    """Refuse labels whose prompts tokenise to the same (truncated) token sequence."""
-    from .adapters.prompt import tokenize_texts
+    """Refuse labels whose prompts tokenise to the same (truncated) token sequence (dual encoders: the
+    labels are scored through the text tower; other families do not read label prompts this way)."""
+    from .families.dual_encoder import DualEncoderFamily, tokenize_texts
+
+    if not isinstance(backbone.family, DualEncoderFamily):
+        return
 
     limit = backbone.text_max_length()
     ids = tokenize_texts(backbone, list(prompts))["input_ids"].tolist()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from .adapters.lora_kind import LORA, MergeSpec, check_equal_ranks
 from .errors import AdapterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,11 +31,6 @@ ANY_RANK_METHODS = ("svd", "cat")
 MERGE_METHODS = EQUAL_RANK_METHODS + ANY_RANK_METHODS
 DENSITY_METHODS = ("ties", "dare_ties", "dare_linear")
 SUM_METHODS = ("linear", "svd", "cat")  # default weights 1/n (an average); task-vector methods default to 1
-
-
-def _rank(model: "ContinualVLM", name: str) -> int:
-    config = model.lora.config(name)
-    return max([config.r, *(config.rank_pattern or {}).values()])
 
 
 def merge_adapters(
@@ -63,19 +59,16 @@ def merge_adapters(
         raise AdapterError(f"adapter names to merge must be distinct, got {names}.")
     if method not in MERGE_METHODS:
         raise AdapterError(f"unknown merge method {method!r}; valid: {list(MERGE_METHODS)}.")
-    kinds = {n: model.adapter_type(n) for n in names}  # raises for unknown names
-    prompts = [n for n, kind in kinds.items() if kind != "lora"]
+    for n in names:
+        model.adapter_type(n)  # raises for unknown names
+    prompts = [n for n in names if model.adapters.kind_of(n) is not LORA]
     if prompts:
         raise AdapterError(
             f"only LoRA adapters can be merged; {prompts} {'is a prompt adapter' if len(prompts) == 1 else 'are prompt adapters'} "
             "(learned prompt tokens have no weight delta to add)."
         )
-    ranks = {n: _rank(model, n) for n in names}
-    if method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
-        raise AdapterError(
-            f"merge method {method!r} needs LoRAs of equal rank, got ranks {ranks}; use method='svd' (re-factorised "
-            "at svd_rank) or method='cat' (rank = sum of ranks) to merge adapters of different ranks."
-        )
+    if method in EQUAL_RANK_METHODS:
+        check_equal_ranks({n: model.lora.config(n) for n in names}, method)
     if weights is None:
         weights = [1.0 / len(names)] * len(names) if method in SUM_METHODS else [1.0] * len(names)
     weights = [float(w) for w in weights]
@@ -88,12 +81,9 @@ def merge_adapters(
         peft_options["density"] = density
     elif density is not None:
         raise AdapterError(f"density applies to {list(DENSITY_METHODS)}, not to {method!r}.")
-    model._check_new_name(into, "shared adapter")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model.lora.add_weighted(into, names, weights, method, **peft_options)
-    model.shared[into] = "lora"
-    model.stage_order.append(into)
+        model.add_stage(into, adapter=MergeSpec(names, weights, method, dict(peft_options)))
     record = {"from": names, "method": method, "weights": weights, "density": density, "seed": seed}
     model.extras.setdefault(MERGES_KEY, {})[into] = {**record, **{k: v for k, v in peft_options.items() if k != "density"}}
     return into

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .adapters.lora import LoraBank, default_lora_config, lora_owner
-from .adapters.prompt import PromptAdapter, PromptConfig, PromptHooks
+from .adapters import AdapterSet, adapter_kind, kind_for_spec
+from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
 from .errors import AdapterError, DomainError
-from .images import ImageInput, preprocess
+from .hub.io import load_model, load_stage, save_model
+from .hub.push import push_model
+from .images import ImageInput
 from .labels import check_label_prompts
-from .scoring import DualEncoderScorer
+from .merging import merge_adapters
+from .routing import DomainRouter, RoutedPrediction, fit_router, predict_routed
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .routing import DomainRouter, RoutedPrediction
-
-AdapterSpec = Any  # peft.LoraConfig | PromptConfig | None
+AdapterSpec = Any  # peft.LoraConfig | PromptConfig | MergeSpec | dict | "none" | None
 AUTO = "auto"  # predict_proba(domain=AUTO) routes each image to a domain (see medadapt.routing)
 
 
 class ContinualVLM(nn.Module):
-    """A frozen dual-encoder VLM serving many domains, each through its own LoRA or prompt adapter.
+    """A frozen VLM serving many domains, each through its own LoRA or prompt adapter.
+
+    Any registered backbone family works: dual encoders (CLIP, SigLIP, VisionTextDualEncoder) score
+    label prompts by similarity; generative image-text-to-text models score labels by likelihood
+    and also answer free-text questions (:meth:`generate`).
 
     Build one from a Hub id or local folder with :meth:`from_base`, from an already-built
     transformers model plus processor with the constructor, or restore a save with
@@ -53,14 +57,29 @@ class ContinualVLM(nn.Module):
         self.backbone = backbone
         self.base_model = backbone.model  # registered so .to(), .parameters() and accelerate see it
         self.prompt_adapters = nn.ModuleDict()
-        self.lora = LoraBank(backbone.model)
-        self.hooks = PromptHooks(backbone)
-        self.scorer = DualEncoderScorer(backbone, self.lora, self.prompt_adapters, self.hooks)
+        self.adapters = AdapterSet(backbone.model, self.prompt_adapters)
+        self.adapters.vision_tower = backbone.family.vision_tower(backbone.model)
+        self.scorer = backbone.family.make_scorer(backbone, self.adapters)
         self.domains: dict[str, Domain] = {}
-        self.shared: dict[str, str] = {}  # shared adapter name -> adapter type
+        self.shared: dict[str, str] = {}  # shared adapter name -> adapter kind
         self.provenance: dict[str, dict[str, Any]] = {}  # adapter name -> where it was loaded from
         self.extras: dict[str, Any] = {}  # JSON-able per-model state other modules save (e.g. routing)
         self.stage_order: list[str] = []  # adapters (domains and shared) in the order they were added
+
+    @property
+    def lora(self) -> Any:
+        """The peft LoRA bank on the frozen base (``names()``, ``config(name)``, ``peft_model``)."""
+        return self.adapters.lora
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The frozen base's image tower (routing reads its features)."""
+        return self.adapters.vision_tower
+
+    @property
+    def family(self) -> Any:
+        """The backbone family serving this model (see :mod:`medadapt.families`)."""
+        return self.backbone.family
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -72,7 +91,8 @@ class ContinualVLM(nn.Module):
         torch_dtype: torch.dtype | None = None,
         **hub_kwargs: Any,
     ) -> "ContinualVLM":
-        """Load a frozen base dual encoder (CLIP, SigLIP, VisionTextDualEncoder) from the Hub or a folder."""
+        """Load a frozen base (a dual encoder such as CLIP/SigLIP, or an image-text-to-text model such as
+        LLaVA, Gemma 3/MedGemma, PaliGemma, Idefics3/SmolVLM) from the Hub or a folder."""
         return cls(load_backbone(source, revision, trust_remote_code, torch_dtype, **hub_kwargs))
 
     @classmethod
@@ -88,8 +108,6 @@ class ContinualVLM(nn.Module):
         ``base`` overrides the base named in the manifest; its fingerprint must match the save.
         A folder or repo without ``manifest.json`` is loaded as a plain base model.
         """
-        from .hub.io import load_model
-
         return load_model(cls, path, base=base, revision=revision, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_base: bool | None = None) -> None:
@@ -98,8 +116,6 @@ class ContinualVLM(nn.Module):
         ``save_base`` also writes the base model into ``base/``; by default only when the base was
         built in memory and cannot be reloaded from a Hub id or folder.
         """
-        from .hub.io import save_model
-
         save_model(self, save_directory, save_base=save_base)
 
     def push_to_hub(
@@ -117,8 +133,6 @@ class ContinualVLM(nn.Module):
         Other options (``token``, ``results``, ``overwrite_card``, ``save_base``, ``license``,
         ``commit_description``): see :func:`medadapt.hub.push.push_model`. Returns the ``CommitInfo``.
         """
-        from .hub.push import push_model
-
         return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
@@ -127,8 +141,6 @@ class ContinualVLM(nn.Module):
         ``name`` picks the adapter in that save (optional when it holds one); ``as_name`` renames
         it here. The save's base fingerprint must match this model's base. Returns the new name.
         """
-        from .hub.io import load_stage
-
         return load_stage(self, path, name=name, as_name=as_name, **kwargs)
 
     # -- domains and adapters ------------------------------------------------------------------
@@ -137,36 +149,69 @@ class ContinualVLM(nn.Module):
         return [n for n in self.stage_order if not (n in self.domains and self.domains[n].adapter_type == "none")]
 
     def adapter_type(self, name: str) -> str:
-        if name in self.prompt_adapters:
-            return "prompt"
-        if name in self.lora:
-            return "lora"
-        raise AdapterError(f"unknown adapter {name!r}; known: {self.adapter_names() or 'none'}.")
+        """The kind of adapter ``name`` (``"lora"``, ``"prompt"``, ...)."""
+        try:
+            return self.adapters.kind_of(name).name
+        except AdapterError:
+            raise AdapterError(f"unknown adapter {name!r}; known: {self.adapter_names() or 'none'}.") from None
 
-    def _check_new_name(self, name: str, what: str) -> None:
+    def has_stage(self, name: str) -> bool:
+        """Whether ``name`` is a domain or a shared adapter of this model."""
+        return name in self.domains or name in self.shared
+
+    def check_new_name(self, name: str, what: str = "domain") -> None:
+        """Raise :class:`DomainError` unless ``name`` is a valid, unused stage name."""
         validate_name(name, what)
-        if name in self.domains or name in self.shared:
+        if self.has_stage(name):
             kind = "domain" if name in self.domains else "shared adapter"
             raise DomainError(f"{what} {name!r} already exists (as a {kind}); remove it first or pick another name.")
 
-    def _create_adapter(self, name: str, adapter: AdapterSpec, template: str, seed: int | None = None) -> str:
+    def _adapter_spec(self, adapter: AdapterSpec) -> Any:
         from peft import LoraConfig
 
         if adapter is None:
-            adapter = default_lora_config(self.backbone.family.lora_targets)
+            return default_lora_config(self.family.default_lora_targets(self.base_model))
         if isinstance(adapter, dict):
-            adapter = PromptConfig.from_dict(adapter) if adapter.get("adapter_type") == "prompt" else LoraConfig(**adapter)
-        if isinstance(adapter, LoraConfig):
-            self.lora.add(name, adapter)
-            return "lora"
-        if isinstance(adapter, PromptConfig):
-            prompt = PromptAdapter.create(adapter, self.backbone, template=template, seed=seed)
-            prompt.requires_grad_(False)
-            self.prompt_adapters[name] = prompt
-            return "prompt"
-        raise AdapterError(
-            f"adapter for {name!r} must be a peft LoraConfig or a medadapt PromptConfig, got {type(adapter).__name__}."
-        )
+            return adapter_kind("prompt").config_from_dict(adapter, "adapter") if adapter.get("adapter_type") == "prompt" else LoraConfig(**adapter)
+        return adapter
+
+    def add_stage(
+        self,
+        name: str,
+        domain: Domain | None = None,
+        adapter: AdapterSpec = None,
+        weights: dict[str, torch.Tensor] | None = None,
+        seed: int | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> str:
+        """The one way a stage enters the model: a domain (with ``domain``) or a shared adapter.
+
+        ``adapter``: a peft ``LoraConfig``, a :class:`PromptConfig`, a
+        :class:`~medadapt.adapters.MergeSpec`, a dict of either, ``None`` for the family's default
+        LoRA, or ``"none"`` (a domain served by the base or shared adapters). ``weights`` loads saved
+        tensors into the new adapter (nothing is left behind when they do not fit).
+        """
+        self.check_new_name(name, "domain" if domain is not None else "shared adapter")
+        if domain is not None and isinstance(adapter, str) and adapter == "none":
+            domain.adapter_type = "none"
+        else:
+            spec = self._adapter_spec(adapter)
+            template = domain.prompt if domain is not None else "{}"
+            if weights is None:
+                kind = self.adapters.create(name, spec, self.scorer, template, seed)
+            else:
+                kind = kind_for_spec(spec)
+                self.adapters.install(name, kind, spec, weights, self.scorer, f"adapter {name!r}")
+            if domain is not None:
+                domain.adapter_type = kind.name
+            else:
+                self.shared[name] = kind.name
+        if domain is not None:
+            self.domains[name] = domain
+        self.stage_order.append(name)
+        if provenance is not None:
+            self.provenance[name] = provenance
+        return name
 
     def add_domain(
         self,
@@ -183,33 +228,23 @@ class ContinualVLM(nn.Module):
         on the attention projections of both towers. ``adapter="none"`` adds a domain without an
         adapter of its own (served by the base or by shared adapters, as in joint training).
         """
-        self._check_new_name(name, "domain")
+        self.check_new_name(name, "domain")  # before the labels are checked, as a user reads the call
         labels = labels if isinstance(labels, str) else list(labels)  # a bare string is refused by Domain, not split
         domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}))
         check_label_prompts(self.backbone, name, domain.prompts(), domain.labels)
-        if isinstance(adapter, str) and adapter == "none":  # served by the base or a shared adapter only
-            domain.adapter_type = "none"
-        else:
-            domain.adapter_type = self._create_adapter(name, adapter, prompt, seed)
-        self.domains[name] = domain
-        self.stage_order.append(name)
+        self.add_stage(name, domain=domain, adapter=adapter, seed=seed)
         return domain
 
     def add_shared_adapter(self, name: str, adapter: AdapterSpec = None, seed: int | None = None) -> str:
         """Add an adapter not tied to one domain's labels (e.g. the generalist tuned with rehearsal)."""
-        self._check_new_name(name, "shared adapter")
-        self.shared[name] = self._create_adapter(name, adapter, "{}", seed)
-        self.stage_order.append(name)
-        return name
+        return self.add_stage(name, adapter=adapter, seed=seed)
 
     def remove_domain(self, name: str) -> None:
         """Drop a domain (or shared adapter) and its adapter weights."""
         if name not in self.domains and name not in self.shared:
             self._unknown_domain(name)
-        if name in self.prompt_adapters:
-            del self.prompt_adapters[name]
-        elif name in self.lora:
-            self.lora.remove(name)
+        if name in self.adapters:
+            self.adapters.remove(name)
         self.domains.pop(name, None)
         self.shared.pop(name, None)
         self.provenance.pop(name, None)
@@ -239,7 +274,7 @@ class ContinualVLM(nn.Module):
                     f"unknown adapter {n!r}; use 'base', a domain name {list(self.domains)} "
                     f"or a shared adapter {list(self.shared)}."
                 )
-        prompts = [n for n in names if n in self.prompt_adapters]
+        prompts = [n for n in names if n in self.adapters and self.adapter_type(n) == "prompt"]
         if len(prompts) > 1:
             raise AdapterError(f"at most one prompt adapter can be stacked, got {prompts}.")
         return names[0] if len(names) == 1 else tuple(names)
@@ -249,22 +284,26 @@ class ContinualVLM(nn.Module):
         """Make exactly the adapters ``names`` trainable (all else frozen); returns their parameters."""
         for n in names:
             self.adapter_type(n)
-        self.lora.set_trainable([n for n in names if n in self.lora])
-        for key, prompt in self.prompt_adapters.items():
-            prompt.requires_grad_(key in names)
+        self.adapters.set_trainable(list(names))
         return [p for p in self.parameters() if p.requires_grad]
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
         """Parameters of one adapter."""
-        if self.adapter_type(name) == "prompt":
-            return list(self.prompt_adapters[name].parameters())
-        return self.lora.parameters(name)
+        self.adapter_type(name)
+        return self.adapters.parameters(name)
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of adapter ``name`` as its stage folder stores them."""
+        return self.adapters.kind_of(name).state_dict(self.adapters, name)
+
+    def load_adapter_weights(self, name: str, weights: dict[str, torch.Tensor]) -> None:
+        """Load saved tensors into the existing adapter ``name`` (e.g. from a checkpoint)."""
+        self.adapter_type(name)
+        self.adapters.load_state_dict(name, weights)
 
     def text_tower_trainable(self, name: str) -> bool:
-        """Whether training adapter ``name`` changes the label-prompt embeddings."""
-        if self.adapter_type(name) == "prompt":
-            return True
-        return any("text_model" in n for n, p in self.base_model.named_parameters() if lora_owner(n) == name)
+        """Whether training adapter ``name`` changes what the model computes from label texts."""
+        return self.adapters.kind_of(name).trains_text_side(self.adapters, name)
 
     def train(self, mode: bool = True) -> "ContinualVLM":
         """Train mode for adapters only: the frozen base stays in eval mode (no base dropout),
@@ -284,7 +323,7 @@ class ContinualVLM(nn.Module):
     # -- inference -----------------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
         """PIL / numpy / torch / paths / bytes (grey, RGB or RGBA, any size) -> pixel values."""
-        return preprocess(images, self.backbone.image_processor)
+        return self.backbone.preprocess(images)
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageInput] | ImageInput, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
@@ -328,8 +367,6 @@ class ContinualVLM(nn.Module):
         self.eval()
         try:
             if isinstance(domain, str) and domain == AUTO:
-                from .routing import predict_routed
-
                 return predict_routed(self, self.preprocess(images), adapter)
             if isinstance(domain, str):
                 pixel_values = self.preprocess(images)
@@ -343,21 +380,14 @@ class ContinualVLM(nn.Module):
         pixel_values = self.preprocess(images)
         if len(domains) != pixel_values.shape[0]:
             raise DomainError(f"got {pixel_values.shape[0]} images but {len(domains)} domain names; give one per image.")
-        return self._probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains])
+        return self.probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains])
 
-    def _probs_mixed(self, pixel_values: torch.Tensor, domains: list[str], served: list[Any]) -> list[torch.Tensor]:
-        """Per-image probabilities of preprocessed images, image ``i`` over ``domains[i]``'s labels via ``served[i]``."""
-        for s in served:
-            if isinstance(s, tuple):
-                raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
-        image_feats = self.scorer.image_features_mixed(pixel_values, served)
-        pairs = sorted(set(zip(domains, served)), key=lambda p: (p[0], p[1] or ""))
-        label_feats = dict(zip(pairs, self.scorer.label_features_many([(self.domains[d], a) for d, a in pairs])))
-        out = []
-        for i, key in enumerate(zip(domains, served)):
-            logits = self.scorer.logits_from_features(image_feats[i : i + 1], label_feats[key])
-            out.append(logits.softmax(dim=-1)[0].cpu())
-        return out
+    @torch.no_grad()
+    def probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Any]) -> list[torch.Tensor]:
+        """Per-image probabilities of preprocessed images: image ``i`` over ``domains[i]``'s labels
+        through adapter ``served[i]`` (a name or None for the base), in batched forwards."""
+        logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served))
+        return [row.softmax(dim=-1).cpu() for row in logits]
 
     # -- routing and composition ---------------------------------------------------------------
     def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> "DomainRouter":
@@ -368,16 +398,12 @@ class ContinualVLM(nn.Module):
         ``shared`` or the only one; ``None``: the frozen base) flagged unrouted. The router is
         saved with the model (``extras["router"]``). See :mod:`medadapt.routing`.
         """
-        from .routing import fit_router
-
         return fit_router(self, images, threshold=threshold, fallback=fallback, preprocessed=preprocessed, **options)
 
     def merge_adapters(self, names: Sequence[str], into: str = "merged", method: str = "linear", weights: Sequence[float] | None = None, **options: Any) -> str:
         """Build shared LoRA ``into`` from LoRAs ``names`` with peft's ``add_weighted_adapter``
         (``method``: ``linear``, ``ties``, ``dare_ties``, ...); saved as a normal stage. See
         :func:`medadapt.merging.merge_adapters`."""
-        from .merging import merge_adapters
-
         return merge_adapters(self, names, into=into, method=method, weights=weights, **options)
 
     def extra_repr(self) -> str:

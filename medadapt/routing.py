@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MedAdaptError
+from .errors import RoutingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import ContinualVLM
@@ -50,10 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
 ROUTER_KEY = "router"  # key of the router state in ``model.extras``
 FORMAT_VERSION = 1
 AUTO_FALLBACK = "auto"
-
-
-class RoutingError(MedAdaptError, ValueError):
-    """Routing cannot be fitted or used (no trained domains, no router, bad threshold...)."""
 
 
 # -- features --------------------------------------------------------------------------------------
@@ -101,10 +97,11 @@ def _tower_blocks(tower: torch.nn.Module, pixel_values: torch.Tensor, spec: Feat
 @torch.no_grad()
 def router_features(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec(), batch_size: int = 256) -> torch.Tensor:
     """``(N, d)`` float64 routing features of preprocessed images through the frozen vision tower."""
-    tower = model.base_model.vision_model
-    dtype, device = model.scorer.model.dtype, model.scorer.device
+    tower = model.vision_tower
+    dtype, device = model.base_model.dtype, model.scorer.device
+    pixel_values = model.family.vision_pixels(pixel_values)
     out = []
-    with model.lora.activate(None):  # the frozen base, never an adapter
+    with model.adapters.frozen_base():  # the frozen base, never an adapter
         for start in range(0, pixel_values.shape[0], batch_size):
             chunk = pixel_values[start : start + batch_size].to(device, dtype=torch.float32)
             views = [chunk, detail_band(chunk)] if spec.detail else [chunk]
@@ -391,7 +388,7 @@ def predict_routed(model: "ContinualVLM", pixel_values: torch.Tensor, adapter: s
         router.fallback if unrouted else (serve[d] if serve is not None else serving_adapter(model, d, router.fallback, adapter))
         for d, unrouted in zip(decision.domains, decision.unrouted)
     ]
-    probs = model._probs_mixed(pixel_values, decision.domains, served)
+    probs = model.probs_mixed(pixel_values, decision.domains, served)
     return [
         RoutedPrediction(p, list(model.domains[d].labels), d, a, u, s)
         for p, d, a, u, s in zip(probs, decision.domains, served, decision.unrouted, decision.scores)

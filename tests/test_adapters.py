@@ -161,7 +161,7 @@ def test_prompt_config_initialisations(tiny_empty_clip):
     assert model.prompt_adapters["a2"].config.ctx_text == "X X X X X"
     assert model.prompt_adapters["a3"].config.ctx_text == "a photo of"
     assert model.prompt_adapters["a1"].ctx.std() < 0.1
-    emb = model.backbone.family.text_token_embedding(model.base_model).weight
+    emb = model.backbone.family.towers.text_token_embedding(model.base_model).weight
     ids = model.backbone.tokenizer("a photo of")["input_ids"][1:-1]
     assert torch.equal(model.prompt_adapters["a3"].ctx, emb[ids])
     # same seed -> same random context

@@ -1,6 +1,27 @@
-"""Adapter kinds: LoRA through peft, and learnable prompts (CoOp text context + VPT visual tokens)."""
+"""Adapter kinds: LoRA through peft, and learnable prompts (CoOp text context + VPT visual tokens).
+
+Each kind registers itself (see :mod:`.registry`); importing this package registers the built-in ones.
+"""
 
 from .lora import LoraBank, default_lora_config
+from .lora_kind import LORA, MergeSpec
 from .prompt import PromptAdapter, PromptConfig, PromptHooks
+from .prompt_kind import PROMPT
+from .registry import AdapterKind, AdapterSet, adapter_kind, adapter_kinds, kind_for_spec, register_adapter_kind
 
-__all__ = ["LoraBank", "PromptAdapter", "PromptConfig", "PromptHooks", "default_lora_config"]
+__all__ = [
+    "LORA",
+    "PROMPT",
+    "AdapterKind",
+    "AdapterSet",
+    "LoraBank",
+    "MergeSpec",
+    "PromptAdapter",
+    "PromptConfig",
+    "PromptHooks",
+    "adapter_kind",
+    "adapter_kinds",
+    "default_lora_config",
+    "kind_for_spec",
+    "register_adapter_kind",
+]

@@ -6,8 +6,9 @@ embedding, the rows of the ``<ctx_text>`` tokens are swapped for the adapter's `
 With ``ctx_init="template"`` the vectors start as the template words' own embeddings, so an
 untrained prompt adapter reproduces the zero-shot model. The vision side prepends
 ``n_visual_tokens`` learnable tokens to the patch sequence right after the embeddings (after the
-class token when there is one). Both work through forward hooks, so any family whose
-``FamilySpec`` names the two embedding modules is supported.
+class token when there is one). Both work through forward hooks on the two embedding modules a
+family names (see :mod:`medadapt.families.dual_encoder`, which also resolves and initialises new
+prompt adapters).
 """
 
 from __future__ import annotations
@@ -85,84 +86,17 @@ class PromptAdapter(nn.Module):
     def __init__(self, config: PromptConfig) -> None:
         super().__init__()
         if config.n_ctx_tokens is None or config.text_dim is None or config.vision_dim is None:
-            raise AdapterError("PromptAdapter needs a resolved PromptConfig; use PromptAdapter.create().")
+            raise AdapterError("PromptAdapter needs a resolved PromptConfig; add it with ContinualVLM.add_domain().")
         self.config = config
         self.ctx = nn.Parameter(torch.zeros(config.n_ctx_tokens, config.text_dim))
         self.visual = (
             nn.Parameter(torch.zeros(config.n_visual_tokens, config.vision_dim)) if config.n_visual_tokens else None
         )
 
-    @classmethod
-    def create(cls, config: PromptConfig, backbone: Any, template: str = "{}", seed: int | None = None) -> "PromptAdapter":
-        """Resolve ``config`` against a backbone (context text, token count, dims) and initialise it."""
-        cfg = PromptConfig.from_dict(config.to_dict())
-        text_embedding = backbone.family.text_token_embedding(backbone.model)
-        cfg.text_dim = int(text_embedding.weight.shape[1])
-        vision_cfg = getattr(backbone.model.config, "vision_config", None)
-        cfg.vision_dim = int(getattr(vision_cfg, "hidden_size"))
-        prefix, _ = split_template(template)
-        if cfg.ctx_init == "template" and prefix:
-            cfg.ctx_text = prefix
-        elif cfg.ctx_init in ("template", "random"):
-            cfg.ctx_text = " ".join([PLACEHOLDER] * cfg.n_ctx)
-        else:
-            cfg.ctx_text = cfg.ctx_init.strip()
-        ids, positions = tokenize_with_context(backbone, [f"{cfg.ctx_text} label."], cfg.ctx_text)
-        cfg.n_ctx_tokens = int(positions.shape[1])
-        adapter = cls(cfg)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        with torch.no_grad():
-            if cfg.ctx_init == "random" or (cfg.ctx_init == "template" and not prefix):
-                adapter.ctx.normal_(0.0, cfg.init_std, generator=generator)
-            else:
-                token_ids = ids["input_ids"][0, positions[0]]
-                adapter.ctx.copy_(text_embedding.weight[token_ids].detach().float())
-            if adapter.visual is not None:
-                adapter.visual.normal_(0.0, cfg.init_std, generator=generator)
-        return adapter.to(text_embedding.weight.device)
-
     def texts(self, labels: list[str], template: str) -> list[str]:
         """The texts fed to the tokenizer for ``labels`` under ``template`` (context first)."""
         _, suffix = split_template(template)
         return [f"{self.config.ctx_text} {label}{suffix}" for label in labels]
-
-
-def tokenize_texts(backbone: Any, texts: list[str], **extra: Any) -> dict[str, torch.Tensor]:
-    """Tokenise like the backbone's processor does (SigLIP pads to max length)."""
-    padding = "max_length" if backbone.family.pad_to_max_length else True
-    return backbone.tokenizer(
-        texts,
-        padding=padding,
-        truncation=True,
-        max_length=backbone.text_max_length(),
-        return_tensors="pt",
-        **extra,
-    )
-
-
-def tokenize_with_context(backbone: Any, texts: list[str], ctx_text: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Tokenise ``texts`` (each starting with ``ctx_text``) and find the context token positions.
-
-    Returns the tokenizer output and a ``(len(texts), n_ctx_tokens)`` LongTensor of positions: the
-    tokens whose character span lies inside ``ctx_text``.
-    """
-    try:
-        encoded = tokenize_texts(backbone, texts, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError) as exc:
-        raise AdapterError(f"prompt adapters need a fast tokenizer with offsets: {exc}") from exc
-    offsets = encoded.pop("offset_mapping")
-    end = len(ctx_text)
-    rows = []
-    for row in offsets:
-        inside = [i for i, (s, e) in enumerate(row.tolist()) if e > s and e <= end]
-        rows.append(inside)
-    counts = {len(r) for r in rows}
-    if len(counts) != 1 or 0 in counts:
-        raise AdapterError(
-            f"prompt context {ctx_text!r} tokenises into a varying or empty number of tokens {sorted(counts)}; "
-            "choose another ctx_init."
-        )
-    return dict(encoded), torch.tensor(rows, dtype=torch.long)
 
 
 class PromptHooks:
@@ -172,14 +106,13 @@ class PromptHooks:
     untouched outside medadapt's own calls.
     """
 
-    def __init__(self, backbone: Any) -> None:
+    def __init__(self, text_embedding: nn.Module, vision_embeddings: nn.Module, vision_has_cls: bool) -> None:
         self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self._vision: torch.Tensor | None = None
-        self._has_cls = backbone.family.vision_has_cls(backbone.model)
-        model = backbone.model
+        self._has_cls = vision_has_cls
         self._handles = [
-            backbone.family.text_token_embedding(model).register_forward_hook(self._text_hook),
-            backbone.family.vision_embeddings(model).register_forward_hook(self._vision_hook),
+            text_embedding.register_forward_hook(self._text_hook),
+            vision_embeddings.register_forward_hook(self._vision_hook),
         ]
 
     def _text_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:

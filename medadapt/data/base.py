@@ -16,7 +16,9 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-from ..errors import MedAdaptError
+from ..errors import DataError, DataNotFoundError
+from .registry import registered_formats
+from .synthetic import validate_synthetic_options
 
 __all__ = [
     "DataError",
@@ -29,14 +31,6 @@ __all__ = [
 
 #: Formats shipped with medadapt (more can be added with ``register_loader``).
 BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "synthetic")
-
-
-class DataError(MedAdaptError, ValueError):
-    """A dataset, its configuration or its contents is invalid."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """A data file or folder named by the configuration does not exist."""
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):
@@ -103,7 +97,7 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         if self.kind == "array":
             return self.images[idx], label
         if self.kind == "files":
-            return _open_image(self.images[idx]), label
+            return open_image(self.images[idx]), label
         return self.images[idx], label
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageLabelDataset":
@@ -141,7 +135,7 @@ class _IndexedView:
         return self.base[int(self.indices[i])]
 
 
-def _open_image(path: str) -> Image.Image:
+def open_image(path: str) -> Image.Image:
     """Open an image file fully (no file handle left open)."""
     try:
         with Image.open(path) as im:
@@ -184,8 +178,6 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from .loaders import registered_formats  # local import: loaders imports this module
-
         valid = registered_formats()
         if not isinstance(self.format, str) or self.format not in valid:
             raise DataError(
@@ -232,8 +224,6 @@ class DataConfig:
         if fmt == "synthetic":
             if not isinstance(self.synthetic, dict):
                 raise DataError("data format 'synthetic' needs a 'synthetic' mapping with at least 'kind'")
-            from .synthetic import validate_synthetic_options
-
             validate_synthetic_options(self.synthetic)
 
     @classmethod

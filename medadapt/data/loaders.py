@@ -13,13 +13,15 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .base import DataConfig, DataError, DataNotFoundError, DomainData, ImageLabelDataset, _open_image
-from . import synthetic as _synthetic
+from ..errors import DataError, DataNotFoundError
+from . import synthetic
+from .base import DataConfig, DomainData, ImageLabelDataset, open_image
+from .registry import loader_for, register_loader, registered_formats
 
 __all__ = [
     "load_domain",
@@ -30,8 +32,6 @@ __all__ = [
     "VQA_RAD_DEFAULT_LABELS",
 ]
 
-LoaderFn = Callable[[str, list[str], DataConfig], DomainData]
-_LOADERS: dict[str, LoaderFn] = {}
 
 #: File extensions read by the ``imagefolder`` format (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -39,25 +39,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VQA_RAD_ORGANS = ("HEAD", "CHEST", "ABD")
 #: Label names used for VQA-RAD organ recognition when the domain declares none.
 VQA_RAD_DEFAULT_LABELS = ["head", "chest", "abdomen"]
-
-
-def register_loader(fmt: str) -> Callable[[LoaderFn], LoaderFn]:
-    """Decorator registering ``fn(name, labels, config) -> DomainData`` for format ``fmt``."""
-    if not isinstance(fmt, str) or not fmt:
-        raise ValueError(f"loader format must be a non-empty string, got {fmt!r}")
-
-    def deco(fn: LoaderFn) -> LoaderFn:
-        if fmt in _LOADERS and _LOADERS[fmt] is not fn:
-            raise ValueError(f"a loader for format {fmt!r} is already registered")
-        _LOADERS[fmt] = fn
-        return fn
-
-    return deco
-
-
-def registered_formats() -> list[str]:
-    """Names of all registered data formats."""
-    return list(_LOADERS)
 
 
 def load_domain(
@@ -74,7 +55,7 @@ def load_domain(
         raise DataError(f"domain name must be a non-empty string, got {name!r}")
     declared = _check_label_names(name, labels)
     cfg = DataConfig.from_dict(data)
-    loader = _LOADERS[cfg.format]
+    loader = loader_for(cfg.format)
     dom = loader(name, declared, cfg)
     if not dom.labels:
         raise DataError(
@@ -234,7 +215,7 @@ class HFImageColumn:
                 with Image.open(io.BytesIO(value["bytes"])) as im:
                     im.load()
                     return im.copy()
-            return _open_image(str(value["path"]))
+            return open_image(str(value["path"]))
         return np.asarray(value, dtype=np.uint8)
 
     def subset(self, indices: np.ndarray) -> "HFImageColumn":
@@ -403,10 +384,10 @@ def _load_vqa_rad_organ(name: str, labels: list[str], cfg: DataConfig) -> Domain
 @register_loader("synthetic")
 def _load_synthetic(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
     """Built-in synthetic modality (see :mod:`medadapt.data.synthetic`)."""
-    opts = _synthetic.validate_synthetic_options(cfg.synthetic or {})
+    opts = synthetic.validate_synthetic_options(cfg.synthetic or {})
     kind = opts["kind"]
     if not labels:
-        labels = list(_synthetic.SYNTHETIC_KINDS[kind]["labels"])
+        labels = list(synthetic.SYNTHETIC_KINDS[kind]["labels"])
     n_classes = len(labels)
     if n_classes not in (2, 3):
         raise DataError(f"domain {name!r}: synthetic kind {kind!r} supports 2 or 3 labels, got {labels}")
@@ -418,7 +399,7 @@ def _load_synthetic(name: str, labels: list[str], cfg: DataConfig) -> DomainData
                 f"domain {name!r} split {split!r}: synthetic data has no split {src!r}; "
                 f"available: ['train', 'val', 'test']"
             )
-        images, y = _synthetic.generate(
+        images, y = synthetic.generate(
             kind, opts[key], n_classes=n_classes, size=opts["size"], seed=cfg.seed, split=src
         )
         splits[split] = ImageLabelDataset(images, y)

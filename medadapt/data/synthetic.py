@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .base import DataError
+from ..errors import DataError
 
 __all__ = [
     "SYNTHETIC_KINDS",

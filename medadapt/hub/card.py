@@ -27,11 +27,25 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import __version__
+from ..adapters import LORA, adapter_kind
+from ..errors import UnsupportedBackboneError
+from ..families import BackboneFamily, family_by_name, family_for_model_type
 
 CARD_MARKER = "<!-- medadapt:model-card"
 TEMPLATE_NAME = "medadapt_card.md"
 TAGS = ("medadapt", "medical", "continual-learning", "vision-language")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _family(base: dict[str, Any]) -> BackboneFamily:
+    """The family a manifest's base names (by family name, else by model type; CLIP for old saves)."""
+    for lookup, key in ((family_by_name, "family"), (family_for_model_type, "model_type")):
+        if base.get(key):
+            try:
+                return lookup(base[key])
+            except UnsupportedBackboneError:
+                pass
+    return family_by_name("clip")
 
 
 def template_path(name: str = TEMPLATE_NAME) -> Path:
@@ -116,10 +130,10 @@ def _datasets(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, li
 
 def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | None = None) -> ModelCardData:
     """Front matter: base_model, library_name, tags, datasets and a model-index with each domain's metrics."""
-    types = {e["type"] for e in manifest["adapters"].values()}
-    tags = [*TAGS, manifest["base"].get("model_type") or "dual-encoder"]
-    tags += ["peft", "lora"] if "lora" in types else []
-    tags += ["prompt"] if "prompt" in types else []
+    family = _family(manifest["base"])
+    tags = [*TAGS, manifest["base"].get("model_type") or family.kind]
+    for kind in sorted({e["type"] for e in manifest["adapters"].values()}):
+        tags += list(adapter_kind(kind).card_tags)
     datasets = _datasets(manifest, results)
     split = str(results.get("split") or "test")
     evals = []
@@ -135,7 +149,7 @@ def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, A
     return ModelCardData(
         base_model=hub_base_id(manifest["base"]),
         library_name="medadapt",
-        pipeline_tag="zero-shot-image-classification",
+        pipeline_tag=family.pipeline_tag,
         license=license,
         tags=list(dict.fromkeys(tags)),
         datasets=all_datasets or None,
@@ -214,7 +228,7 @@ def render_card(
     results = load_results(results, manifest.get("extras"))
     base = manifest["base"]
     stages = _stages(manifest)
-    types = {s["adapter_type"] for s in stages}
+    types = {e["type"] for e in manifest["adapters"].values()}
     hub_id = hub_base_id(base)
     rev = revision or "main"
     if base.get("saved_in"):
@@ -222,7 +236,7 @@ def render_card(
     else:
         base_load = f'"{base.get("source")}"' + (f', revision="{base["revision"]}"' if base.get("revision") else "")
     matrix, summary = _matrix(manifest, results)
-    lora = [s for s in stages if s["adapter_type"] == "lora"]
+    lora = [s for s in stages if s["adapter_type"] == LORA.name]
     domains = [s["name"] for s in stages if s["kind"] == "domain"]
     marker = (f"{CARD_MARKER} v1: written by medadapt {__version__} and rewritten on every push; "
               "delete this line to keep manual edits -->")
@@ -233,9 +247,10 @@ def render_card(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         revision=rev,
-        base={"family": base.get("family") or base.get("model_type") or "dual-encoder",
+        base={"family": base.get("family") or base.get("model_type") or _family(base).name,
+              "kind": _family(base).kind.replace("-", " "), "auto_class": _family(base).auto_class,
               "display": f"`{hub_id}`" if hub_id else ("saved in `base/`" if base.get("saved_in") else "(in-memory base)")},
-        adapter_kinds=" / ".join(k for k, t in (("LoRA", "lora"), ("prompt", "prompt")) if t in types) or "no",
+        adapter_kinds=" / ".join(adapter_kind(t).card_name for t in sorted(types)) or "no",
         stages=stages,
         sources=_sources(manifest),
         matrix=matrix,
@@ -243,6 +258,6 @@ def render_card(
         metrics=_metrics_table(_metrics(manifest, results)),
         first_domain=domains[0] if domains else None,
         lora_stage=lora[0] if lora else None,
-        has_prompt="prompt" in types,
+        has_prompt=bool(types - {LORA.name}),
         base_load=base_load,
     )

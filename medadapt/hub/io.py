@@ -16,25 +16,24 @@ left untouched (byte-identical).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import __version__
 from .._io import storage_errors
-from ..adapters.prompt import PROMPT_CONFIG_NAME, PROMPT_WEIGHTS_NAME, PromptAdapter, PromptConfig
+from ..adapters import AdapterKind, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
 from ..domains import Domain
 from ..errors import AdapterError, BaseMismatchError, StageFileError
+from ..families import family_by_name
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, check_manifest_sha256, hash_folder, read_manifest, verify_files
 from .transaction import SaveTransaction, read_snapshot
 from .weights_digest import base_weights_sha256, check_base_weights
-from .manifest import FORMAT, FORMAT_VERSION, LORA_FILES, MANIFEST_NAME, PROMPT_FILES, check_manifest_sha256, hash_folder, read_manifest, verify_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import ContinualVLM
@@ -45,19 +44,11 @@ BASE_FOLDER = "base"
 # -- saving ----------------------------------------------------------------------------------------
 def _write_adapter(model: "ContinualVLM", name: str, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True)
-    if model.adapter_type(name) == "lora":
-        config = copy.deepcopy(model.lora.config(name))
-        config.base_model_name_or_path = model.backbone.source
-        config.revision = model.backbone.revision
-        config.save_pretrained(str(folder))
-        state = {k: v.cpu() for k, v in model.lora.state_dict(name).items()}
-        save_file(state, str(folder / LORA_FILES[1]), metadata={"format": "pt"})
-        return hash_folder(folder, LORA_FILES)
-    prompt = model.prompt_adapters[name]
-    (folder / PROMPT_CONFIG_NAME).write_text(prompt.config.to_json() + "\n", encoding="utf-8")
-    state = {k: v.detach().cpu().contiguous() for k, v in prompt.state_dict().items()}
-    save_file(state, str(folder / PROMPT_WEIGHTS_NAME), metadata={"format": "pt"})
-    return hash_folder(folder, PROMPT_FILES)
+    kind = model.adapters.kind_of(name)
+    kind.write_config(model.adapters, name, folder, model.backbone.source, model.backbone.revision)
+    state = {k: v.detach().cpu().contiguous() for k, v in kind.state_dict(model.adapters, name).items()}
+    save_file(state, str(folder / kind.files[1]), metadata={"format": "pt"})
+    return hash_folder(folder, kind.files)
 
 
 def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], base_files: dict[str, str] | None) -> dict[str, Any]:
@@ -174,11 +165,10 @@ def check_base(backbone: Backbone, base_info: dict[str, Any], where: str) -> Non
 
 
 def _as_backbone(base: Any) -> Backbone:
-    from ..model import ContinualVLM
-
+    """A :class:`Backbone` from what a user passes as ``base=`` (duck-typed: no import of the model class)."""
     if isinstance(base, Backbone):
         return base
-    if isinstance(base, ContinualVLM):
+    if isinstance(getattr(base, "backbone", None), Backbone):  # a ContinualVLM
         if base.stage_order:
             raise AdapterError("pass a ContinualVLM without adapters (or its plain transformers model) as `base`.")
         return base.backbone
@@ -202,97 +192,57 @@ def _load_base(root: Path, manifest: dict[str, Any], base: Any, **kwargs: Any) -
         backbone = load_backbone(info["source"], revision=info.get("revision"), **kwargs)
     else:
         raise StageFileError(f"{root}: the manifest names no base source and holds no base/; pass `base=`.")
+    check_family(backbone, info, str(root))
     check_base(backbone, info, str(root))
     check_base_weights(backbone, info, str(root))
     return backbone
 
 
-def _read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_adapter(folder: Path, adapter_type: str, what: str) -> tuple[AdapterKind, Any, dict[str, torch.Tensor]]:
+    """Kind, config object and weights of one adapter folder."""
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
+        kind = adapter_kind(adapter_type)
+    except AdapterError as exc:
+        raise StageFileError(f"{what}: {exc}") from exc
+    config, weights = kind.read(folder, what)
+    return kind, config, weights
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise StageFileError(f"{what}: {path.name} does not hold a JSON object.")
-    return data
-
-
-def read_adapter(folder: Path, adapter_type: str, what: str) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Config object and weights of one adapter folder (LoRA or prompt)."""
-    if adapter_type == "lora":
-        from peft import LoraConfig
-
-        data = _read_json(folder / LORA_FILES[0], what)
-        data.pop("peft_type", None)
-        known = set(LoraConfig.__dataclass_fields__)
-        try:
-            config = LoraConfig(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ValueError) as exc:
-            raise StageFileError(f"{what}: adapter_config.json is not a valid LoRA config: {exc}") from exc
-        return config, _read_weights(folder / LORA_FILES[1], what)
-    if adapter_type == "prompt":
-        config = PromptConfig.from_dict(_read_json(folder / PROMPT_CONFIG_NAME, what))
-        return config, _read_weights(folder / PROMPT_WEIGHTS_NAME, what)
-    raise StageFileError(f"{what}: unknown adapter type {adapter_type!r} (expected 'lora' or 'prompt').")
-
-
-def install_adapter(model: "ContinualVLM", name: str, adapter_type: str, config: Any, weights: dict[str, torch.Tensor], what: str) -> None:
-    """Create adapter ``name`` in ``model`` from a config and weights (already registered names only)."""
-    if adapter_type == "lora":
-        config.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"
-        model.lora.add(name, config)
-        try:
-            model.lora.load_state_dict(name, weights)
-        except (AdapterError, RuntimeError) as exc:
-            model.lora.remove(name)
-            raise StageFileError(f"{what}: weights do not fit this base model: {exc}") from exc
+def check_family(backbone: Backbone, base_info: dict[str, Any], where: str) -> None:
+    """Refuse a save made on another kind of backbone family (e.g. a generative stage on a dual encoder)."""
+    saved = base_info.get("family")
+    if not saved or saved == backbone.family.name:
         return
-    prompt = PromptAdapter(config)
     try:
-        prompt.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise StageFileError(f"{what}: prompt weights do not match their config: {exc}") from exc
-    prompt.requires_grad_(False)
-    model.prompt_adapters[name] = prompt.to(model.scorer.device)
+        saved_kind = family_by_name(saved).kind
+    except Exception:  # an unknown (newer) family: the fingerprints decide
+        return
+    if saved_kind != backbone.family.kind:
+        raise BaseMismatchError(
+            f"{where} was saved on a {saved_kind} base (family {saved!r}), but this model is a "
+            f"{backbone.family.kind} ({backbone.family.name!r}): its stages cannot serve this base."
+        )
 
 
 def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: str, new_name: str, provenance: dict[str, Any]) -> None:
     entry = manifest["adapters"].get(name)
     domains = {d["name"]: d for d in manifest["domains"]}
-    if entry is None and domains.get(name, {}).get("adapter_type") == "none":
-        model._check_new_name(new_name, "domain")
-        model.domains[new_name] = Domain(**{**domains[name], "name": new_name})
-        model.stage_order.append(new_name)
+    domain = Domain(**{**domains[name], "name": new_name}) if name in domains else None
+    if "repo" in provenance:  # pulled from the Hub: record that exact commit (and where the stage came from before)
+        origin = {"origin": entry["source"]} if entry is not None and entry.get("source") else {}
+        record = {**provenance, **origin}
+    else:
+        record = dict((entry or {}).get("source") or provenance)
+    model.check_new_name(new_name, "domain" if domain is not None else "shared adapter")
+    if entry is None and domain is not None and domain.adapter_type == "none":
+        model.add_stage(new_name, domain=domain, adapter="none")
         return
     if entry is None:
         raise StageFileError(f"{root}: manifest lists no adapter {name!r}; it has {list(manifest['adapters'])}.")
     what = f"adapter {name!r} in {root}"
     folder = verify_files(root, entry["path"], entry["files"], what)
-    config, weights = read_adapter(folder, entry["type"], what)
-    domains = {d["name"]: d for d in manifest["domains"]}
-    model._check_new_name(new_name, "domain" if name in domains else "shared adapter")
-    domain = None
-    if name in domains:
-        spec = dict(domains[name])
-        spec["name"] = new_name
-        domain = Domain(**spec)
-    install_adapter(model, new_name, entry["type"], config, weights, what)
-    if domain is not None:
-        model.domains[new_name] = domain
-    else:
-        model.shared[new_name] = entry["type"]
-    model.stage_order.append(new_name)
-    if "repo" in provenance:  # pulled from the Hub: record that exact commit (and where the stage came from before)
-        model.provenance[new_name] = {**provenance, **({"origin": entry["source"]} if entry.get("source") else {})}
-    else:
-        model.provenance[new_name] = dict(entry.get("source") or provenance)
+    _, config, weights = read_adapter(folder, entry["type"], what)
+    model.add_stage(new_name, domain=domain, adapter=config, weights=weights, provenance=record)
 
 
 def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
@@ -326,6 +276,7 @@ def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None 
     with read_snapshot(root):
         check_manifest_sha256(root, expected)
         manifest = read_manifest(root)
+        check_family(model.backbone, manifest["base"], str(path))
         check_base(model.backbone, manifest["base"], str(path))
         check_base_weights(model.backbone, manifest["base"], str(path))
         if name is None:

@@ -14,10 +14,10 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "medadapt.stages"
 FORMAT_VERSION = 1
 ALLOWED_SUFFIXES = (".json", ".safetensors")
-# tokenizer vocabularies of a saved base (plain text / sentencepiece protobuf: data, never code)
-BASE_EXTRA_SUFFIXES = (".txt", ".model")
-LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PROMPT_FILES = ("prompt_config.json", "prompt_model.safetensors")
+# tokenizer vocabularies and chat templates of a saved base (plain text / sentencepiece protobuf / Jinja text: data, never code)
+BASE_EXTRA_SUFFIXES = (".txt", ".model", ".jinja")
+
+
 
 
 def safe_relative(root: Path, relative: str, what: str) -> Path:

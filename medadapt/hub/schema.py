@@ -14,14 +14,14 @@ from typing import Any
 
 from ..errors import StageFileError
 
-ADAPTER_TYPES = ("lora", "prompt")
-DOMAIN_ADAPTER_TYPES = ("lora", "prompt", "none")
-# files each adapter kind needs; every one must be listed with its sha256
-REQUIRED_FILES = {
-    "lora": ("adapter_config.json", "adapter_model.safetensors"),
-    "prompt": ("prompt_config.json", "prompt_model.safetensors"),
-}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _required_files() -> dict[str, tuple[str, ...]]:
+    """Files each registered adapter kind needs in its stage folder; every one must be listed with its sha256."""
+    from ..adapters import adapter_kind, adapter_kinds
+
+    return {name: tuple(adapter_kind(name).files) for name in adapter_kinds()}
 
 
 def _fail(where: str, problem: str) -> None:
@@ -64,17 +64,18 @@ def validate_manifest(manifest: Any, where: str, format_name: str, max_version: 
             _fail(where, f"misses the key {key!r}.")
     _base(_expect(manifest["base"], dict, where, "base"), where)
     adapters = _expect(manifest["adapters"], dict, where, "adapters")
+    required = _required_files()
     for name, entry in adapters.items():
-        _adapter(name, entry, where)
+        _adapter(name, entry, where, required)
     domains = _expect(manifest["domains"], list, where, "domains")
     for i, spec in enumerate(domains):
-        _domain(spec, where, f"domains[{i}]")
+        _domain(spec, where, f"domains[{i}]", (*required, "none"))
     shared = _expect(manifest["shared"], list, where, "shared")
     for i, spec in enumerate(shared):
         _expect(spec, dict, where, f"shared[{i}]")
         _expect(spec.get("name"), str, where, f"shared[{i}].name")
-        if spec.get("adapter_type") not in ADAPTER_TYPES:
-            _fail(where, f"shared[{i}].adapter_type must be one of {ADAPTER_TYPES}, got {spec.get('adapter_type')!r}.")
+        if spec.get("adapter_type") not in required:
+            _fail(where, f"shared[{i}].adapter_type must be one of {sorted(required)}, got {spec.get('adapter_type')!r}.")
     order = _expect(manifest["stage_order"], list, where, "stage_order")
     for i, name in enumerate(order):
         _expect(name, str, where, f"stage_order[{i}]")
@@ -93,7 +94,7 @@ def validate_manifest(manifest: Any, where: str, format_name: str, max_version: 
 
 
 def _base(base: dict[str, Any], where: str) -> None:
-    for key in ("source", "revision", "saved_in", "config_fingerprint", "weights_fingerprint", "weights_sha256"):
+    for key in ("source", "revision", "family", "model_type", "saved_in", "config_fingerprint", "weights_fingerprint", "weights_sha256"):
         _expect(base.get(key), (str, type(None)), where, f"base.{key}")
     files = _files(base.get("files") or {}, where, "base.files")
     if base.get("saved_in"):
@@ -101,18 +102,18 @@ def _base(base: dict[str, Any], where: str) -> None:
             _fail(where, "base.files must list the saved base's config.json and its .safetensors weights with their sha256.")
 
 
-def _adapter(name: Any, entry: Any, where: str) -> None:
+def _adapter(name: Any, entry: Any, where: str, required: dict[str, tuple[str, ...]]) -> None:
     field = f"adapters[{name!r}]"
     _expect(entry, dict, where, field)
     kind = entry.get("type")
-    if kind not in ADAPTER_TYPES:
-        _fail(where, f"{field}.type must be one of {ADAPTER_TYPES}, got {kind!r}.")
+    if kind not in required:
+        _fail(where, f"{field}.type must be one of {sorted(required)}, got {kind!r}.")
     _expect(entry.get("path"), str, where, f"{field}.path")
     files = _files(entry.get("files"), where, f"{field}.files")
     for filename in files:
         if not filename.endswith((".json", ".safetensors")):
             _fail(where, f"{field}: file {filename!r} is not safetensors or JSON; medadapt never loads pickled files.")
-    missing = [f for f in REQUIRED_FILES[kind] if f not in files]
+    missing = [f for f in required[kind] if f not in files]
     if missing:
         _fail(
             where,
@@ -122,15 +123,15 @@ def _adapter(name: Any, entry: Any, where: str) -> None:
     _expect(entry.get("source") or {}, dict, where, f"{field}.source")
 
 
-def _domain(spec: Any, where: str, field: str) -> None:
+def _domain(spec: Any, where: str, field: str, kinds: tuple[str, ...]) -> None:
     _expect(spec, dict, where, field)
     _expect(spec.get("name"), str, where, f"{field}.name")
     labels = _expect(spec.get("labels"), list, where, f"{field}.labels")
     for j, label in enumerate(labels):
         _expect(label, str, where, f"{field}.labels[{j}]")
     _expect(spec.get("prompt", "{}"), str, where, f"{field}.prompt")
-    if spec.get("adapter_type", "lora") not in DOMAIN_ADAPTER_TYPES:
-        _fail(where, f"{field}.adapter_type must be one of {DOMAIN_ADAPTER_TYPES}, got {spec.get('adapter_type')!r}.")
+    if spec.get("adapter_type", "lora") not in kinds:
+        _fail(where, f"{field}.adapter_type must be one of {list(kinds)}, got {spec.get('adapter_type')!r}.")
     _expect(spec.get("metadata") or {}, dict, where, f"{field}.metadata")
     unknown = set(spec) - {"name", "labels", "prompt", "adapter_type", "metadata"}
     if unknown:

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..errors import RehearsalError
 
 __all__ = [
     "Ref",
@@ -31,10 +31,6 @@ __all__ = [
 
 #: A memory item: (domain name, sample index in that domain's train split, label).
 Ref = tuple[str, int, int]
-
-
-class RehearsalError(MedAdaptError, ValueError):
-    """Invalid rehearsal buffer configuration, input or saved state."""
 
 
 class SelectionPolicy(ABC):

@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_directory, sha256_file
 from ..errors import StageFileError
+from ..hub.io import read_adapter, save_model
+from ..hub.manifest import read_manifest, verify_files
 
 STATE_NAME = "state.json"
 OPTIM_NAME = "optimizer.safetensors"
@@ -53,8 +55,6 @@ def _optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str
 
 def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
     """Atomically replace ``folder`` with the model's adapters, optimizer and loop ``state``."""
-    from ..hub.io import save_model
-
     with atomic_directory(folder) as tmp:
         save_model(model, tmp / MODEL_DIR, save_base=False)  # the base is rebuilt on resume
         meta: dict[str, Any] = {}
@@ -87,9 +87,6 @@ def read_state(folder: str | Path) -> dict[str, Any]:
 
 def restore_adapters(folder: str | Path, model: Any) -> None:
     """Load every adapter of ``model`` by name from the checkpoint's model save (hashes verified)."""
-    from ..hub.io import read_adapter
-    from ..hub.manifest import read_manifest, verify_files
-
     root = Path(folder)
     manifest = read_manifest(root)
     for name in model.adapter_names():
@@ -97,11 +94,8 @@ def restore_adapters(folder: str | Path, model: Any) -> None:
         if entry is None:
             raise StageFileError(f"checkpoint {root} holds no adapter {name!r}; it has {sorted(manifest['adapters'])}.")
         what = f"checkpoint adapter {name!r}"
-        _, weights = read_adapter(verify_files(root, entry["path"], entry["files"], what), entry["type"], what)
-        if entry["type"] == "lora":
-            model.lora.load_state_dict(name, weights)
-        else:
-            model.prompt_adapters[name].load_state_dict(weights, strict=True)
+        _, _, weights = read_adapter(verify_files(root, entry["path"], entry["files"], what), entry["type"], what)
+        model.load_adapter_weights(name, weights)
 
 
 def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:

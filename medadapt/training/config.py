@@ -39,8 +39,10 @@ class AdapterSettings:
     n_visual_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if self.type not in ("lora", "prompt"):
-            raise ConfigError(f"adapter.type must be 'lora' or 'prompt', got {self.type!r}.")
+        from ..adapters import adapter_kinds
+
+        if self.type not in adapter_kinds():
+            raise ConfigError(f"adapter.type must be {' or '.join(repr(k) for k in adapter_kinds())}, got {self.type!r}.")
         if self.r < 1:
             raise ConfigError(f"adapter.r must be >= 1, got {self.r}.")
         if not self.alpha > 0:
@@ -50,16 +52,11 @@ class AdapterSettings:
         if self.n_ctx < 1 or self.n_visual_tokens < 0:
             raise ConfigError(f"adapter.n_ctx must be >= 1 and adapter.n_visual_tokens >= 0, got {self.n_ctx} and {self.n_visual_tokens}.")
 
-    def build(self, default_targets: tuple[str, ...]) -> Any:
-        """The peft ``LoraConfig`` or medadapt ``PromptConfig`` these settings describe."""
-        if self.type == "prompt":
-            from ..adapters.prompt import PromptConfig
+    def build(self, default_targets: list[str] | str) -> Any:
+        """The adapter config these settings describe (built by the adapter kind named ``type``)."""
+        from ..adapters import adapter_kind
 
-            return PromptConfig(n_ctx=self.n_ctx, ctx_init=self.ctx_init, n_visual_tokens=self.n_visual_tokens)
-        from peft import LoraConfig
-
-        targets = list(self.target_modules or default_targets)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets)
+        return adapter_kind(self.type).config_from_settings(self, default_targets)
 
 
 @dataclass

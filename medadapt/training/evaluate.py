@@ -17,12 +17,10 @@ def predict_split(model: Any, store: PixelStore, domain: str, adapter: str | Non
     spec = model.get_domain(domain)
     labels = store.labels(domain, "test")
     indices = list(range(rank, len(labels), world))
-    label_feats = model.scorer.label_features(spec, adapter)
     probs = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        feats = model.scorer.image_features(store.pixels(domain, "test", chunk), adapter)
-        probs.append(model.scorer.logits_from_features(feats, label_feats).softmax(-1).cpu())
+        probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, adapter).softmax(-1).cpu())
     stacked = torch.cat(probs).numpy() if probs else np.zeros((0, len(spec.labels)))
     return stacked, labels[indices]
 

@@ -134,7 +134,7 @@ class ContinualTrainer:
         set_seed(cfg.seed)  # peft draws LoRA init from the global torch RNG: same start on every run and rank
         names = [d.name for d in cfg.domains]
         self.plan: Plan = make_plan(cfg.paradigm, names, cfg.rehearsal.size > 0)
-        targets = self.model.backbone.family.lora_targets
+        targets = self.model.family.default_lora_targets(self.model.base_model)
         own = {n for n, kind in self.plan.adapters if kind == "domain"}
         for d in cfg.domains:
             self.model.add_domain(d.name, self.data[d.name].labels, d.prompt, adapter=cfg.adapter.build(targets) if d.name in own else "none", seed=cfg.seed)
@@ -147,7 +147,7 @@ class ContinualTrainer:
             for split in ("train", "test"):
                 self.store.register(name, split, domain.splits[split])
         self.buffer = RehearsalBuffer(cfg.rehearsal.size, cfg.rehearsal.policy, cfg.seed)
-        self.objective = build_objective("classification")
+        self.objective = build_objective(self.model.family.objective)
         self.state = LoopState()
         self._resume_optimizer: tuple[Path, dict[str, Any]] | None = None
         self._check_output()

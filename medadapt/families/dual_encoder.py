@@ -1,0 +1,374 @@
+"""The dual-encoder family: CLIP, SigLIP and VisionTextDualEncoder.
+
+Images and label prompts are embedded by two towers and compared by a scaled cosine similarity
+(plus SigLIP's bias). This is the only module that knows that. A :class:`TowerSpec` per
+architecture says where the text token embedding and the vision patch embeddings live (prompt
+adapters hook there), whether the vision sequence starts with a class token, how text is padded
+and which modules LoRA targets by default.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters.lora import BASE
+from ..adapters.prompt import PLACEHOLDER, PromptAdapter, PromptConfig, PromptHooks, split_template
+from ..errors import AdapterError, UnsupportedBackboneError
+from ..images import preprocess as preprocess_images
+from .base import AdapterRef, BackboneFamily, Preprocessing, Scorer, register_family
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..adapters.registry import AdapterSet
+    from ..backbones import Backbone
+    from ..domains import Domain
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """Where one dual-encoder architecture keeps what medadapt hooks into."""
+
+    model_class: Callable[[], type]
+    text_token_embedding: Callable[[nn.Module], nn.Module]
+    vision_embeddings: Callable[[nn.Module], nn.Module]
+    vision_has_cls: Callable[[nn.Module], bool]
+    pad_to_max_length: bool = False
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+class DualEncoderFamily(BackboneFamily):
+    """A CLIP-like dual encoder scoring label prompts by cosine similarity."""
+
+    pipeline_tag = "zero-shot-image-classification"
+    objective = "classification"
+    kind = "dual-encoder"
+
+    def __init__(self, name: str, model_types: tuple[str, ...], towers: TowerSpec) -> None:
+        self.name = name
+        self.model_types = model_types
+        self.towers = towers
+
+    def model_class(self, model_type: str) -> type:
+        return self.towers.model_class()
+
+    def load_preprocessing(self, source: str, **hub_kwargs: Any) -> Preprocessing:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        return Preprocessing(
+            tokenizer=AutoTokenizer.from_pretrained(source, **hub_kwargs),
+            image_processor=AutoImageProcessor.from_pretrained(source, **hub_kwargs),
+        )
+
+    def check_preprocessing(self, model: nn.Module, pre: Preprocessing) -> Preprocessing:
+        tokenizer = pre.tokenizer or getattr(pre.processor, "tokenizer", None)
+        image_processor = pre.image_processor or getattr(pre.processor, "image_processor", None)
+        missing = [n for n, v in (("tokenizer", tokenizer), ("image_processor", image_processor)) if v is None]
+        if missing:
+            raise UnsupportedBackboneError(
+                f"a built model needs its preprocessing too: missing {', '.join(missing)}. Pass `processor=` "
+                "(e.g. CLIPProcessor) or both `tokenizer=` and `image_processor=`."
+            )
+        return Preprocessing(tokenizer=tokenizer, image_processor=image_processor)
+
+    def save_preprocessing(self, pre: Preprocessing, folder: str) -> None:
+        pre.tokenizer.save_pretrained(folder)
+        pre.image_processor.save_pretrained(folder)
+
+    def preprocess(self, backbone: "Backbone", images: Any) -> torch.Tensor:
+        return preprocess_images(images, backbone.image_processor)
+
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return model.vision_model
+
+    def default_lora_targets(self, model: nn.Module) -> list[str]:
+        return list(self.towers.lora_targets)
+
+    def make_scorer(self, backbone: "Backbone", adapters: "AdapterSet") -> "DualEncoderScorer":
+        return DualEncoderScorer(backbone, adapters, self)
+
+
+def _clip_model_class() -> type:
+    from transformers import CLIPModel
+
+    return CLIPModel
+
+
+def _siglip_model_class() -> type:
+    from transformers import SiglipModel
+
+    return SiglipModel
+
+
+def _dual_encoder_model_class() -> type:
+    from transformers import VisionTextDualEncoderModel
+
+    return VisionTextDualEncoderModel
+
+
+def _hf_input_embeddings(text_model: nn.Module) -> nn.Module:
+    if hasattr(text_model, "get_input_embeddings"):
+        return text_model.get_input_embeddings()
+    return text_model.embeddings.token_embedding
+
+
+def _has_cls(model: nn.Module) -> bool:
+    embeddings = model.vision_model.embeddings
+    return getattr(embeddings, "cls_token", None) is not None or getattr(embeddings, "class_embedding", None) is not None
+
+
+CLIP = register_family(DualEncoderFamily("clip", ("clip",), TowerSpec(
+    model_class=_clip_model_class,
+    text_token_embedding=lambda m: m.text_model.embeddings.token_embedding,
+    vision_embeddings=lambda m: m.vision_model.embeddings,
+    vision_has_cls=lambda m: True,
+)))
+SIGLIP = register_family(DualEncoderFamily("siglip", ("siglip",), TowerSpec(
+    model_class=_siglip_model_class,
+    text_token_embedding=lambda m: m.text_model.embeddings.token_embedding,
+    vision_embeddings=lambda m: m.vision_model.embeddings,
+    vision_has_cls=lambda m: False,
+    pad_to_max_length=True,
+)))
+VISION_TEXT_DUAL_ENCODER = register_family(DualEncoderFamily("vision-text-dual-encoder", ("vision-text-dual-encoder",), TowerSpec(
+    model_class=_dual_encoder_model_class,
+    text_token_embedding=lambda m: _hf_input_embeddings(m.text_model),
+    vision_embeddings=lambda m: m.vision_model.embeddings,
+    vision_has_cls=_has_cls,
+    lora_targets=("query", "value", "q_proj", "v_proj"),
+)))
+
+
+# -- text ------------------------------------------------------------------------------------------
+def tokenize_texts(backbone: "Backbone", texts: list[str], **extra: Any) -> dict[str, torch.Tensor]:
+    """Tokenise like the backbone's processor does (SigLIP pads to max length)."""
+    padding = "max_length" if backbone.family.towers.pad_to_max_length else True
+    return backbone.tokenizer(
+        texts, padding=padding, truncation=True, max_length=backbone.text_max_length(), return_tensors="pt", **extra
+    )
+
+
+def tokenize_with_context(backbone: "Backbone", texts: list[str], ctx_text: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Tokenise ``texts`` (each starting with ``ctx_text``) and find the context token positions.
+
+    Returns the tokenizer output and a ``(len(texts), n_ctx_tokens)`` LongTensor of positions: the
+    tokens whose character span lies inside ``ctx_text``.
+    """
+    try:
+        encoded = tokenize_texts(backbone, texts, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise AdapterError(f"prompt adapters need a fast tokenizer with offsets: {exc}") from exc
+    offsets = encoded.pop("offset_mapping")
+    end = len(ctx_text)
+    rows = [[i for i, (s, e) in enumerate(row.tolist()) if e > s and e <= end] for row in offsets]
+    counts = {len(r) for r in rows}
+    if len(counts) != 1 or 0 in counts:
+        raise AdapterError(
+            f"prompt context {ctx_text!r} tokenises into a varying or empty number of tokens {sorted(counts)}; "
+            "choose another ctx_init."
+        )
+    return dict(encoded), torch.tensor(rows, dtype=torch.long)
+
+
+class DualEncoderScorer(Scorer):
+    """Image/text features and class logits for a CLIP-like dual encoder with medadapt adapters.
+
+    Label-prompt embeddings computed without gradients are cached per (domain labels and prompt,
+    adapter) and reused until the adapter's text-side weights change (tracked by the tensors'
+    in-place version counters and the adapter set's version, bumped by add/remove/load).
+    """
+
+    _TOKEN_CACHE_SIZE = 512
+    _LABEL_CACHE_SIZE = 1024
+
+    def __init__(self, backbone: "Backbone", adapters: "AdapterSet", family: DualEncoderFamily) -> None:
+        super().__init__(backbone, adapters)
+        self.towers = family.towers
+        model = backbone.model
+        self.hooks = PromptHooks(
+            self.towers.text_token_embedding(model), self.towers.vision_embeddings(model), self.towers.vision_has_cls(model)
+        )
+        self._tokens: dict[tuple, Any] = {}
+        self._labels: dict[tuple, tuple[tuple, torch.Tensor]] = {}
+        self.label_cache_hits = 0
+
+    # -- prompt adapters -------------------------------------------------------------------------
+    def create_prompt_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
+        """Resolve ``config`` against this backbone (context text, token count, dims) and initialise it."""
+        cfg = PromptConfig.from_dict(config.to_dict())
+        text_embedding = self.towers.text_token_embedding(self.model)
+        cfg.text_dim = int(text_embedding.weight.shape[1])
+        cfg.vision_dim = int(self.model.config.vision_config.hidden_size)
+        prefix, _ = split_template(template)
+        if cfg.ctx_init == "template" and prefix:
+            cfg.ctx_text = prefix
+        elif cfg.ctx_init in ("template", "random"):
+            cfg.ctx_text = " ".join([PLACEHOLDER] * cfg.n_ctx)
+        else:
+            cfg.ctx_text = cfg.ctx_init.strip()
+        ids, positions = tokenize_with_context(self.backbone, [f"{cfg.ctx_text} label."], cfg.ctx_text)
+        cfg.n_ctx_tokens = int(positions.shape[1])
+        adapter = PromptAdapter(cfg)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            if cfg.ctx_init == "random" or (cfg.ctx_init == "template" and not prefix):
+                adapter.ctx.normal_(0.0, cfg.init_std, generator=generator)
+            else:
+                adapter.ctx.copy_(text_embedding.weight[ids["input_ids"][0, positions[0]]].detach().float())
+            if adapter.visual is not None:
+                adapter.visual.normal_(0.0, cfg.init_std, generator=generator)
+        return adapter
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str], ctx_text: str | None = None) -> Any:
+        """``tokenize_texts`` (or ``tokenize_with_context`` when ``ctx_text`` is given), memoised."""
+        key = (id(self.backbone.tokenizer), ctx_text, tuple(texts))
+        out = self._tokens.get(key)
+        if out is None:
+            out = tokenize_texts(self.backbone, texts) if ctx_text is None else tokenize_with_context(self.backbone, texts, ctx_text)
+            if len(self._tokens) >= self._TOKEN_CACHE_SIZE:
+                self._tokens.pop(next(iter(self._tokens)))
+            self._tokens[key] = out
+        return out
+
+    def _prompt(self, name: str | None) -> PromptAdapter | None:
+        return self.adapters.prompts[name] if name is not None else None
+
+    # -- images ----------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef = None) -> torch.Tensor:
+        """L2-normalised image embeddings of a batch through one adapter (or a stack of them)."""
+        loras, prompt_name = self.adapters.split(adapter)
+        prompt = self._prompt(prompt_name)
+        with ExitStack() as stack:
+            stack.enter_context(self.adapters.active(loras))
+            stack.enter_context(self.hooks.vision(prompt.visual if prompt is not None else None))
+            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
+            out = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+        return F.normalize(out.float(), dim=-1)
+
+    def image_features_mixed(self, pixel_values: torch.Tensor, adapters: Sequence[AdapterRef]) -> torch.Tensor:
+        """Embeddings with one adapter per image, in batched forwards.
+
+        Rows served by LoRA adapters, the base, or text-only prompt adapters go through a single
+        forward using per-row ``adapter_names``; rows whose prompt adapter has visual tokens (a
+        longer sequence) get one forward per such adapter.
+        """
+        prompts = self.adapters.prompts
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(adapters):
+            visual = name in prompts and prompts[name].visual is not None
+            groups.setdefault(name if visual else "", []).append(i)
+        out = torch.empty(len(adapters), self._embed_dim(), device=self.device)
+        for key, rows in groups.items():
+            index = torch.tensor(rows, device=pixel_values.device)
+            if key:
+                out[rows] = self.image_features(pixel_values[index], key)
+                continue
+            row_names = [adapters[i] if adapters[i] is not None and adapters[i] not in prompts else BASE for i in rows]
+            if len(set(row_names)) == 1:
+                out[rows] = self.image_features(pixel_values[index], None if row_names[0] == BASE else row_names[0])
+                continue
+            with self.adapters.lora.mixed(row_names):
+                pv = pixel_values[index].to(self.device, dtype=self.model.dtype)
+                feats = self.model.get_image_features(pixel_values=pv).pooler_output
+            out[rows] = F.normalize(feats.float(), dim=-1)
+        return out
+
+    def _embed_dim(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
+
+    # -- texts -----------------------------------------------------------------------------------
+    def text_features(self, texts: list[str], adapter: AdapterRef = None) -> torch.Tensor:
+        """L2-normalised embeddings of free texts through LoRA adapters (prompt context is not applied)."""
+        loras, _ = self.adapters.split(adapter)
+        with self.adapters.active(loras):
+            return self._encode_text(tokenize_texts(self.backbone, texts))
+
+    def _encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        if self.towers.pad_to_max_length:
+            tokens.pop("attention_mask", None)  # SigLIP is trained without a text attention mask
+        out = self.model.get_text_features(**tokens).pooler_output
+        return F.normalize(out.float(), dim=-1)
+
+    def _text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+        """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
+        loras, prompt_name = self.adapters.split(adapter)
+        vision = {id(p) for p in self.adapters.vision_tower.parameters()} if self.adapters.vision_tower is not None else set()
+        params = [p for n in loras for p in self.adapters.parameters(n) if id(p) not in vision]
+        prompt = self._prompt(prompt_name)
+        return params + ([prompt.ctx] if prompt is not None else [])
+
+    def label_features(self, domain: "Domain", adapter: AdapterRef = None, cache: bool = True) -> torch.Tensor:
+        """``(num_labels, dim)`` embeddings of the domain's label prompts through ``adapter``.
+
+        Differentiable when a text-side parameter of the adapter requires grad; otherwise served from
+        the label cache (recomputed exactly when those weights, the labels or the prompt change).
+        """
+        params = self._text_side_params(adapter)
+        if not cache or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return self._label_features(domain, adapter)
+        key = (tuple(domain.labels), domain.prompt, adapter if not isinstance(adapter, list) else tuple(adapter))
+        stamp = (self.adapters.version, tuple((id(p), p._version) for p in params))
+        hit = self._labels.get(key)
+        if hit is not None and hit[0] == stamp:
+            self.label_cache_hits += 1
+            return hit[1]
+        with torch.no_grad():
+            feats = self._label_features(domain, adapter)
+        if len(self._labels) >= self._LABEL_CACHE_SIZE:
+            self._labels.pop(next(iter(self._labels)))
+        self._labels[key] = (stamp, feats)
+        return feats
+
+    def _label_features(self, domain: "Domain", adapter: AdapterRef) -> torch.Tensor:
+        loras, prompt_name = self.adapters.split(adapter)
+        prompt = self._prompt(prompt_name)
+        with self.adapters.active(loras):
+            if prompt is None:
+                return self._encode_text(self._tokenize(domain.prompts()))
+            tokens, positions = self._tokenize(prompt.texts(domain.labels, domain.prompt), prompt.config.ctx_text)
+            with self.hooks.text(positions, prompt.ctx):
+                return self._encode_text(tokens)
+
+    # -- logits ----------------------------------------------------------------------------------
+    def logits_from_features(self, image_feats: torch.Tensor, label_feats: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarities ``(N, num_labels)`` (plus SigLIP's bias)."""
+        scale = self.model.logit_scale.float().exp()
+        bias = getattr(self.model, "logit_bias", None)
+        logits = scale * image_feats @ label_feats.t()
+        return logits + bias.float() if bias is not None else logits
+
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None) -> torch.Tensor:
+        return self.logits_from_features(self.image_features(pixel_values, adapter), self.label_features(domain, adapter))
+
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef]) -> list[torch.Tensor]:
+        for a in adapters:
+            if isinstance(a, tuple):
+                raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
+        image_feats = self.image_features_mixed(pixel_values, adapters)
+        label_feats: dict[tuple[str, Any], torch.Tensor] = {}
+        for domain, adapter in zip(domains, adapters):
+            if (domain.name, adapter) not in label_feats:
+                label_feats[(domain.name, adapter)] = self.label_features(domain, adapter)
+        return [
+            self.logits_from_features(image_feats[i : i + 1], label_feats[(d.name, a)])[0]
+            for i, (d, a) in enumerate(zip(domains, adapters))
+        ]
+
+    def batch_logits(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapter: AdapterRef, cache: bool = True) -> list[tuple[list[int], torch.Tensor]]:
+        """Training: one image forward for a (mixed-domain) batch through one adapter; per domain the
+        rows and their ``(rows, num_labels)`` logits."""
+        image_feats = self.image_features(pixel_values, adapter)
+        out = []
+        for name in dict.fromkeys(d.name for d in domains):
+            rows = [i for i, d in enumerate(domains) if d.name == name]
+            domain = domains[rows[0]]
+            index = torch.tensor(rows, device=image_feats.device)
+            out.append((rows, self.logits_from_features(image_feats[index], self.label_features(domain, adapter, cache))))
+        return out

@@ -1,0 +1,194 @@
+"""The backbone-family seam: registries, import structure, and the label-embedding cache."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from medadapt import ContinualVLM
+from medadapt.adapters import adapter_kind, adapter_kinds, kind_for_spec
+from medadapt.errors import AdapterError, UnsupportedBackboneError
+from medadapt.families import family_by_name, family_for_model_type, supported_families
+
+from .conftest import build_tiny_vlm, core_lora_config, perturb_prompt
+
+PACKAGE = Path(__file__).resolve().parents[1] / "medadapt"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, module: str) -> set[str]:
+    """medadapt modules imported anywhere in ``path`` (functions included), except under ``if TYPE_CHECKING``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            return
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("medadapt"):
+                found.add(target)
+                for alias in node.names:  # `from . import hub` imports the submodule
+                    found.add(f"{target}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("medadapt"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in _runtime_imports(path, name):
+            while target and target not in modules:  # `from medadapt.x import name` -> medadapt.x
+                target = target.rsplit(".", 1)[0] if "." in target else ""
+            # a package's __init__ importing its own submodules is not a cycle with them
+            if target and target != name and not target.startswith(name + "."):
+                targets.add(target)
+        graph[name] = targets
+    # the importing parent packages of a module run first: count edges into packages as edges into __init__
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def dfs(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                if not all(c == nxt or c.startswith(nxt + ".") or nxt.startswith(c + ".") for c in cycle):
+                    cycles.append(" -> ".join(cycle))
+            elif nxt not in state:
+                dfs(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            dfs(node)
+    assert not cycles, cycles
+    assert "medadapt.hub.io" in graph["medadapt.model"]  # the check sees real edges
+
+
+def test_no_private_names_called_across_modules():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and any(
+                a.name.startswith("_") and not a.name.startswith("__") for a in node.names
+            ):
+                offenders.append(f"{path.name}: from {node.module} import {[a.name for a in node.names]}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and node.attr not in ("_version", "_name_or_path")  # torch's in-place counter, transformers' config path
+            ):
+                offenders.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert not offenders, offenders
+
+
+def test_family_registry_lists_supported_families():
+    assert family_for_model_type("clip").name == "clip"
+    assert family_by_name("siglip").pipeline_tag == "zero-shot-image-classification"
+    with pytest.raises(UnsupportedBackboneError, match="Supported families: .*clip"):
+        family_for_model_type("resnet")
+    assert any(f.startswith("vision-text-dual-encoder") for f in supported_families())
+
+
+def test_adapter_kind_registry():
+    assert {"lora", "prompt"} <= set(adapter_kinds())
+    assert kind_for_spec(core_lora_config()) is adapter_kind("lora")
+    with pytest.raises(AdapterError, match="unknown adapter kind 'ia3'"):
+        adapter_kind("ia3")
+
+
+def test_family_and_vision_tower_are_public():
+    model = build_tiny_vlm("clip", with_domains=False)
+    assert model.family.name == "clip"
+    assert model.vision_tower is model.base_model.vision_model
+    assert model.family.default_lora_targets(model.base_model) == ["q_proj", "v_proj"]
+
+
+# -- label-embedding cache ------------------------------------------------------------------------
+def _fresh(model: ContinualVLM, domain: str, adapter: str | None) -> torch.Tensor:
+    with torch.no_grad():
+        return model.scorer.label_features(model.get_domain(domain), adapter, cache=False)
+
+
+def _served(model: ContinualVLM, domain: str, adapter: str | None) -> torch.Tensor:
+    with torch.no_grad():
+        return model.scorer.label_features(model.get_domain(domain), adapter)
+
+
+def _assert_fresh(model: ContinualVLM, domain: str, adapter: str | None) -> None:
+    assert torch.equal(_served(model, domain, adapter), _fresh(model, domain, adapter)), f"stale labels for {domain}/{adapter}"
+
+
+def test_label_cache_reuses_until_anything_changes(tmp_path):
+    model = build_tiny_vlm("clip")
+    scorer = model.scorer
+    _assert_fresh(model, "chest", "chest")
+    hits = scorer.label_cache_hits
+    _served(model, "chest", "chest")
+    assert scorer.label_cache_hits == hits + 1  # reused, not recomputed
+
+    # a training step on the text side
+    params = model.set_trainable(["chest"])
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    logits = model(model.preprocess([torch.rand(3, 32, 32)]), "chest")
+    logits.sum().backward()
+    optimizer.step()
+    model.set_trainable([])
+    _assert_fresh(model, "chest", "chest")
+
+    # a prompt adapter's context changed in place
+    _served(model, "derm", "derm")
+    perturb_prompt(model, "derm", seed=7)
+    _assert_fresh(model, "derm", "derm")
+
+    # weights loaded from elsewhere
+    _served(model, "chest", "chest")
+    state = {k: v + 0.25 for k, v in model.adapter_state_dict("chest").items()}
+    model.load_adapter_weights("chest", state)
+    _assert_fresh(model, "chest", "chest")
+
+    # removed and re-added under the same name with other labels and weights
+    _served(model, "histo", "histo")
+    model.remove_domain("histo")
+    torch.manual_seed(5)
+    model.add_domain("histo", ["tumour", "normal"], "a slide of {}.", adapter=core_lora_config())
+    _assert_fresh(model, "histo", "histo")
+
+    # a merge creates a new adapter; the old entries of its sources stay valid
+    model.merge_adapters(["chest", "generalist"], into="merged")
+    _assert_fresh(model, "chest", "merged")
+    _assert_fresh(model, "chest", "chest")
+
+    # loading a saved stage over a removed one
+    model.save_pretrained(tmp_path / "save")
+    _served(model, "chest", "chest")
+    model.remove_domain("chest")
+    model.load_adapter(tmp_path / "save", name="chest")
+    _assert_fresh(model, "chest", "chest")
