@@ -217,19 +217,15 @@ def test_readers_get_a_consistent_snapshot_while_saves_run_back_to_back(models, 
     models[0].save_pretrained(root)
 
     def keep_saving():
-        deadline = time.monotonic() + 2.5
-        i = 0
-        while time.monotonic() < deadline:
-            i += 1
+        for i in range(1, 16):
             models[i % 2].save_pretrained(root)
 
     pid = _in_child(keep_saving)
-    seen = set()
-    deadline = time.monotonic() + 2.0
-    loads = 0
-    while time.monotonic() < deadline:
-        seen.add(_which(root, models))  # never a missing manifest, a hash mismatch or a mixed model
+    loads, status = 0, None
+    while status is None:
+        _which(root, models)  # never a missing manifest, a hash mismatch or a mixed model
         loads += 1
-    _, status = os.waitpid(pid, 0)
+        done, code = os.waitpid(pid, os.WNOHANG)
+        status = code if done else None
     assert os.waitstatus_to_exitcode(status) == 0
-    assert loads >= 5 and seen  # both saves are usually seen; every load above was a complete one
+    assert loads >= 2  # loads overlapped the writer's saves; each one above was a complete save

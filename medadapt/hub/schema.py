@@ -133,6 +133,3 @@ def _domain(spec: Any, where: str, field: str, kinds: tuple[str, ...]) -> None:
     if spec.get("adapter_type", "lora") not in kinds:
         _fail(where, f"{field}.adapter_type must be one of {list(kinds)}, got {spec.get('adapter_type')!r}.")
     _expect(spec.get("metadata") or {}, dict, where, f"{field}.metadata")
-    unknown = set(spec) - {"name", "labels", "prompt", "adapter_type", "metadata"}
-    if unknown:
-        _fail(where, f"{field} has unknown keys {sorted(unknown)}.")
