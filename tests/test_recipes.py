@@ -51,7 +51,8 @@ def test_rehearsal_recipe_prints_matrix_naive_comparison_and_progress(tmp_path):
     for bar in ("stage 1/2 xr [xr]", "stage 1/2 xr [shared]", "stage 2/2 us [us]", "stage 2/2 us [shared]"):
         assert bar in done.stderr, bar
     phase_lines = [line for line in done.stderr.splitlines() if line.startswith("stage ")]
-    assert len(phase_lines) == 4 and all(" loss " in line and "samples/s" in line for line in phase_lines), phase_lines
+    assert len(phase_lines) == 6 and all(  # 4 phases + the naive run's 2
+        " loss " in line and "samples/s" in line for line in phase_lines), phase_lines
     assert "\r" not in done.stderr and "FutureWarning" not in done.stderr
     results = json.loads((out / "results.json").read_text())
     naive = json.loads((out / "naive_baseline" / "results.json").read_text())
