@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -53,6 +54,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def recover_directory_swap(target: str | os.PathLike) -> None:
+    """Tidy what a killed :func:`atomic_directory` left beside ``target``: unfinished new folders go; a parked
+    old folder is put back when ``target`` is missing (killed between the two renames), else removed.
+
+    Only call it while no other process writes ``target`` (e.g. holding the output dir's writer lock)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    parked = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for old in reversed(parked):
+        if not target.exists() and (old / "d").is_dir():
+            os.replace(old / "d", target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
@@ -62,6 +80,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory_swap(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
@@ -76,3 +95,39 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_ERRNO_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space or write somewhere else",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write somewhere else",
+    errno.EROFS: "the folder is on a read-only filesystem: pick a writable folder",
+    errno.EACCES: "permission denied: pick a folder you can write to",
+    errno.EPERM: "permission denied: pick a folder you can write to",
+    errno.ENAMETOOLONG: "a file name is too long: use shorter domain / adapter names",
+}
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn OS-level write failures (disk full, read-only, permissions) into a clear StorageError.
+
+    medadapt errors pass through unchanged; so does anything that is not an OSError or a safetensors error.
+    """
+    from safetensors import SafetensorError
+
+    from .errors import MedAdaptError, StorageError
+
+    try:
+        yield
+    except MedAdaptError:
+        raise
+    except OSError as exc:
+        advice = _ERRNO_ADVICE.get(exc.errno or -1, "check the folder and the disk")
+        where = f" ({exc.filename})" if exc.filename else ""
+        error = StorageError(f"{what}: {exc.strerror or exc}{where}; {advice}. Any previous save there is intact.")
+        error.errno = exc.errno
+        raise error from exc
+    except SafetensorError as exc:
+        text = str(exc)
+        hint = "the disk is probably full or read-only" if "os error" in text.lower() or "No space" in text else "check the folder and the disk"
+        raise StorageError(f"{what}: writing a safetensors file failed ({text}); {hint}. Any previous save there is intact.") from exc

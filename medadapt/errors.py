@@ -53,3 +53,23 @@ class DataNotFoundError(DataError, FileNotFoundError):
 
 class MissingExtraError(MedAdaptError, ImportError):
     """An optional dependency (an extra such as ``medadapt[dicom]``) is not installed."""
+
+
+class SaveLockedError(MedAdaptError, RuntimeError):
+    """Another process (named in the message) is writing the same save folder or output_dir."""
+
+
+class StorageError(MedAdaptError, OSError):
+    """A save or checkpoint could not be written (disk full, read-only folder, permission denied)."""
+
+
+class CheckpointError(StageFileError):
+    """A training checkpoint is incomplete or fails verification, so a run cannot resume from it."""
+
+
+class TrainingError(MedAdaptError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+class HubError(MedAdaptError, RuntimeError):
+    """The Hugging Face Hub cannot be used for this operation (offline mode, unreachable)."""

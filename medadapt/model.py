@@ -17,6 +17,7 @@ from .errors import AdapterError, DomainError
 from .hub.io import load_model, load_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
+from .labels import check_label_prompts
 from .merging import merge_adapters
 from .quantization import quantization_config
 from .routing import DomainRouter, RoutedPrediction, fit_router, predict_routed
@@ -251,6 +252,8 @@ class ContinualVLM(nn.Module):
             raise DomainError(f"domain {name!r}: task {task!r} needs a generative base; the {self.family.name!r} family serves {list(self.family.tasks)}.")
         labels = labels if isinstance(labels, str) else list(labels)  # a bare string is refused by Domain, not split
         domain = Domain(name=name, labels=labels, prompt=prompt, metadata=dict(metadata or {}), task=task)
+        if domain.labels:
+            check_label_prompts(self.backbone, name, domain.prompts(), domain.labels)
         self.add_stage(name, domain=domain, adapter=adapter, seed=seed)
         return domain
 

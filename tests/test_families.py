@@ -253,3 +253,10 @@ def test_image_cache_is_dropped_when_the_image_side_changes():
     state = {k: v + 0.1 for k, v in model.adapter_state_dict("chest").items()}
     model.load_adapter_weights("chest", state)  # new weights: the cached features are stale
     assert torch.equal(scorer._cached_image_features(pixels, "chest", keys), scorer.image_features(pixels, "chest"))
+
+
+def test_run_configs_know_every_built_in_tiny_base():
+    from medadapt.tiny import tiny_names
+    from medadapt.training.config import BUILTIN_MODELS
+
+    assert list(BUILTIN_MODELS) == tiny_names()

@@ -103,6 +103,8 @@ def test_resume_before_the_first_checkpoint_starts_from_the_beginning(tmp_path, 
     for name in ("checkpoints", "results.json", "xr", "shared", "manifest.json"):  # as if killed right after run.json
         path = tmp_path / "run" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_file = tmp_path / "run" / "run.json"  # as written at the start, before any checkpoint
+    run_file.write_text(json.dumps({k: v for k, v in json.loads(run_file.read_text()).items() if k != "checkpointed"}))
     trainer = ContinualTrainer(_tiny(tmp_path / "run"), resume=True, progress=False)
     trainer.setup()
     assert trainer.state.phase == 0 and trainer.state.step == 0

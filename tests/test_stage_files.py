@@ -11,6 +11,7 @@ from peft import PeftModel
 
 from medadapt import ContinualVLM, DomainError
 from medadapt._io import sha256_file
+from medadapt.locking import LOCK_FILES
 from medadapt.backbones import config_fingerprint, weights_fingerprint
 from medadapt.tiny import tiny_backbone
 from tests.conftest import (
@@ -79,7 +80,7 @@ def test_manifest_content_and_layout(tiny_clip, tmp_path):
             assert sha256_file(folder / filename) == digest
     for filename, digest in base["files"].items():
         assert sha256_file(root / "base" / filename) == digest
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging / trash left behind
+    assert not [p for p in root.iterdir() if p.name.startswith(".") and p.name not in LOCK_FILES]  # no staging / trash left
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
@@ -230,11 +231,11 @@ def test_saving_twice_leaves_adapter_files_byte_identical(tiny_clip, tmp_path):
     model = tiny_clip
     root = tmp_path / "save"
     model.save_pretrained(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in LOCK_FILES)  # lock files: rewritten by design
     first = {p: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
     manifest1 = (root / "manifest.json").read_bytes()
     model.save_pretrained(root)
-    assert sorted(p for p in root.rglob("*") if p.is_file()) == files
+    assert sorted(p for p in root.rglob("*") if p.is_file() and p.name not in LOCK_FILES) == files
     for p, (data, inode, mtime) in first.items():
         assert p.read_bytes() == data, p
         if p.name != "manifest.json":

@@ -7,9 +7,10 @@ Layout of a save::
     <adapter>/prompt_config.json  + prompt_model.safetensors       (prompt adapter)
     base/...                      (only when the base cannot be reloaded from a Hub id or folder)
 
-Saves are atomic: new folders are written to a staging folder, the old manifest is removed,
-changed adapter folders are swapped in with ``os.replace`` and the new manifest is written last,
-so an interrupted save never leaves a folder that loads as valid. Unchanged adapter folders are
+Saves are transactions (:mod:`medadapt.hub.transaction`): new folders are staged, a journal records
+the swap, and the new manifest is the commit point, so a failed or killed save leaves the folder
+loading as the complete previous save or the complete new one; the writer holds the folder's lock
+(:mod:`medadapt.locking`) and readers load a consistent snapshot. Unchanged adapter folders are
 left untouched (byte-identical).
 """
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +25,15 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from .._io import atomic_write_bytes, sha256_file
+from .._io import storage_errors
 from ..adapters import AdapterKind, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
 from ..domains import Domain
 from ..errors import AdapterError, BaseMismatchError, StageFileError
 from ..families import family_by_name
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, hash_folder, read_manifest, verify_files
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, check_manifest_sha256, hash_folder, read_manifest, verify_files
+from .transaction import SaveTransaction, read_snapshot
+from .weights_digest import base_weights_sha256, check_base_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import ContinualVLM
@@ -82,68 +83,59 @@ def base_needs_saving(model: "ContinualVLM") -> bool:
 
 
 def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
-    """Write the model's stages into ``save_directory`` atomically; returns the manifest."""
+    """Write the model's stages into ``save_directory`` as one transaction (see :mod:`medadapt.hub.transaction`);
+    returns the manifest."""
     target = Path(save_directory)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target, prefix=".staging-"))
-    trash = Path(tempfile.mkdtemp(dir=target, prefix=".trash-"))
-    try:
-        entries: dict[str, dict[str, Any]] = {}
-        for name in model.adapter_names():
-            files = _write_adapter(model, name, staging / name)
-            entry = {"type": model.adapter_type(name), "path": name, "files": files}
-            if name in model.provenance:
-                entry["source"] = model.provenance[name]
-            entries[name] = entry
-        base_files: dict[str, str] | None = None
-        if save_base if save_base is not None else base_needs_saving(model):
-            save_backbone(model.backbone, str(staging / BASE_FOLDER))
-            names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
-            base_files = hash_folder(staging / BASE_FOLDER, names)
-        manifest = build_manifest(model, entries, base_files)
-        try:  # serialise before touching the target, so a bad manifest (e.g. extras) keeps the old save
-            manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise StageFileError(
-                f"cannot save to {target}: the manifest is not JSON-serialisable (check model.extras and domain "
-                f"metadata): {exc}"
-            ) from exc
-        old = _old_manifest(target)
-        if (target / MANIFEST_NAME).exists():
-            os.replace(target / MANIFEST_NAME, trash / MANIFEST_NAME)
-        folders = {e["path"]: e["files"] for e in entries.values()}
-        if base_files:
-            folders[BASE_FOLDER] = base_files
-        for relative, files in folders.items():
-            _swap_in(staging / relative, target / relative, files, trash)
-        stale = set(old.get("adapters", {})) - set(entries)
-        for name in stale:
-            relative = old["adapters"][name].get("path", "")
-            plain = isinstance(relative, str) and relative not in ("", ".", "..") and not any(c in relative for c in "/\\:")
-            if plain and relative not in folders and (target / relative).is_dir():
-                os.replace(target / relative, trash / f"stale-{relative}")
-        atomic_write_bytes(target / MANIFEST_NAME, manifest_bytes)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(trash, ignore_errors=True)
+    with storage_errors(f"cannot save to {target}"):
+        target.mkdir(parents=True, exist_ok=True)
+        with SaveTransaction(target) as tx:
+            return _stage_and_commit(model, target, tx, save_base)
+
+
+def _stage_and_commit(model: "ContinualVLM", target: Path, tx: SaveTransaction, save_base: bool | None) -> dict[str, Any]:
+    staging = tx.staging
+    entries: dict[str, dict[str, Any]] = {}
+    for name in model.adapter_names():
+        files = _write_adapter(model, name, staging / name)
+        entry = {"type": model.adapter_type(name), "path": name, "files": files}
+        if name in model.provenance:
+            entry["source"] = model.provenance[name]
+        entries[name] = entry
+    base_files: dict[str, str] | None = None
+    if save_base if save_base is not None else base_needs_saving(model):
+        save_backbone(model.backbone, str(staging / BASE_FOLDER))
+        names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
+        base_files = hash_folder(staging / BASE_FOLDER, names)
+    manifest = build_manifest(model, entries, base_files)
+    if base_files:  # medadapt wrote the base: record a hash over all its tensors (the fingerprint samples a few)
+        manifest["base"]["weights_sha256"] = base_weights_sha256(model.backbone)
+    try:  # serialise before touching the target, so a bad manifest (e.g. extras) keeps the old save
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise StageFileError(
+            f"cannot save to {target}: the manifest is not JSON-serialisable (check model.extras and domain "
+            f"metadata): {exc}"
+        ) from exc
+    old = _old_manifest(target)
+    folders = {e["path"]: e["files"] for e in entries.values()}
+    if base_files:
+        folders[BASE_FOLDER] = base_files
+    stale = []
+    for name in set(old.get("adapters", {})) - set(entries):
+        relative = old["adapters"][name].get("path", "")
+        plain = isinstance(relative, str) and relative not in ("", ".", "..") and not any(c in relative for c in "/\\:")
+        if plain and relative not in folders and (target / relative).is_dir():
+            stale.append(relative)
+    tx.commit(manifest_bytes, folders, stale)
+    return manifest
 
 
 def _old_manifest(target: Path) -> dict[str, Any]:
     try:
-        return json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        old = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
-
-
-def _swap_in(new: Path, dest: Path, files: dict[str, str], trash: Path) -> None:
-    """Move ``new`` to ``dest`` unless ``dest`` already holds exactly these files."""
-    if dest.is_dir():
-        existing = sorted(p.name for p in dest.iterdir())
-        if existing == sorted(files) and all(sha256_file(dest / n) == h for n, h in files.items()):
-            return
-        os.replace(dest, trash / f"old-{dest.name}")
-    os.replace(new, dest)
+    return old if isinstance(old, dict) and isinstance(old.get("adapters"), dict) else {}
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -202,6 +194,7 @@ def _load_base(root: Path, manifest: dict[str, Any], base: Any, **kwargs: Any) -
         raise StageFileError(f"{root}: the manifest names no base source and holds no base/; pass `base=`.")
     check_family(backbone, info, str(root))
     check_base(backbone, info, str(root))
+    check_base_weights(backbone, info, str(root))
     return backbone
 
 
@@ -254,6 +247,7 @@ def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: 
 
 def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
     """Restore a save: base (given, saved or named), then every adapter in stage order."""
+    expected = kwargs.pop("manifest_sha256", None)
     root, provenance = local_folder(path, revision=revision, include_base=base is None, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
     if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
@@ -261,27 +255,33 @@ def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: s
         if "repo" in provenance:  # a plain base model pulled from the Hub: name it by repo id and commit
             model.backbone.source, model.backbone.revision = provenance["repo"], provenance["revision"]
         return model
-    manifest = read_manifest(root)
-    model = cls(_load_base(root, manifest, base, **hub_kwargs))
-    for name in manifest["stage_order"]:
-        _restore(model, root, manifest, name, name, {**provenance, "adapter": name})
+    with read_snapshot(root):
+        check_manifest_sha256(root, expected)
+        manifest = read_manifest(root)
+        model = cls(_load_base(root, manifest, base, **hub_kwargs))
+        for name in manifest["stage_order"]:
+            _restore(model, root, manifest, name, name, {**provenance, "adapter": name})
     model.extras = dict(manifest.get("extras") or {})
     return model
 
 
 def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> str:
     """Compose one stage of another save (local or Hub) into ``model``; returns its name here."""
+    expected = kwargs.pop("manifest_sha256", None)
     hub = {"stages": [name] if name else None, "include_base": False}  # Hub: fetch only this stage
     root, provenance = local_folder(path, revision=revision, **hub, **kwargs)
     if not (root / MANIFEST_NAME).exists() and (root.parent / MANIFEST_NAME).exists():
         name = name or root.name
         root = root.parent
-    manifest = read_manifest(root)
-    check_family(model.backbone, manifest["base"], str(path))
-    check_base(model.backbone, manifest["base"], str(path))
-    if name is None:
-        if len(manifest["stage_order"]) != 1:
-            raise AdapterError(f"{path} holds {manifest['stage_order']}; say which one with `name=`.")
-        name = manifest["stage_order"][0]
-    _restore(model, root, manifest, name, as_name or name, {**provenance, "adapter": name})
+    with read_snapshot(root):
+        check_manifest_sha256(root, expected)
+        manifest = read_manifest(root)
+        check_family(model.backbone, manifest["base"], str(path))
+        check_base(model.backbone, manifest["base"], str(path))
+        check_base_weights(model.backbone, manifest["base"], str(path))
+        if name is None:
+            if len(manifest["stage_order"]) != 1:
+                raise AdapterError(f"{path} holds {manifest['stage_order']}; say which one with `name=`.")
+            name = manifest["stage_order"][0]
+        _restore(model, root, manifest, name, as_name or name, {**provenance, "adapter": name})
     return as_name or name

@@ -8,6 +8,7 @@ from typing import Any
 
 from .._io import sha256_file
 from ..errors import StageFileError
+from .schema import validate_manifest
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "medadapt.stages"
@@ -41,16 +42,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StageFileError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StageFileError(f"{path} is not a medadapt manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}).")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise StageFileError(
-            f"{path} has format_version {version!r}; this medadapt reads up to {FORMAT_VERSION}. Upgrade medadapt."
-        )
-    for key in ("base", "domains", "shared", "adapters", "stage_order"):
-        if key not in manifest:
-            raise StageFileError(f"{path} misses the key {key!r}.")
+    validate_manifest(manifest, str(path), FORMAT, FORMAT_VERSION)
     root = Path(folder)
     base = manifest["base"] if isinstance(manifest["base"], dict) else {}
     if base.get("saved_in"):  # a base saved in the folder must stay inside it too
@@ -60,6 +52,24 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         for filename in entry.get("files", {}):
             check_allowed_file(filename, f"adapter {name!r}")
     return manifest
+
+
+def manifest_sha256(folder: str | Path) -> str:
+    """sha256 of ``folder/manifest.json``: pass it as ``manifest_sha256=`` to ``from_pretrained`` /
+    ``load_adapter`` to load exactly that manifest (label order, prompts and every file hash)."""
+    return sha256_file(Path(folder) / MANIFEST_NAME)
+
+
+def check_manifest_sha256(folder: str | Path, expected: str | None) -> None:
+    """Refuse a manifest whose sha256 differs from ``expected`` (when one is given)."""
+    if expected is None:
+        return
+    actual = manifest_sha256(folder)
+    if actual != str(expected).lower():
+        raise StageFileError(
+            f"{Path(folder) / MANIFEST_NAME} has sha256 {actual[:12]}..., not the expected {str(expected)[:12]}...: "
+            "the manifest (labels, prompts, file hashes) changed since that hash was recorded. Not loading it."
+        )
 
 
 def check_allowed_file(filename: str, what: str, base: bool = False) -> None:

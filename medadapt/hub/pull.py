@@ -30,7 +30,7 @@ def is_pickle(path: str) -> bool:
     return path.lower().endswith(PICKLE_SUFFIXES)
 
 
-def _offline(local_files_only: bool | None) -> bool:
+def offline_mode(local_files_only: bool | None = None) -> bool:
     """``local_files_only``, or HF_HUB_OFFLINE (huggingface_hub's constant, or the variable set after import)."""
     from huggingface_hub import constants
 
@@ -138,7 +138,7 @@ def download_save(
     A repo without ``manifest.json`` but with ``config.json`` is a plain base model (its ``*.py`` files are
     only fetched with ``trust_remote_code=True``).
     """
-    offline = _offline(local_files_only)
+    offline = offline_mode(local_files_only)
     requested = revision or "main"
     folder = _snapshot(repo_id, requested, [MANIFEST_NAME, "config.json"], offline, token, cache_dir)
     sha = folder.name

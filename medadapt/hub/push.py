@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .._io import atomic_write_json
-from ..errors import AdapterError, BaseMismatchError, StageFileError
+from ..errors import AdapterError, BaseMismatchError, HubError, StageFileError
 from .card import is_medadapt_card, render_card
 from .io import BASE_FOLDER, base_needs_saving, save_model
+from .pull import offline_mode
 from .manifest import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
+OFFLINE_MESSAGE = (
+    "push_to_hub needs the network, but Hugging Face Hub offline mode is on (HF_HUB_OFFLINE=1 or "
+    "huggingface_hub's offline constant). Unset HF_HUB_OFFLINE to push, or save locally with save_pretrained(folder)."
+)
 _SOURCE_KEYS = ("repo", "revision", "requested_revision", "adapter")
 
 
@@ -200,10 +205,16 @@ def push_model(
     (``.oid`` is the commit sha to pin with ``from_pretrained(..., revision=...)``).
     """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     names = _stage_names(model, domains)
+    if offline_mode():
+        raise HubError(OFFLINE_MESSAGE)
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except OfflineModeIsEnabled as exc:  # offline mode switched on after huggingface_hub was imported
+        raise HubError(OFFLINE_MESSAGE) from exc
     branch = revision or "main"
     if branch != "main":
         api.create_branch(repo_id, branch=branch, exist_ok=True)

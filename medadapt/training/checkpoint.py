@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_directory
+from .._io import atomic_directory, sha256_file
 from ..errors import StageFileError
 from ..hub.io import read_adapter, save_model
 from ..hub.manifest import read_manifest, verify_files
@@ -20,6 +20,14 @@ STATE_NAME = "state.json"
 OPTIM_NAME = "optimizer.safetensors"
 RNG_NAME = "rng.safetensors"
 MODEL_DIR = "model"
+MANIFEST_FILE = f"{MODEL_DIR}/manifest.json"
+FILES_KEY = "files"  # in state.json: sha256 of the other files, checked before a resume
+
+
+def checkpoint_hashes(folder: str | Path) -> dict[str, str]:
+    """sha256 of a checkpoint's optimizer, RNG and adapter-manifest files (those present)."""
+    folder = Path(folder)
+    return {name: sha256_file(folder / name) for name in (OPTIM_NAME, RNG_NAME, MANIFEST_FILE) if (folder / name).is_file()}
 
 
 def _optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -54,7 +62,7 @@ def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optim
             tensors, meta = _optimizer_to_safetensors(optimizer)
             save_file(tensors or {"__empty__": torch.zeros(0)}, str(tmp / OPTIM_NAME))
         save_file({"torch": torch.get_rng_state()}, str(tmp / RNG_NAME))
-        (tmp / STATE_NAME).write_text(json.dumps({**state, "optimizer": meta}, indent=2, sort_keys=True))
+        (tmp / STATE_NAME).write_text(json.dumps({**state, "optimizer": meta, FILES_KEY: checkpoint_hashes(tmp)}, indent=2, sort_keys=True))
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

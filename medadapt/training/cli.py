@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     from accelerate import PartialState
 
     from .outputs import write_outputs
+    from .progress import quiet_library_warnings
     from .trainer import ContinualTrainer
 
     args = parse_args(argv, description)
+    quiet_library_warnings()
     # cpu=True on a CPU-only machine: under `accelerate launch --multi_gpu`/torchrun this is what makes
     # accelerate form a gloo process group (MULTI_CPU) instead of N independent single processes
     state = PartialState(cpu=not torch.cuda.is_available())

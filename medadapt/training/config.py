@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from ..errors import ConfigError
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
+BUILTIN_MODELS = ("tiny-clip", "tiny-siglip", "tiny-llava", "tiny-gemma3", "tiny-paligemma", "tiny-idefics3")  # medadapt.tiny.tiny_names()
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -43,6 +45,12 @@ class AdapterSettings:
             raise ConfigError(f"adapter.type must be {' or '.join(repr(k) for k in adapter_kinds())}, got {self.type!r}.")
         if self.r < 1:
             raise ConfigError(f"adapter.r must be >= 1, got {self.r}.")
+        if not self.alpha > 0:
+            raise ConfigError(f"adapter.alpha must be > 0 (LoRA scales its update by alpha / r; 0 trains nothing), got {self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
+        if self.n_ctx < 1 or self.n_visual_tokens < 0:
+            raise ConfigError(f"adapter.n_ctx must be >= 1 and adapter.n_visual_tokens >= 0, got {self.n_ctx} and {self.n_visual_tokens}.")
 
     def build(self, default_targets: list[str] | str) -> Any:
         """The adapter config these settings describe (built by the adapter kind named ``type``)."""
@@ -88,8 +96,12 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}.")
+        if self.max_steps_per_stage is not None and self.max_steps_per_stage < 1:
+            raise ConfigError(f"train.max_steps_per_stage must be >= 1 (or left empty for no limit), got {self.max_steps_per_stage}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
 
@@ -106,9 +118,17 @@ class DomainSettings:
 
     def __post_init__(self) -> None:
         from ..data import DataConfig
+        from ..domains import validate_labels, validate_name
+        from ..errors import DomainError
 
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"domain name must be a non-empty string, got {self.name!r}.")
+        try:
+            validate_name(self.name)
+            if self.labels is not None:
+                self.labels = validate_labels(self.name, self.labels)
+        except DomainError as exc:
+            raise ConfigError(f"domains: {exc}") from exc
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise ConfigError(f"domain {self.name!r}: prompt must contain one '{{}}' where the label goes, got {self.prompt!r}.")
         from ..domains import TASKS
@@ -159,6 +179,8 @@ class RunConfig:
     quantization: str | None = None  # "4bit" / "8bit": a bitsandbytes-quantized frozen base (QLoRA)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}.")
         if self.paradigm not in PARADIGMS:
             raise ConfigError(f"paradigm {self.paradigm!r} unknown; valid: {list(PARADIGMS)}.")
         if not self.domains:
@@ -178,6 +200,22 @@ class RunConfig:
         data.pop("output_dir", None)
         data.pop("tracking", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_not_found(model: str, exc: BaseException) -> ConfigError:
+    """The error for a ``model`` that is no built-in name, no loadable folder and could not be had from the Hub."""
+    import difflib
+    import os
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.isdir(model):
+        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a dual encoder: {reason}")
+    close = difflib.get_close_matches(model, BUILTIN_MODELS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"model {model!r} is neither a built-in name {list(BUILTIN_MODELS)} nor a local folder, and the Hugging Face "
+        f"Hub could not provide it ({reason}).{hint} Check the spelling, the path, or your network / HF_HUB_OFFLINE."
+    )
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

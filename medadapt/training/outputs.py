@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_json
 from ..evaluation import average_accuracy, backward_transfer, forgetting, plot_accuracy_matrix
+from ..locking import LOCK_FILES, writer_lock
 from .config import ConfigError, RunConfig
 
 RUN_FILE = "run.json"
@@ -21,7 +23,7 @@ def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} exists and is not a folder.")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name not in LOCK_FILES for p in out.iterdir()):
         if resume:
             raise ConfigError(f"--resume given but {out} holds no run to resume.")
         return
@@ -50,6 +52,28 @@ def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
         return
     what = "a different run" if previous and previous != config.fingerprint() else "an earlier run"
     raise ConfigError(f"output_dir {out} already holds {what}; pass --resume to continue it or --overwrite to replace it.")
+
+
+def lock_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> ExitStack:
+    """Take ``output_dir``'s writer lock for the whole run, then check it (:func:`check_output_dir`).
+
+    A second training into the same output_dir gets :class:`~medadapt.errors.SaveLockedError` naming the first.
+    Close the returned stack when the run ends. If the check fails, a folder created only for the lock goes again.
+    """
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is not a folder.")
+    existed = out.exists()
+    stack = ExitStack()
+    stack.enter_context(writer_lock(out, "training"))
+    try:
+        check_output_dir(config, resume, overwrite)
+    except BaseException:
+        stack.close()
+        if not existed and out.is_dir() and all(p.name in LOCK_FILES for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return stack
 
 
 def clear_output_dir(out: Path) -> None:

@@ -11,26 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, storage_errors
+from ..errors import SaveLockedError
 from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from ..tiny import tiny_base, tiny_names
 from .batches import BatchSchedule, PixelStore
 from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, model_not_found
 from .composition import composition_results, fit_stage_router, trained_domains
 from .evaluate import evaluate_view
 from .objectives import build_objective
-from .outputs import RUN_FILE, check_output_dir, summarise, write_outputs
+from .outputs import RUN_FILE, lock_output_dir, summarise, write_outputs
+from .resume_check import CHECKPOINTED_KEY, mark_checkpointed, resume_checkpoint
+from .guards import check_finite_loss, check_finite_params
 from .paradigms import Plan, make_plan
+from .progress import PhaseProgress
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -39,7 +43,10 @@ def build_base(config: RunConfig) -> ContinualVLM:
     """The frozen base named by ``config.model`` (the ``tiny-*`` models of :mod:`medadapt.tiny` are built in)."""
     if config.model in tiny_names():
         return ContinualVLM(tiny_base(config.model, seed=0))
-    return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code, quantization=config.quantization)
+    try:
+        return ContinualVLM.from_base(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code, quantization=config.quantization)
+    except OSError as exc:  # not a folder, and the Hub said no or could not be reached
+        raise model_not_found(config.model, exc) from exc
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -83,14 +90,15 @@ class ContinualTrainer:
             cpu=not torch.cuda.is_available(),
         )
         self.out = Path(config.output_dir)
+        self._output_lock = ExitStack()  # output_dir's writer lock, held from setup to the end of run()
 
     # -- setup -----------------------------------------------------------------------------------
     def _check_output(self) -> None:
         error: Exception | None = None
         if self.accelerator.is_main_process:
             try:
-                check_output_dir(self.config, self.resume, self.overwrite)
-            except ConfigError as exc:
+                self._output_lock = lock_output_dir(self.config, self.resume, self.overwrite)
+            except (ConfigError, SaveLockedError) as exc:
                 error = exc
         flags = self._all_processes([error is not None])
         if any(flags):
@@ -142,17 +150,16 @@ class ContinualTrainer:
         self.state = LoopState()
         self._resume_optimizer: tuple[Path, dict[str, Any]] | None = None
         self._check_output()
-        if self.resume and latest_checkpoint(self.out / CHECKPOINT_DIR) is not None:
-            self._restore()
+        if self.resume:
+            folder = resume_checkpoint(self.out, self.out / CHECKPOINT_DIR, self.out / RUN_FILE)  # verified, or None
+            if folder is not None:
+                self._restore(folder)
 
     def _phases(self) -> list[tuple[int, Any]]:
         return [(i, p) for i, stage in enumerate(self.plan.stages) for p in stage.phases]
 
-    def _restore(self) -> None:
-        """Load the last checkpoint (adapters by name, loop state, buffer, optimizer, RNG).
-
-        A run killed before its first checkpoint has none: it then simply starts from the beginning."""
-        folder = latest_checkpoint(self.out / CHECKPOINT_DIR)
+    def _restore(self, folder: Path) -> None:
+        """Load a verified checkpoint (adapters by name, loop state, buffer, optimizer, RNG)."""
         state = read_state(folder)
         if state.get("fingerprint") != self.config.fingerprint():
             raise ConfigError("checkpoint belongs to another configuration; cannot resume.")
@@ -169,7 +176,9 @@ class ContinualTrainer:
         self.state.elapsed = time.perf_counter() - self._started  # a resumed run's includes the interrupted part
         if self.accelerator.is_main_process:
             state = {"fingerprint": self.config.fingerprint(), "loop": self.state.__dict__}
-            save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
+            with storage_errors(f"cannot write a checkpoint into {self.out / CHECKPOINT_DIR}"):
+                save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
+                mark_checkpointed(self.out / RUN_FILE)
         self.accelerator.wait_for_everyone()
 
     # -- training --------------------------------------------------------------------------------
@@ -202,9 +211,9 @@ class ContinualTrainer:
         optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
         self.objective.reset()
         self.model.train()
-        bar = tqdm(
-            total=schedule.steps, initial=start, disable=not (self.progress and acc.is_main_process),
-            desc=f"stage {stage_index + 1}/{len(self.plan.stages)} {stage.name} [{phase.adapter}]", leave=True,
+        bar = PhaseProgress(
+            schedule.steps, start, f"stage {stage_index + 1}/{len(self.plan.stages)} {stage.name} [{phase.adapter}]",
+            enabled=self.progress and acc.is_main_process,
         )
         buffer = self.buffer if phase.replay else None
         tick, seen = time.perf_counter(), 0
@@ -216,15 +225,16 @@ class ContinualTrainer:
             # counter), so a resumed run and every phase step exactly where an uninterrupted run does
             with acc.autocast():
                 loss, report = self.objective(self.model, batch, phase.adapter)
+            check_finite_loss(loss, f"stage {stage_index + 1} ({stage.name}), adapter {phase.adapter!r}, step {step + 1}", cfg.train.lr, self.out)
             acc.backward(loss)  # divides by grad_accum_steps
             if (step + 1) % accum == 0 or step + 1 == schedule.steps:
                 self._sync_gradients(params)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                check_finite_params(params, f"stage {stage_index + 1} ({stage.name}), adapter {phase.adapter!r}, step {step + 1}", cfg.train.lr, self.out)
             seen += len(batch) * acc.num_processes
             rate = seen / max(time.perf_counter() - tick, 1e-9)
-            bar.set_postfix(loss=f"{report['loss']:.3f}", samples_s=f"{rate:.0f}")
-            bar.update(1)
+            bar.update(report["loss"], rate)
             if cfg.tracking.log_with:
                 acc.log({f"{phase.adapter}/loss": report["loss"], f"{phase.adapter}/acc": report["acc"]})
             self.state.phase, self.state.step = phase_index, step + 1
@@ -259,6 +269,12 @@ class ContinualTrainer:
 
     def run(self) -> dict[str, Any]:
         """Train every stage, evaluate after each, write outputs; returns the results dict."""
+        try:
+            return self._run()
+        finally:
+            self._output_lock.close()  # finished or failed: another process may now write output_dir
+
+    def _run(self) -> dict[str, Any]:
         if not hasattr(self, "model"):
             self.setup()
         acc, cfg = self.accelerator, self.config
@@ -266,7 +282,9 @@ class ContinualTrainer:
             acc.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()))
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+            marker = {CHECKPOINTED_KEY: True} if latest_checkpoint(self.out / CHECKPOINT_DIR) else {}
+            with storage_errors(f"cannot write into output_dir {self.out}"):
+                atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), **marker})
         self._started = time.perf_counter() - self.state.elapsed
         phases = self._phases()
         for phase_index, (stage_index, phase) in enumerate(phases):
@@ -283,7 +301,8 @@ class ContinualTrainer:
         if acc.is_main_process:
             self.model.extras["results"] = {k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")}
             self.model.save_pretrained(self.out)
-            write_outputs(self.out, results)
+            with storage_errors(f"cannot write the results into {self.out}"):
+                write_outputs(self.out, results)
         acc.wait_for_everyone()
         if cfg.tracking.log_with:
             acc.end_training()

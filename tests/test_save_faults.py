@@ -1,0 +1,231 @@
+"""Issue 13, sections 2 and 3: saves never lose the previous good save, whatever fails or is killed,
+and concurrent writers / readers of one folder get a clear error or a consistent snapshot.
+
+Fault injection is bounded (a few seconds): a forked child does the save, so a "kill" is a real
+``os._exit`` / SIGKILL with no cleanup, while the test process keeps the models built once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import time
+
+import pytest
+import torch
+
+from medadapt import ContinualVLM, PromptConfig
+from medadapt.errors import SaveLockedError, StorageError
+from medadapt.hub import transaction
+from medadapt.locking import LOCK_FILES, writer_lock
+from medadapt.tiny import tiny_backbone
+from tests.conftest import core_lora_config, perturb_prompt
+
+pytestmark = [pytest.mark.usefixtures("core_single_thread"), pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
+
+
+def _model(variant: int) -> ContinualVLM:
+    """Variant 0: cxr (LoRA) + derm (prompt); variant 1: cxr changed, derm gone, eye added (replace/remove/create)."""
+    backbone = tiny_backbone("clip")
+    model = ContinualVLM(backbone)
+    torch.manual_seed(10 + variant)
+    model.add_domain("cxr", ["normal", "pneumonia"], "a chest x-ray showing {}.", adapter=core_lora_config())
+    if variant == 0:
+        model.add_domain("derm", ["benign", "malignant"], "a skin photo of {}.", adapter=PromptConfig(), seed=1)
+        perturb_prompt(model, "derm")
+    else:
+        model.add_domain("eye", ["healthy", "retinopathy"], "a fundus image of {}.", adapter=core_lora_config())
+    return model
+
+
+def _signature(model: ContinualVLM) -> tuple:
+    return tuple(sorted(model.adapter_names())), tuple(float(v.double().sum()) for v in model.lora.state_dict("cxr").values())
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [_model(0), _model(1)]
+
+
+def _which(root, models) -> int:
+    """0 or 1: which complete save the folder loads as (fails the test on anything else)."""
+    loaded = ContinualVLM.from_pretrained(root)
+    signature = _signature(loaded)
+    assert signature in {_signature(m): i for i, m in enumerate(models)}, signature
+    return [_signature(m) for m in models].index(signature)
+
+
+def _leftovers(root) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name not in LOCK_FILES)
+
+
+def _steps(models, root) -> list[str]:
+    """The fault-hook steps of a save that replaces, creates and removes folders."""
+    seen: list[str] = []
+    transaction.FAULT_HOOK = seen.append
+    try:
+        models[1].save_pretrained(root)
+    finally:
+        transaction.FAULT_HOOK = None
+    models[0].save_pretrained(root)
+    return seen
+
+
+def _in_child(action) -> int:
+    """Run ``action`` in a forked child; returns the child's pid (exits with 0 after it, 1 on an error)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def test_a_write_error_at_every_step_keeps_a_complete_save(models, tmp_path):
+    root = tmp_path / "save"
+    models[0].save_pretrained(root)
+    steps = _steps(models, root)
+    assert {"journal", "park-manifest", "manifest", "journal-remove", "cleanup"} <= set(steps)
+    assert any(s.startswith("park:") for s in steps) and any(s.startswith("move-in:") for s in steps)
+    for failing in steps:
+        current = _which(root, models)
+
+        def fail(step, failing=failing):
+            if step == failing:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        transaction.FAULT_HOOK = fail
+        try:
+            with pytest.raises(StorageError, match="disk is full.*previous save there is intact"):
+                models[1 - current].save_pretrained(root)
+        finally:
+            transaction.FAULT_HOOK = None
+        after = _which(root, models)
+        committed = steps.index(failing) > steps.index("manifest")
+        assert after == (1 - current if committed else current), failing
+        ContinualVLM.from_pretrained(root)  # a load tidies what a failure after the commit left
+        assert _leftovers(root) == [], failing
+
+
+def test_a_write_error_while_staging_files_keeps_the_previous_save(models, tmp_path, monkeypatch):
+    import medadapt.hub.io as hub_io
+
+    root = tmp_path / "save"
+    models[0].save_pretrained(root)
+    real = hub_io.save_file
+    for failing_call in (1, 2):
+        calls = []
+
+        def failing_save_file(*args, _n=failing_call, **kwargs):
+            calls.append(1)
+            if len(calls) == _n:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(hub_io, "save_file", failing_save_file)
+        with pytest.raises(StorageError, match="read-only filesystem"):
+            models[1].save_pretrained(root)
+        monkeypatch.setattr(hub_io, "save_file", real)
+        assert _which(root, models) == 0 and _leftovers(root) == []
+
+
+def test_killed_at_every_step_and_at_random_instants_the_folder_loads_old_or_new(models, tmp_path):
+    root = tmp_path / "save"
+    models[0].save_pretrained(root)
+    steps = _steps(models, root)
+    # 1) killed (no cleanup at all) right before each step
+    for dying in steps:
+        current = _which(root, models)
+
+        def save_and_die(dying=dying, target=models[1 - current]):
+            def die(step):
+                if step == dying:
+                    os._exit(9)
+
+            transaction.FAULT_HOOK = die
+            target.save_pretrained(root)
+
+        _, status = os.waitpid(_in_child(save_and_die), 0)
+        assert os.waitstatus_to_exitcode(status) == 9, dying
+        assert _which(root, models) in (0, 1), dying
+    # 2) SIGKILL at random instants of a save
+    started = time.perf_counter()
+    models[1].save_pretrained(root)
+    duration = time.perf_counter() - started
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(20):
+        current = _which(root, models)
+        pid = _in_child(lambda target=models[1 - current]: target.save_pretrained(root))
+        time.sleep(rng.uniform(0, 1.5 * duration))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        outcomes.append(_which(root, models) != current)
+    models[0].save_pretrained(root)  # the next save recovers and cleans everything
+    assert _leftovers(root) == []
+
+
+def test_a_second_writer_gets_an_error_naming_the_holder(models, tmp_path):
+    root = tmp_path / "save"
+    models[0].save_pretrained(root)
+    read_end, write_end = os.pipe()
+
+    def hold():
+        def slow(step):
+            if step == "journal":
+                os.write(write_end, b"x")
+                time.sleep(1)
+
+        transaction.FAULT_HOOK = slow
+        models[1].save_pretrained(root)
+
+    pid = _in_child(hold)
+    os.read(read_end, 1)  # the child is inside its save
+    with pytest.raises(SaveLockedError, match=rf"locked by another writer \(pid {pid} on .*saving since"):
+        models[0].save_pretrained(root)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _which(root, models) == 1  # the first writer's save is complete
+
+
+def test_a_lock_left_by_a_killed_process_is_stale(models, tmp_path):
+    root = tmp_path / "save"
+    read_end, write_end = os.pipe()
+
+    def hold_forever():
+        with writer_lock(root, "saving"):
+            os.write(write_end, b"x")
+            time.sleep(60)
+
+    pid = _in_child(hold_forever)
+    os.read(read_end, 1)
+    with pytest.raises(SaveLockedError, match=f"pid {pid}"):
+        models[0].save_pretrained(root)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    models[0].save_pretrained(root)  # the dead holder's lock does not block
+    assert _which(root, models) == 0
+
+
+def test_readers_get_a_consistent_snapshot_while_saves_run_back_to_back(models, tmp_path):
+    root = tmp_path / "save"
+    models[0].save_pretrained(root)
+
+    def keep_saving():
+        for i in range(1, 16):
+            models[i % 2].save_pretrained(root)
+
+    pid = _in_child(keep_saving)
+    loads, status = 0, None
+    while status is None:
+        _which(root, models)  # never a missing manifest, a hash mismatch or a mixed model
+        loads += 1
+        done, code = os.waitpid(pid, os.WNOHANG)
+        status = code if done else None
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert loads >= 2  # loads overlapped the writer's saves; each one above was a complete save
