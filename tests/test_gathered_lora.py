@@ -269,3 +269,18 @@ def test_causal_lm_generate_with_kv_cache_per_row_adapters():
     with bank.activate(None):
         plain = bank.base.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     assert not torch.equal(plain, got)  # the adapters change what is generated
+
+
+@torch.no_grad()
+def test_nested_mixed_batches_restore_the_enclosing_one():
+    bank = toy_bank(3)
+    ids = torch.randint(0, 50, (3, 4), generator=torch.Generator().manual_seed(5))
+    outer_names, inner_names = ["a0", "a1", "a2"], ["a2", BASE, "a0"]
+    with bank.mixed(outer_names):
+        before = bank.base(ids)
+        with bank.mixed(inner_names):
+            inner = bank.base(ids)
+        after = bank.base(ids)  # the outer batch's per-row adapters are back
+    torch.testing.assert_close(inner, per_row(bank, ids, inner_names), atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    assert not any("forward" in m.__dict__ for m in bank.base.modules())

@@ -355,3 +355,14 @@ def test_model_kwargs_reach_from_pretrained_and_qlora_needs_bitsandbytes(tmp_pat
         assert quantization_config("4bit").load_in_4bit
     with pytest.raises(UnsupportedBackboneError, match="quantization must be one of"):
         quantization_config("3bit")
+
+
+def test_one_question_through_different_adapters_per_row(gen):
+    """Rows sharing a question but not an adapter (e.g. routed rows and the shared fallback): one prefix pass
+    and one answer pass with per-row adapters, equal to each adapter's own call."""
+    images = _images(3)
+    pixel_values = gen.preprocess(images)
+    mixed = gen.probs_mixed(pixel_values, ["organ", "organ", "organ"], ["organ", None, "cxr"])
+    for i, adapter in enumerate(["organ", "base", "cxr"]):
+        own = gen.predict_proba(images[i : i + 1], domain="organ", adapter=adapter)[0]
+        torch.testing.assert_close(mixed[i], own, atol=1e-5, rtol=0)

@@ -290,6 +290,7 @@ def gathered_lora(
     names = list(adapter_names)
     distinct = sorted({n for n in names if n != BASE})
     swapped: list[LoraLayer] = []
+    outer = {id(layer): layer.__dict__["forward"] for layer in layers.values() if "forward" in layer.__dict__}
     fallback: dict[str, LoraLayer] = {}
     report = MixedReport(path="none")
     for path, layer in layers.items():
@@ -329,5 +330,8 @@ def gathered_lora(
         with peft_fallback(fallback):
             yield report
     finally:
-        for layer in swapped:
-            del layer.forward
+        for layer in swapped:  # an enclosing mixed batch's forward (nested contexts) comes back, else the class's
+            if id(layer) in outer:
+                layer.forward = outer[id(layer)]
+            else:
+                del layer.forward

@@ -300,24 +300,24 @@ class GenerativeScorer(Scorer):
         with self._adapter_context(adapters):
             out = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), **self._image_inputs(pixel_values),
                              **extra, use_cache=longest > 1, logits_to_keep=1)
-            first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (n, V): predicts each answer's first token
-            scores = first[:, answers[:, 0]]  # (n, K)
-            if longest > 1:
-                cache = out.cache
-                cache.batch_repeat_interleave(k)
-                steps = answers[:, :-1].repeat(n, 1)  # (n*K, T-1): answer tokens that predict the next ones
-                mask = torch.ones(n * k, ctx.shape[1] + longest - 1, dtype=torch.long, device=device)
-                types = {}
-                if encoded.context_types is not None:
-                    types["token_type_ids"] = torch.full_like(steps, encoded.answer_type)
-                rows = [a for a in adapters for _ in range(k)]
-                with self._adapter_context(rows):
-                    more = self.model(input_ids=steps, attention_mask=mask, cache=cache, use_cache=True, **types).logits
-                logp = F.log_softmax(more.float(), dim=-1)  # (n*K, T-1, V)
-                targets = answers[:, 1:].repeat(n, 1)
-                picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n*K, T-1)
-                valid = (torch.arange(longest - 1, device=device).unsqueeze(0) < (lengths - 1).repeat(n).unsqueeze(1))
-                scores = scores + (picked * valid).sum(-1).view(n, k)
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (n, V): predicts each answer's first token
+        scores = first[:, answers[:, 0]]  # (n, K)
+        if longest > 1:
+            cache = out.cache
+            cache.batch_repeat_interleave(k)
+            steps = answers[:, :-1].repeat(n, 1)  # (n*K, T-1): answer tokens that predict the next ones
+            mask = torch.ones(n * k, ctx.shape[1] + longest - 1, dtype=torch.long, device=device)
+            types = {}
+            if encoded.context_types is not None:
+                types["token_type_ids"] = torch.full_like(steps, encoded.answer_type)
+            rows = [a for a in adapters for _ in range(k)]
+            with self._adapter_context(rows):
+                more = self.model(input_ids=steps, attention_mask=mask, cache=cache, use_cache=True, **types).logits
+            logp = F.log_softmax(more.float(), dim=-1)  # (n*K, T-1, V)
+            targets = answers[:, 1:].repeat(n, 1)
+            picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n*K, T-1)
+            valid = (torch.arange(longest - 1, device=device).unsqueeze(0) < (lengths - 1).repeat(n).unsqueeze(1))
+            scores = scores + (picked * valid).sum(-1).view(n, k)
         if self.length_normalize:
             scores = scores / lengths.to(scores.dtype)
         return scores
