@@ -132,6 +132,26 @@ class BackboneFamily(ABC):
     def vision_tower(self, model: nn.Module) -> nn.Module:
         """The image tower: called with ``pixel_values=`` and ``output_hidden_states=True``."""
 
+    def vision_states(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frozen image-tower features the router reads: ``(N, C)`` pooled features and the hidden
+        states, each a token sequence ``(N, T, C)`` or a CNN feature map ``(N, C, H, W)``.
+
+        Towers without ``hidden_states`` (or that refuse to return them) give their last state only.
+        """
+        tower = self.vision_tower(model)
+        try:
+            out = tower(pixel_values=pixel_values, output_hidden_states=True)
+        except ValueError:  # e.g. a timm model without forward_intermediates
+            out = tower(pixel_values=pixel_values)
+        states = [s for s in (getattr(out, "hidden_states", None) or ()) if isinstance(s, torch.Tensor)]
+        if not states:
+            states = [out.last_hidden_state]
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            last = states[-1]
+            pooled = last.flatten(2).mean(-1) if last.dim() == 4 else last.mean(1)
+        return (pooled.flatten(2).mean(-1) if pooled.dim() > 2 else pooled), states
+
     def vision_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The ``(N, C, H, W)`` images the image tower reads, from what :meth:`preprocess` returned."""
         return pixel_values
