@@ -98,7 +98,7 @@ def _tower_blocks(model: "ContinualVLM", pixel_values: torch.Tensor, spec: Featu
 @torch.no_grad()
 def router_features(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec(), batch_size: int = 256) -> torch.Tensor:
     """``(N, d)`` float64 routing features of preprocessed images through the frozen vision tower."""
-    dtype, device = model.base_model.dtype, model.scorer.device
+    dtype, device = model.scorer.dtype, model.scorer.device
     pixel_values = model.family.vision_pixels(pixel_values)
     out = []
     with model.adapters.frozen_base():  # the frozen base, never an adapter

@@ -54,6 +54,8 @@ def test_cnn_tower_default_lora_targets_last_stage_and_projection(tower):
     # the last layers of the tower, in module order
     dense = [n for n, m in modules.items() if n.startswith("vision_model.") and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and getattr(m, "groups", 1) == 1]
     assert tower_targets == dense[-4:]
+    model.add_domain("d", ["a", "b"], "an image of {}.")  # the same targets once peft has wrapped them
+    assert model.family.default_lora_targets(model.base_model) == targets
 
 
 def test_vit_tower_keeps_attention_targets_and_vpt():

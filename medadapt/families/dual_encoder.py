@@ -320,7 +320,7 @@ class DualEncoderScorer(Scorer):
         with ExitStack() as stack:
             stack.enter_context(self.adapters.active(loras))
             stack.enter_context(self.hooks.vision(prompt.visual if prompt is not None else None))
-            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
+            pixel_values = pixel_values.to(self.device, dtype=self.dtype)
             out = self.towers.image_embeds(self.model, pixel_values)
         return F.normalize(out.float(), dim=-1)
 
@@ -347,7 +347,7 @@ class DualEncoderScorer(Scorer):
                 out[rows] = self.image_features(pixel_values[index], None if row_names[0] == BASE else row_names[0])
                 continue
             with self.adapters.lora.mixed(row_names):
-                pv = pixel_values[index].to(self.device, dtype=self.model.dtype)
+                pv = pixel_values[index].to(self.device, dtype=self.dtype)
                 feats = self.towers.image_embeds(self.model, pv)
             out[rows] = F.normalize(feats.float(), dim=-1)
         return out

@@ -96,12 +96,19 @@ def image_tower_lora_targets(model: nn.Module, tower_attr: str = "vision_model",
     tower = getattr(model, tower_attr)
     dense = []
     for name, module in tower.named_modules():
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):  # a LoRA already injected: its own A/B layers
+            continue
+        if parts[-1] == "base_layer":  # a layer peft already wraps: target the wrapper's name
+            name = name.rsplit(".", 1)[0]
         if isinstance(module, nn.Conv2d) and module.groups == 1:
             dense.append(name)
         elif isinstance(module, nn.Linear) and not name.endswith(("classifier", "fc", "head")):
             dense.append(name)
+    dense = list(dict.fromkeys(dense))
     targets = [f"{tower_attr}.{n}" for n in dense[-CNN_LORA_LAYERS:]]
-    if isinstance(getattr(model, projection, None), nn.Linear):
+    head = getattr(model, projection, None)
+    if isinstance(getattr(head, "base_layer", head), nn.Linear):
         targets.append(projection)
     return targets
 
