@@ -17,21 +17,13 @@ from medadapt.errors import AdapterError, UnsupportedBackboneError
 
 from . import tower_checks as checks
 
-pytestmark = pytest.mark.vision_extra
+pytestmark = [pytest.mark.vision_extra, pytest.mark.usefixtures("core_single_thread")]
 
 TINY_CFG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,8 @@ from medadapt.tiny import tiny_tower_dual_encoder
 from . import tower_checks as checks
 
 CNN_TOWERS = ["resnet", "convnext", "efficientnet"]
+pytestmark = pytest.mark.usefixtures("core_single_thread")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def factory(tower: str):
