@@ -219,6 +219,8 @@ class OpenClipFamily(DualEncoderFamily):
         config = model.config
         blob = {"model_cfg": config.model_cfg, "preprocess_cfg": config.preprocess_cfg}
         atomic_write_bytes(Path(folder) / CONFIG_NAME, (json.dumps(blob, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        # config.json too (model_type "open_clip"): every saved base has one; open_clip_config.json decides the loader
+        atomic_write_bytes(Path(folder) / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
 
     def manifest_fields(self, backbone: "Backbone") -> dict[str, Any]:
