@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedBackboneError
-from .families import BackboneFamily, Preprocessing, family_for_model_type, supported_families
+from .families import BackboneFamily, Preprocessing, family_for_model, family_for_model_type, family_for_source, supported_families
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,14 @@ def backbone_from_model(
     """Wrap an already-built transformers model plus its processor (or tokenizer + image processor)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None:
+        other = family_for_model(model)
+        hint = (
+            f" It is a {other.name} model: wrap it with medadapt.families.open_clip_backbone(model, model_cfg, tokenizer, "
+            "preprocess) or load it with ContinualVLM.from_base('hf-hub:...' or a folder)."
+            if other is not None else ""
+        )
         raise UnsupportedBackboneError(
-            f"{type(model).__name__} has no transformers config; pass a transformers model. "
+            f"{type(model).__name__} has no transformers config; pass a transformers model.{hint} "
             f"Supported families: {'; '.join(supported_families())}."
         )
     family = family_for_model_type(model_type)
@@ -168,6 +174,10 @@ def load_backbone(
     ``model_kwargs`` go to the model's ``from_pretrained`` only (quantization, device map...)."""
     from transformers import AutoConfig
 
+    own = family_for_source(source)  # a family that loads its bases itself (open_clip's "hf-hub:" repos)
+    if own is not None:
+        return own.load(source, revision=revision, torch_dtype=torch_dtype, **hub_kwargs)
+
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     family = family_for_model_type(config.model_type)
     # safetensors only: transformers refuses pickled (.bin) weights instead of unpickling them
@@ -188,13 +198,5 @@ def save_backbone(backbone: Backbone, folder: str) -> None:
         for key, value in backbone.model.state_dict().items()
         if "lora_" not in key
     }
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        backbone.model.save_pretrained(folder, state_dict=state)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+    backbone.family.save_weights(backbone.model, folder, state)
     backbone.family.save_preprocessing(backbone.preprocessing, folder)

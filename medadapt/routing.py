@@ -68,7 +68,10 @@ class FeatureSpec:
 
 
 def _token_blocks(hidden: torch.Tensor, groups: int) -> list[torch.Tensor]:
-    """Token mean and upper-triangular token covariance of one hidden state ``(N, T, C)``."""
+    """Token mean and upper-triangular token covariance of one hidden state ``(N, T, C)``; a CNN
+    feature map ``(N, C, H, W)`` counts its ``H * W`` positions as tokens."""
+    if hidden.dim() == 4:
+        hidden = hidden.flatten(2).transpose(1, 2)
     if hidden.shape[-1] > groups:
         hidden = F.adaptive_avg_pool1d(hidden, groups)
     mean = hidden.mean(1)
@@ -84,10 +87,8 @@ def detail_band(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values - F.interpolate(coarse, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _tower_blocks(tower: torch.nn.Module, pixel_values: torch.Tensor, spec: FeatureSpec) -> list[torch.Tensor]:
-    result = tower(pixel_values=pixel_values, output_hidden_states=True)
-    states = result.hidden_states
-    pooled = result.pooler_output if getattr(result, "pooler_output", None) is not None else states[-1].mean(1)
+def _tower_blocks(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec) -> list[torch.Tensor]:
+    pooled, states = model.family.vision_states(model.base_model, pixel_values)
     blocks = [pooled.flatten(1)]
     for layer in spec.layers(len(states)):
         blocks += _token_blocks(states[layer].float(), spec.channel_groups)
@@ -97,15 +98,14 @@ def _tower_blocks(tower: torch.nn.Module, pixel_values: torch.Tensor, spec: Feat
 @torch.no_grad()
 def router_features(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec(), batch_size: int = 256) -> torch.Tensor:
     """``(N, d)`` float64 routing features of preprocessed images through the frozen vision tower."""
-    tower = model.vision_tower
-    dtype, device = model.base_model.dtype, model.scorer.device
+    dtype, device = model.scorer.dtype, model.scorer.device
     pixel_values = model.family.vision_pixels(pixel_values)
     out = []
     with model.adapters.frozen_base():  # the frozen base, never an adapter
         for start in range(0, pixel_values.shape[0], batch_size):
             chunk = pixel_values[start : start + batch_size].to(device, dtype=torch.float32)
             views = [chunk, detail_band(chunk)] if spec.detail else [chunk]
-            blocks = [b for view in views for b in _tower_blocks(tower, view.to(dtype), spec)]
+            blocks = [b for view in views for b in _tower_blocks(model, view.to(dtype), spec)]
             out.append(torch.cat([F.normalize(b.double(), dim=-1) for b in blocks], dim=1).cpu())
     return torch.cat(out)
 

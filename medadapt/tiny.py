@@ -121,3 +121,60 @@ def tiny_base(name: str, seed: int = 0) -> Backbone:
     if family not in TINY_SOURCE:
         raise ValueError(f"unknown tiny base {name!r}; built in: {tiny_names()}")
     return tiny_backbone(family, seed=seed)
+
+
+TINY_TOWERS = ("resnet", "convnext", "efficientnet", "vit", "timm-resnet")
+
+
+def tiny_tower_dual_encoder(tower: str = "resnet", seed: int = 0, image_size: int = 32, hidden: int = 32) -> Backbone:
+    """A ``VisionTextDualEncoderModel`` with a tiny image tower of kind ``tower`` and a 1-layer BERT
+    text tower, built from config with random weights (see :data:`TINY_TOWERS`).
+
+    ``"timm-resnet"`` is a timm ``resnet10t`` created with ``pretrained=False`` and wrapped as
+    ``TimmWrapperModel`` (needs timm, so torchvision: the ``open_clip`` extra).
+    """
+    _quiet_transformers()
+    from transformers import (
+        AutoModel,
+        BertConfig,
+        BertModel,
+        ConvNextConfig,
+        EfficientNetConfig,
+        ResNetConfig,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    from .families.towers import dual_encoder_from_towers
+
+    tokenizer = byte_level_tokenizer(64)
+    text_config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=64, pad_token_id=0,
+    )
+    configs = {
+        "resnet": lambda: ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+        "convnext": lambda: ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=2),
+        "efficientnet": lambda: EfficientNetConfig(image_size=image_size, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128),
+        "vit": lambda: ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=hidden * 2, image_size=image_size, patch_size=8),
+    }
+    if tower not in configs and tower != "timm-resnet":
+        raise ValueError(f"tiny towers: {TINY_TOWERS}, not {tower!r}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if tower == "timm-resnet":
+            from transformers import TimmWrapperConfig, TimmWrapperModel
+
+            vision = TimmWrapperModel(TimmWrapperConfig(architecture="resnet10t", num_classes=0, do_pooling=True))
+        else:
+            vision = AutoModel.from_config(configs[tower]())
+        with torch.no_grad():  # torch's default init: transformers' small normal init vanishes in a tiny CNN
+            for module in vision.modules():
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)):
+                    module.reset_parameters()
+        model = dual_encoder_from_towers(vision, BertModel(text_config), projection_dim=hidden, logit_scale_init_value=4.6052)
+    finally:
+        torch.random.set_rng_state(state)
+    image_processor = ViTImageProcessor(size={"height": image_size, "width": image_size})
+    return backbone_from_model(model, tokenizer=tokenizer, image_processor=image_processor, source=None)

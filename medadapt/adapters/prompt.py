@@ -106,14 +106,14 @@ class PromptHooks:
     untouched outside medadapt's own calls.
     """
 
-    def __init__(self, text_embedding: nn.Module, vision_embeddings: nn.Module, vision_has_cls: bool) -> None:
+    def __init__(self, text_embedding: nn.Module, vision_embeddings: nn.Module | None, vision_has_cls: bool) -> None:
+        """``vision_embeddings`` is ``None`` for an image tower without a patch sequence (a CNN): no VPT hook."""
         self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self._vision: torch.Tensor | None = None
         self._has_cls = vision_has_cls
-        self._handles = [
-            text_embedding.register_forward_hook(self._text_hook),
-            vision_embeddings.register_forward_hook(self._vision_hook),
-        ]
+        self._handles = [text_embedding.register_forward_hook(self._text_hook)]
+        if vision_embeddings is not None:
+            self._handles.append(vision_embeddings.register_forward_hook(self._vision_hook))
 
     def _text_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self._text is None:

@@ -59,6 +59,14 @@ class Scorer(ABC):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base's floating-point dtype (``model.dtype`` for transformers models; any nn.Module here)."""
+        dtype = getattr(self.model, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
     @abstractmethod
     def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
         """``(N, num_labels)`` logits of a batch of one domain through ``adapter``; differentiable.
@@ -132,6 +140,26 @@ class BackboneFamily(ABC):
     def vision_tower(self, model: nn.Module) -> nn.Module:
         """The image tower: called with ``pixel_values=`` and ``output_hidden_states=True``."""
 
+    def vision_states(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frozen image-tower features the router reads: ``(N, C)`` pooled features and the hidden
+        states, each a token sequence ``(N, T, C)`` or a CNN feature map ``(N, C, H, W)``.
+
+        Towers without ``hidden_states`` (or that refuse to return them) give their last state only.
+        """
+        tower = self.vision_tower(model)
+        try:
+            out = tower(pixel_values=pixel_values, output_hidden_states=True)
+        except ValueError:  # e.g. a timm model without forward_intermediates
+            out = tower(pixel_values=pixel_values)
+        states = [s for s in (getattr(out, "hidden_states", None) or ()) if isinstance(s, torch.Tensor)]
+        if not states:
+            states = [out.last_hidden_state]
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            last = states[-1]
+            pooled = last.flatten(2).mean(-1) if last.dim() == 4 else last.mean(1)
+        return (pooled.flatten(2).mean(-1) if pooled.dim() > 2 else pooled), states
+
     def vision_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The ``(N, C, H, W)`` images the image tower reads, from what :meth:`preprocess` returned."""
         return pixel_values
@@ -142,6 +170,35 @@ class BackboneFamily(ABC):
 
     @abstractmethod
     def make_scorer(self, backbone: "Backbone", adapters: "AdapterSet") -> Scorer: ...
+
+    # -- bases that are not transformers models (e.g. open_clip) -----------------------------------
+    def claims_source(self, source: str) -> bool:
+        """Whether this family loads ``source`` itself (:meth:`load`) instead of transformers' Auto classes."""
+        return False
+
+    def recognizes(self, model: nn.Module) -> bool:
+        """Whether ``model``, built without a transformers config, belongs to this family."""
+        return False
+
+    def load(self, source: str, revision: str | None = None, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any) -> "Backbone":
+        """Load a base this family claims (see :meth:`claims_source`)."""
+        raise UnsupportedBackboneError(f"the {self.name!r} family loads through transformers' Auto classes.")
+
+    def save_weights(self, model: nn.Module, folder: str, state: dict[str, torch.Tensor]) -> None:
+        """Write the base's weights (``state``: without adapter tensors) and config into ``folder``."""
+        from transformers.utils import logging as hf_logging
+
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model.save_pretrained(folder, state_dict=state)
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
+
+    def manifest_fields(self, backbone: "Backbone") -> dict[str, Any]:
+        """Extra facts about the base recorded in a save's manifest (``base`` section)."""
+        return {}
 
     def attach(self, backbone: "Backbone") -> None:
         """Hook into a freshly wrapped base (e.g. prompt hooks); called once per model."""
@@ -177,6 +234,22 @@ def family_for_model_type(model_type: str) -> BackboneFamily:
     raise UnsupportedBackboneError(
         f"model_type {model_type!r} is not a supported backbone. Supported families: {'; '.join(supported_families())}."
     )
+
+
+def family_for_source(source: str) -> BackboneFamily | None:
+    """The family that loads ``source`` itself (e.g. ``hf-hub:`` open_clip repos), or ``None``."""
+    for family in _FAMILIES.values():
+        if family.claims_source(source):
+            return family
+    return None
+
+
+def family_for_model(model: nn.Module) -> BackboneFamily | None:
+    """The family recognising a model built without a transformers config, or ``None``."""
+    for family in _FAMILIES.values():
+        if family.recognizes(model):
+            return family
+    return None
 
 
 def family_by_name(name: str) -> BackboneFamily:

@@ -22,6 +22,7 @@ from ..adapters.prompt import PLACEHOLDER, PromptAdapter, PromptConfig, PromptHo
 from ..errors import AdapterError, UnsupportedBackboneError
 from ..images import preprocess as preprocess_images
 from .base import AdapterRef, BackboneFamily, Preprocessing, Scorer, register_family
+from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters.registry import AdapterSet
@@ -29,16 +30,40 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..domains import Domain
 
 
+def _hf_image_embeds(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    return model.get_image_features(pixel_values=pixel_values).pooler_output
+
+
+def _hf_text_embeds(model: nn.Module, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model.get_text_features(**tokens).pooler_output
+
+
+def _projection_dim(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
+
+
 @dataclass(frozen=True)
 class TowerSpec:
-    """Where one dual-encoder architecture keeps what medadapt hooks into."""
+    """Where one dual-encoder architecture keeps what medadapt hooks into, and how it embeds.
+
+    ``vision_embeddings`` returns ``None`` when the image tower has no patch sequence (a CNN):
+    visual prompt tokens are then refused. ``image_embeds`` / ``text_embeds`` return unnormalised
+    embeddings in the shared space; ``lora_targets`` the default peft ``target_modules``.
+    """
 
     model_class: Callable[[], type]
     text_token_embedding: Callable[[nn.Module], nn.Module]
-    vision_embeddings: Callable[[nn.Module], nn.Module]
+    vision_embeddings: Callable[[nn.Module], nn.Module | None]
     vision_has_cls: Callable[[nn.Module], bool]
     pad_to_max_length: bool = False
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_targets: Callable[[nn.Module], list[str] | str] = lambda m: ["q_proj", "v_proj"]
+    image_tower: Callable[[nn.Module], nn.Module] = lambda m: m.vision_model
+    image_embeds: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _hf_image_embeds
+    text_embeds: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = _hf_text_embeds
+    embed_dim: Callable[[nn.Module], int] = _projection_dim
+    vision_width: Callable[[nn.Module], int] = lambda m: int(m.config.vision_config.hidden_size)
+    vpt_towers: str = "ViT-like image towers (CLIP, SigLIP, a VisionTextDualEncoder with a ViT tower)"
 
 
 class DualEncoderFamily(BackboneFamily):
@@ -83,10 +108,11 @@ class DualEncoderFamily(BackboneFamily):
         return preprocess_images(images, backbone.image_processor)
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
-        return model.vision_model
+        return self.towers.image_tower(model)
 
-    def default_lora_targets(self, model: nn.Module) -> list[str]:
-        return list(self.towers.lora_targets)
+    def default_lora_targets(self, model: nn.Module) -> list[str] | str:
+        targets = self.towers.lora_targets(model)
+        return targets if isinstance(targets, str) else list(targets)
 
     def make_scorer(self, backbone: "Backbone", adapters: "AdapterSet") -> "DualEncoderScorer":
         return DualEncoderScorer(backbone, adapters, self)
@@ -116,9 +142,34 @@ def _hf_input_embeddings(text_model: nn.Module) -> nn.Module:
     return text_model.embeddings.token_embedding
 
 
-def _has_cls(model: nn.Module) -> bool:
-    embeddings = model.vision_model.embeddings
+def _vtde_vision_embeddings(model: nn.Module) -> nn.Module | None:
+    return model.vision_model.embeddings if tower_kind(model.vision_model) == SEQUENCE else None
+
+
+def _vtde_has_cls(model: nn.Module) -> bool:
+    embeddings = _vtde_vision_embeddings(model)
     return getattr(embeddings, "cls_token", None) is not None or getattr(embeddings, "class_embedding", None) is not None
+
+
+def _vtde_image_embeds(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower's own pooled features (any tower, see :mod:`.towers`), then ``visual_projection``."""
+    tower = model.vision_model
+    return model.visual_projection(pooled_features(tower, tower(pixel_values=pixel_values)))
+
+
+_TEXT_TARGETS = ["query", "value", "q_proj", "v_proj"]
+
+
+def _vtde_lora_targets(model: nn.Module) -> list[str]:
+    """Attention q/v of both towers for a ViT-like image tower; for a CNN or timm tower the text
+    tower's q/v plus the image tower's last-stage layers and ``visual_projection`` (see :mod:`.towers`)."""
+    if tower_kind(model.vision_model) == SEQUENCE:
+        return list(_TEXT_TARGETS)
+    return list(_TEXT_TARGETS) + image_tower_lora_targets(model)
+
+
+def _vtde_vision_width(model: nn.Module) -> int:
+    return int(getattr(model.config.vision_config, "hidden_size", 0) or 0)
 
 
 CLIP = register_family(DualEncoderFamily("clip", ("clip",), TowerSpec(
@@ -137,9 +188,11 @@ SIGLIP = register_family(DualEncoderFamily("siglip", ("siglip",), TowerSpec(
 VISION_TEXT_DUAL_ENCODER = register_family(DualEncoderFamily("vision-text-dual-encoder", ("vision-text-dual-encoder",), TowerSpec(
     model_class=_dual_encoder_model_class,
     text_token_embedding=lambda m: _hf_input_embeddings(m.text_model),
-    vision_embeddings=lambda m: m.vision_model.embeddings,
-    vision_has_cls=_has_cls,
-    lora_targets=("query", "value", "q_proj", "v_proj"),
+    vision_embeddings=_vtde_vision_embeddings,
+    vision_has_cls=_vtde_has_cls,
+    lora_targets=_vtde_lora_targets,
+    image_embeds=_vtde_image_embeds,
+    vision_width=_vtde_vision_width,
 )))
 
 
@@ -216,7 +269,14 @@ class DualEncoderScorer(Scorer):
         cfg = PromptConfig.from_dict(config.to_dict())
         text_embedding = self.towers.text_token_embedding(self.model)
         cfg.text_dim = int(text_embedding.weight.shape[1])
-        cfg.vision_dim = int(self.model.config.vision_config.hidden_size)
+        if cfg.n_visual_tokens and self.towers.vision_embeddings(self.model) is None:
+            raise AdapterError(
+                f"visual prompt tokens (PromptConfig.n_visual_tokens={cfg.n_visual_tokens}) need an image tower with a "
+                f"patch sequence; this {self.backbone.family.name!r} base's image tower "
+                f"({type(self.towers.image_tower(self.model)).__name__}) has none. VPT is supported on "
+                f"{self.towers.vpt_towers}; use n_visual_tokens=0 (text-side prompt context) or a LoRA adapter here."
+            )
+        cfg.vision_dim = self.towers.vision_width(self.model)
         prefix, _ = split_template(template)
         if cfg.ctx_init == "template" and prefix:
             cfg.ctx_text = prefix
@@ -260,8 +320,8 @@ class DualEncoderScorer(Scorer):
         with ExitStack() as stack:
             stack.enter_context(self.adapters.active(loras))
             stack.enter_context(self.hooks.vision(prompt.visual if prompt is not None else None))
-            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
-            out = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+            pixel_values = pixel_values.to(self.device, dtype=self.dtype)
+            out = self.towers.image_embeds(self.model, pixel_values)
         return F.normalize(out.float(), dim=-1)
 
     def image_features_mixed(self, pixel_values: torch.Tensor, adapters: Sequence[AdapterRef]) -> torch.Tensor:
@@ -287,14 +347,13 @@ class DualEncoderScorer(Scorer):
                 out[rows] = self.image_features(pixel_values[index], None if row_names[0] == BASE else row_names[0])
                 continue
             with self.adapters.lora.mixed(row_names):
-                pv = pixel_values[index].to(self.device, dtype=self.model.dtype)
-                feats = self.model.get_image_features(pixel_values=pv).pooler_output
+                pv = pixel_values[index].to(self.device, dtype=self.dtype)
+                feats = self.towers.image_embeds(self.model, pv)
             out[rows] = F.normalize(feats.float(), dim=-1)
         return out
 
     def _embed_dim(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
+        return self.towers.embed_dim(self.model)
 
     # -- texts -----------------------------------------------------------------------------------
     def text_features(self, texts: list[str], adapter: AdapterRef = None) -> torch.Tensor:
@@ -307,7 +366,7 @@ class DualEncoderScorer(Scorer):
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         if self.towers.pad_to_max_length:
             tokens.pop("attention_mask", None)  # SigLIP is trained without a text attention mask
-        out = self.model.get_text_features(**tokens).pooler_output
+        out = self.towers.text_embeds(self.model, tokens)
         return F.normalize(out.float(), dim=-1)
 
     def _vision_ids(self) -> set[int]:

@@ -67,6 +67,7 @@ def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], b
             "weights_fingerprint": backbone.fingerprints["weights"],
             "saved_in": BASE_FOLDER if base_files else None,
             "files": base_files or {},
+            **backbone.family.manifest_fields(backbone),
         },
         "domains": [model.domains[n].to_dict() for n in model.stage_order if n in model.domains],
         "shared": [{"name": n, "adapter_type": model.shared[n]} for n in model.stage_order if n in model.shared],
