@@ -3,7 +3,6 @@ ConvNeXt, EfficientNet (CNNs), a ViT, and a timm model wrapped as TimmWrapperMod
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
