@@ -251,9 +251,11 @@ def generative_forgetting(data: dict[str, Any]) -> str:
     labels = {r["key"]: r["label"] for r in data["rows"]}
     rows = []
     for key, cells in diag.items():
-        for d, c in cells.items():
+        for d in [d for d in data["domains"] if d in cells]:
+            c = cells[d]
             share = (f"{c['predicted_majority_share']:.2f} '{c['majority_label']}' (test {c['test_majority_share']:.2f})"
-                     if "predicted_majority_share" in c else "")
+                     if "predicted_majority_share" in c else
+                     ", ".join(f"{n:.2f} '{a}'" for a, n in c.get("top_answers", [])) + " (top answer per seed)" if c.get("top_answers") else "")
             rows.append([labels.get(key, key), d, f"{c['just_learned']:.3f}", f"{c['final']:.3f}", f"{c['drop']:+.3f}", f"{c['prior']:.3f}", share])
     return table(["run", "task", "right after learning it", "after the last stage", "drop", "prior", "final share of majority answer"], rows) if rows else ""
 
@@ -291,7 +293,8 @@ def render_generative_paradigms(data: dict[str, Any], full: bool = True) -> str:
             "", "### What is forgotten",
             "",
             "Main metric of each task right after its own stage and after the last stage (means over seeds); for closed "
-            "tasks, how often the final adapter answers the majority label, against its share in the test split.",
+            "tasks, how often the final adapter answers the majority label, against its share in the test split; for the "
+            "open task, the final adapter's most common generated answer and how often it gives it.",
             "", forgetting,
         ]
     notes = data.get("row_notes") or {}

@@ -328,6 +328,20 @@ def train(config: dict[str, Any], accelerator: Any) -> dict[str, Any]:
     return ContinualTrainer(cfg, overwrite=True, accelerator=accelerator, progress=False).run()
 
 
+def finished_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The results of a finished run in ``run_dir`` trained with exactly ``config`` (same fingerprint), else None.
+
+    Lets seeds be trained by separate processes (``--seeds 1 --reuse-runs`` each) and collected by one."""
+    from medadapt.training.config import load_config
+
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if run.get("fingerprint") == load_config(None, defaults=config).fingerprint() else None
+
+
 def evaluate_run(run_dir: Path, adapters: dict[str, Any] | Callable[[Any, Path], dict[str, Any]], batch_size: int = 256) -> dict[str, dict[str, float]]:
     """Score a trained run's saved model on its domains' test splits.
 
@@ -469,6 +483,7 @@ class Bench:
     sensitivity_seeds: list[int]
     accelerator: Any
     suite: Suite = SUITES["dual-encoder"]
+    reuse: bool = False  # take a finished run from its run dir when its config fingerprint matches
     results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -480,7 +495,7 @@ class Bench:
         if key not in self.results:
             out = self.run_dir(variant, seed)
             cfg = merge(self.config, {**overrides, "seed": seed, "output_dir": str(out)})
-            results = train(cfg, self.accelerator)
+            results = (self.reuse and finished_run(cfg, out)) or train(cfg, self.accelerator)
             self.results[key] = results
             self.log(
                 f"  seed {seed} {variant:<24} ACC {results['acc']:.3f}  BWT {results['bwt']:+.3f}  "
@@ -597,7 +612,7 @@ def quality_bar(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     return {**QUALITY_BAR, "on": "means over seeds; seeds_passing counts seeds meeting all three on their own", "checks": checks}
 
 
-def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any], domains: list[str]) -> dict[str, Any]:
     """What each continual row forgets, per domain: main metric right after learning it, at the end,
     the drop, and (closed tasks) the share of the majority label among the final predictions against
     the test split's own share, so that a forgotten task reads as "collapsed to one answer" or not."""
@@ -606,7 +621,7 @@ def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any]) -> di
         if row["key"] not in ("continual_naive", "continual_rehearsal", "rehearsal") or not row["summary"].get("accuracy_matrix_mean"):
             continue
         matrix, cells = row["summary"]["accuracy_matrix_mean"], {}
-        for j, d in enumerate(row["summary"]["final_accuracy"]):
+        for j, d in enumerate(domains):
             cell = {"just_learned": matrix[j][j], "final": matrix[-1][j], "drop": matrix[j][j] - matrix[-1][j],
                     "prior": info[d]["majority_baseline_accuracy"]}
             share = row["summary"].get("predicted_share", {}).get(d)
@@ -616,6 +631,9 @@ def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any]) -> di
                 cell["majority_label"] = major
                 cell["predicted_majority_share"] = share[major]["mean"]
                 cell["test_majority_share"] = counts[info[d]["labels"].index(major)] / max(sum(counts), 1)
+            tops = [s["final"][d]["top_answers"][0] for s in row["per_seed"] if s["final"][d].get("top_answers")]
+            if tops:  # open task: the final adapter's most common answer, per seed, with its share of the test split
+                cell["top_answers"] = [[a, n / max(s["final"][d]["n"], 1)] for (a, n), s in zip(tops, row["per_seed"])]
             cells[d] = cell
         out[row["key"]] = cells
     return out
@@ -651,6 +669,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=None, help="where training runs go (default benchmarks/runs/paradigms[-quick])")
     p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="rehearsal memory sizes for the sensitivity table")
     p.add_argument("--sensitivity-seeds", type=int, nargs="+", default=None, help="seeds for the sensitivity table (default: --seeds)")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="use finished runs found in the runs dir with the same config instead of retraining them")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the docstring)")
     return p.parse_args(argv)
 
@@ -679,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir or (suite.runs.with_name(suite.runs.name + "-quick") if args.quick else suite.runs)
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
     print(f"paradigm benchmark: seeds {seeds}, runs in {runs_dir}, model {config.get('model')}")
-    bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()), suite)
+    bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()), suite, args.reuse_runs)
     info = domain_info(config)
     rows = bench.rows()
     sensitivity = bench.sensitivity() if suite.sensitivity else None
@@ -706,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality_bar": quality_bar(rows, seeds),
         **({"buffer_sensitivity": sensitivity} if sensitivity is not None else {}),
         **({"cross_domain": cross} if cross is not None else {}),
-        **({"forgetting_diagnosis": forgetting_diagnosis(rows, info)} if suite.name == "generative_paradigms" else {}),
+        **({"forgetting_diagnosis": forgetting_diagnosis(rows, info, [d["name"] for d in config["domains"]])} if suite.name == "generative_paradigms" else {}),
         "environment": environment(args.threads),
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "total_wall_time_s": time.perf_counter() - started,
