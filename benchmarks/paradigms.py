@@ -160,17 +160,7 @@ VIEW_ADAPTER = {"shared": lambda d: "shared", "specialists": lambda d: d}
 
 # the generative family (recipes/configs/vqa_rad.yaml): the paradigms, scored by each task's main metric
 GENERATIVE_VARIANTS = VARIANTS[:5]
-GENERATIVE_ROWS = [
-    Row("specialized", "specialized: one LoRA per task", "specialized", "specialists",
-        "each task keeps its own adapter, so BWT is 0 by construction; needs the task at inference"),
-    Row("joint", "joint: one LoRA on all tasks at once", "joint", "shared",
-        "not continual (all tasks available together): an upper reference for one shared adapter; single stage, so no BWT"),
-    Row("continual_naive", "continual, naive (no rehearsal)", "continual_naive", "shared", "one shared adapter trained task after task"),
-    Row("continual_rehearsal", "continual + rehearsal", "continual_rehearsal", "shared", "the same, replaying the rehearsal memory"),
-    Row("rehearsal", "rehearsal paradigm: shared adapter", "rehearsal", "shared",
-        "the recipe's default: per-task specialists plus a shared adapter trained with rehearsal (this row)"),
-    Row("rehearsal_specialists", "rehearsal paradigm: specialists", "rehearsal", "specialists", "the same runs' per-task adapters"),
-]
+GENERATIVE_ROWS = ROWS[:6]  # the same rows without the previous-memory one (a domain here is a task)
 GENERATIVE_POST_ROWS = [
     PostRow("base", "frozen base, no adapter (zero-shot)", "rehearsal", lambda model, run_dir: {d: "base" for d in model.domains},
             "random-weight backbone: closed tasks near their prior, open answers byte noise"),
