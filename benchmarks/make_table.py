@@ -297,6 +297,11 @@ def render_generative_paradigms(data: dict[str, Any], full: bool = True) -> str:
             "open task, the final adapter's most common generated answer and how often it gives it.",
             "", forgetting,
         ]
+    share = data.get("replay_token_share")
+    if share and share.get("stages"):
+        parts += ["", "Replay's weight in the loss (the causal-LM loss averages over answer tokens, not rows): " + "; ".join(
+            f"stage {d}: replay is {c['replay_row_share']:.0%} of the rows but {c['replay_token_share']:.0%} of the answer tokens "
+            f"({c['replay_answer_tokens']:.1f} vs {c['new_answer_tokens']:.1f} tokens a row)" for d, c in share["stages"].items()) + "."]
     notes = data.get("row_notes") or {}
     if notes and full:
         parts += ["", *[f"- **{label}**: {text}" for label, text in notes.items()]]

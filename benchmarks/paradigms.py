@@ -629,6 +629,45 @@ def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any], domai
     return out
 
 
+def replay_token_share(config: dict[str, Any], sample: int = 400) -> dict[str, Any] | None:
+    """How much of the causal-LM loss replay carries at each stage that replays.
+
+    The generative objective averages the loss over answer tokens, not rows, so a replayed yes/no
+    row (a few tokens) weighs less than a new open-answer row. From each domain's mean answer length
+    (tokenised as in training, up to ``sample`` train samples) and the replay ratio, returns per stage
+    the share of rows and of loss tokens that come from replay (memory mixed in proportion to the
+    earlier domains' train sizes, as a reservoir memory holds them). Built-in tiny models only."""
+    from medadapt.model import ContinualVLM
+    from medadapt.rehearsal import replay_count
+    from medadapt.tiny import tiny_base, tiny_names
+
+    if config.get("model") not in tiny_names() or not config.get("rehearsal", {}).get("size"):
+        return None
+    model = ContinualVLM(tiny_base(config["model"], seed=0))
+    tokens, sizes = {}, {}
+    for dom in config["domains"]:
+        train = test_split(dom).splits["train"]
+        question = dom.get("prompt", "{}").split("{}")[0].strip()
+        n = min(sample, len(train.labels))
+        asked = getattr(train, "questions", None)
+        given = getattr(train, "answers", None)
+        answers = [given[i] if given is not None else dom["labels"][int(train.labels[i])] for i in range(n)]
+        questions = [asked[i] if asked is not None else question for i in range(n)]
+        tokens[dom["name"]] = statistics.fmean(len(model.scorer.encode(q, [a]).answers[0]) for q, a in zip(questions, answers))
+        sizes[dom["name"]] = len(train.labels)
+    batch, ratio = config["train"]["batch_size"], config["rehearsal"]["ratio"]
+    replayed = replay_count(batch, ratio)
+    names = [d["name"] for d in config["domains"]]
+    stages = {}
+    for i, d in enumerate(names[1:], start=1):
+        earlier = names[:i]
+        memory = sum(tokens[e] * sizes[e] for e in earlier) / sum(sizes[e] for e in earlier)
+        stages[d] = {"new_rows": batch, "replay_rows": replayed, "new_answer_tokens": tokens[d], "replay_answer_tokens": memory,
+                     "replay_row_share": replayed / (batch + replayed),
+                     "replay_token_share": replayed * memory / (batch * tokens[d] + replayed * memory)}
+    return {"mean_answer_tokens": tokens, "ratio": ratio, "stages": stages}
+
+
 # -- entry point --------------------------------------------------------------------------------
 def environment(threads: int) -> dict[str, Any]:
     import accelerate
@@ -716,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         "quality_bar": quality_bar(rows, seeds),
         **({"buffer_sensitivity": sensitivity} if sensitivity is not None else {}),
         **({"cross_domain": cross} if cross is not None else {}),
-        **({"forgetting_diagnosis": forgetting_diagnosis(rows, info, [d["name"] for d in config["domains"]])} if suite.name == "generative_paradigms" else {}),
+        **({"forgetting_diagnosis": forgetting_diagnosis(rows, info, [d["name"] for d in config["domains"]]),
+            "replay_token_share": replay_token_share(config)} if suite.name == "generative_paradigms" else {}),
         "environment": environment(args.threads),
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "total_wall_time_s": time.perf_counter() - started,
