@@ -224,7 +224,113 @@ def render_speed(data: dict[str, Any], full: bool = True) -> str:
     return "\n".join([*parts, note]) + "\n"
 
 
+# -- generative_paradigms.json and generative_speed.json -------------------------------------------
+GENERATIVE_TASK_COLUMNS = [("accuracy", "final_accuracy", "main"), ("auroc", "final_auroc", "AUROC")]
+OPEN_METRICS = [("exact_match", "exact match"), ("token_f1", "token F1"), ("bleu1", "BLEU-1")]
+
+
+def generative_task_metrics(data: dict[str, Any]) -> str:
+    """Every per-task metric after the last stage: closed tasks accuracy + AUROC, open tasks recall + EM, F1, BLEU-1."""
+    info = data["domain_info"]
+    header, cells = ["paradigm (evaluated adapter)"], []
+    for d in data["domains"]:
+        if info[d].get("open_ended"):
+            header += [f"{d} recall"] + [f"{d} {name}" for _, name in OPEN_METRICS]
+            cells.append(lambda s, d=d: [pm(s["final_accuracy"].get(d))] + [pm(s.get("final_metrics", {}).get(d, {}).get(k)) for k, _ in OPEN_METRICS])
+        else:
+            header += [f"{d} accuracy", f"{d} AUROC"]
+            cells.append(lambda s, d=d: [pm(s["final_accuracy"].get(d)), pm(s["final_auroc"].get(d))])
+    rows = [[row["label"]] + [c for fn in cells for c in fn(row["summary"])] for row in data["rows"]]
+    ref = ["_reference: majority class / most common answer_"]
+    for d in data["domains"]:
+        m = info[d]
+        ref += [f"{m['majority_baseline_accuracy']:.3f}"] + (
+            [f"{m['majority_baseline_metrics'][k]:.3f}" for k, _ in OPEN_METRICS] if m.get("open_ended") else [""]
+        )
+    return table(header, rows + [ref])
+
+
+def generative_forgetting(data: dict[str, Any]) -> str:
+    diag = data.get("forgetting_diagnosis") or {}
+    labels = {r["key"]: r["label"] for r in data["rows"]}
+    rows = []
+    for key, cells in diag.items():
+        for d in [d for d in data["domains"] if d in cells]:
+            c = cells[d]
+            share = (f"{c['predicted_majority_share']:.2f} '{c['majority_label']}' (test {c['test_majority_share']:.2f})"
+                     if "predicted_majority_share" in c else
+                     ", ".join(f"{n:.2f} '{a}'" for a, n in c.get("top_answers", [])) + " (top answer per seed)" if c.get("top_answers") else "")
+            rows.append([labels.get(key, key), d, f"{c['just_learned']:.3f}", f"{c['final']:.3f}", f"{c['drop']:+.3f}", f"{c['prior']:.3f}", share])
+    return table(["run", "task", "right after learning it", "after the last stage", "drop", "prior", "final share of majority answer"], rows) if rows else ""
+
+
+def render_generative_paradigms(data: dict[str, Any], full: bool = True) -> str:
+    """Markdown for a ``generative_paradigms.json`` (benchmarks/paradigms.py on recipes/configs/vqa_rad.yaml)."""
+    info = data["domain_info"]
+    refs = "; ".join(
+        f"{d}: always '{info[d].get('train_majority_answer') or info[d].get('train_majority_class')}' scores {info[d]['majority_baseline_accuracy']:.3f}"
+        for d in data["domains"]
+    )
+    parts = [
+        "## Generative family: continual-learning paradigms on real medical data" + (" (quick run)" if data.get("quick") else ""),
+        "",
+        "PneumoniaMNIST posed as a yes/no question -> VQA-RAD closed (yes/no) questions -> VQA-RAD open questions "
+        "(free-text answers, generated), learned in that order by one image-text-to-text model. Per-task columns: each "
+        "task's main metric after the last stage (closed: accuracy of the most likely label; open: token recall of the "
+        "greedy answer, \"open accuracy\"). ACC, BWT and forgetting are computed on those main metrics.",
+        "",
+        paradigms_headline(data),
+        "",
+        f"Reference rows use the train split's majority label, or for the open task the constant answer with the best train "
+        f"recall ({refs}).",
+        "",
+        _backbone_line(data),
+        "",
+        _setup_line(data),
+    ]
+    if data.get("quality_bar"):
+        parts += ["", "### Quality bar: rehearsal against naive continual training", "", paradigms_quality_bar(data)]
+    parts += ["", "### Per-task metrics after the last stage", "", generative_task_metrics(data)]
+    forgetting = generative_forgetting(data)
+    if forgetting:
+        parts += [
+            "", "### What is forgotten",
+            "",
+            "Main metric of each task right after its own stage and after the last stage (means over seeds); for closed "
+            "tasks, how often the final adapter answers the majority label, against its share in the test split; for the "
+            "open task, the final adapter's most common generated answer and how often it gives it.",
+            "", forgetting,
+        ]
+    share = data.get("replay_token_share")
+    if share and share.get("stages"):
+        parts += ["", "Replay's weight in the loss (the causal-LM loss averages over answer tokens, not rows): " + "; ".join(
+            f"stage {d}: replay is {c['replay_row_share']:.0%} of the rows but {c['replay_token_share']:.0%} of the answer tokens "
+            f"({c['replay_answer_tokens']:.1f} vs {c['new_answer_tokens']:.1f} tokens a row)" for d, c in share["stages"].items()) + "."]
+    notes = data.get("row_notes") or {}
+    if notes and full:
+        parts += ["", *[f"- **{label}**: {text}" for label, text in notes.items()]]
+    if full:
+        parts += ["", "### Mean accuracy matrices (row = after stage, column = task; main metric)", ""]
+        for row in data["rows"]:
+            matrix = row["summary"].get("accuracy_matrix_mean")
+            if matrix:
+                stages = row.get("stages") or [f"stage {i + 1}" for i in range(len(matrix))]
+                parts += [f"**{row['label']}**", "", table(["after stage", *data["domains"]], [[s] + [f"{v:.3f}" for v in r] for s, r in zip(stages, matrix)]), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render_generative_speed(data: dict[str, Any], full: bool = True) -> str:
+    """Markdown for ``generative_speed.json``: the speed table with the generative title, plus each miss's measured cause."""
+    body = render_speed(data, full).replace("## Speed (CPU)", "## Generative family speed (CPU)", 1)
+    causes = [f"- `{k}`: {t['cause']}" for k, t in (data.get("targets") or {}).items() if t.get("cause")]
+    return body + ("\n" + "\n".join(causes) + "\n" if causes else "")
+
+
+GENERATIVE_RENDERERS = {"generative_paradigms": render_generative_paradigms, "generative_speed": render_generative_speed}
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed}
+RENDERERS.update(GENERATIVE_RENDERERS)
 
 
 def kind_of(path: Path, data: dict[str, Any]) -> str:

@@ -45,6 +45,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # measure this checkout's medadapt, not whichever one is installed
 DEFAULT_CONFIG = REPO / "recipes" / "configs" / "medmnist.yaml"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = HERE / "results" / "paradigms.json"
@@ -63,6 +65,12 @@ BACKBONE_TEXT = {
         "medical VLM (e.g. PubMedCLIP) would reach; compare the paradigms with each other, not with the literature."
     ),
     "tiny-siglip": "`tiny-siglip`, medadapt's built-in 2-layer SigLIP built from config with random weights (no pretrained weights).",
+    "tiny-llava": (
+        "`tiny-llava`, medadapt's built-in 2-layer LLaVA (CLIP vision tower + Llama, hidden size 32, 32x32 input, "
+        "byte-level tokenizer, output head scaled by `LOGIT_SCALE`) built from config with random weights; no pretrained "
+        "and no medical weights. It reads questions and writes answers one byte at a time, so open answers are hard for "
+        "it; compare the paradigms with each other and with the prior (majority) rates, not with the literature."
+    ),
 }
 
 
@@ -150,6 +158,49 @@ POST_ROWS: list[PostRow] = [
 
 VIEW_ADAPTER = {"shared": lambda d: "shared", "specialists": lambda d: d}
 
+# the generative family (recipes/configs/vqa_rad.yaml): the paradigms, scored by each task's main metric
+GENERATIVE_VARIANTS = VARIANTS[:5]
+GENERATIVE_ROWS = ROWS[:6]  # the same rows without the previous-memory one (a domain here is a task)
+GENERATIVE_POST_ROWS = [
+    PostRow("base", "frozen base, no adapter (zero-shot)", "rehearsal", lambda model, run_dir: {d: "base" for d in model.domains},
+            "random-weight backbone: closed tasks near their prior, open answers byte noise"),
+]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What one benchmark trains and reports: variants, rows, the extra sections and where results go."""
+
+    name: str  # the results file's "benchmark" field (picks its renderer in make_table.py)
+    variants: list[Variant]
+    rows: list[Row]
+    post_rows: list[PostRow]
+    out: Path
+    runs: Path
+    quick_caps: dict[str, dict[str, int]]  # domain -> split caps in --quick
+    sensitivity: bool = True
+    cross_domain: bool = True
+
+
+SUITES = {
+    "dual-encoder": Suite("paradigms", VARIANTS, ROWS, POST_ROWS, DEFAULT_OUT, DEFAULT_RUNS,
+                          {d: {"train": n} for d, n in QUICK_CAPS.items()}),
+    "generative": Suite("generative_paradigms", GENERATIVE_VARIANTS, GENERATIVE_ROWS, GENERATIVE_POST_ROWS,
+                        HERE / "results" / "generative_paradigms.json", HERE / "runs" / "generative_paradigms",
+                        {"pneumonia": {"train": 600}, "closed": {"train": 600}}, sensitivity=False, cross_domain=False),
+}
+#: --smoke: every variant and key in seconds (numbers meaningless); used by the test-suite
+SMOKE = {"caps": {"train": 16, "test": 12}, "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}, "rehearsal": {"size": 8}}
+
+
+def suite_for(config: dict[str, Any]) -> str:
+    """``generative`` when the config names a generative model or an open-ended (``task: vqa``) domain."""
+    from medadapt.tiny_generative import TINY_GENERATIVE_NAMES
+
+    if config.get("model") in TINY_GENERATIVE_NAMES or any(d.get("task") == "vqa" for d in config["domains"]):
+        return "generative"
+    return "dual-encoder"
+
 
 # -- config and data ----------------------------------------------------------------------------
 def remap_path(path: str, data_dir: Path) -> str:
@@ -162,19 +213,24 @@ def remap_path(path: str, data_dir: Path) -> str:
     return path
 
 
-def base_config(config_path: Path, data_dir: Path, quick: bool) -> dict[str, Any]:
-    """The benchmark config as a plain dict: data paths remapped, quick caps applied."""
+def base_config(config_path: Path, data_dir: Path, quick: bool, smoke: bool = False) -> dict[str, Any]:
+    """The benchmark config as a plain dict: data paths remapped, quick (or smoke) caps applied."""
     import yaml
 
     data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    quick_caps = SUITES[suite_for(data)].quick_caps
     for dom in data["domains"]:
         if dom["data"].get("path"):
             dom["data"]["path"] = remap_path(dom["data"]["path"], data_dir)
-        if quick and dom["name"] in QUICK_CAPS:
+        limits = SMOKE["caps"] if smoke else quick_caps.get(dom["name"], {}) if quick else {}
+        if limits:
             caps = dict(dom["data"].get("max_samples") or {})
-            caps["train"] = min(caps.get("train", QUICK_CAPS[dom["name"]]), QUICK_CAPS[dom["name"]])
+            for split, n in limits.items():
+                caps[split] = min(caps.get(split, n), n)
             dom["data"]["max_samples"] = caps
     data["compare_naive"] = False
+    if smoke:
+        data = merge(data, {k: v for k, v in SMOKE.items() if k != "caps"})
     return data
 
 
@@ -209,6 +265,9 @@ def domain_info(config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for dom in config["domains"]:
         data = test_split(dom)
+        if getattr(data.splits["train"], "open_ended", False):
+            out[dom["name"]] = open_answer_prior(data)
+            continue
         train, test = np.asarray(data.splits["train"].labels), np.asarray(data.splits["test"].labels)
         major = int(np.bincount(train).argmax())
         out[dom["name"]] = {
@@ -222,6 +281,33 @@ def domain_info(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def open_answer_prior(data: Any) -> dict[str, Any]:
+    """An open-ended domain's reference: always give the one answer that scores best on the train split.
+
+    Candidates are the 50 most common train answers and their words; the winner is chosen by train
+    token recall (the main metric) and scored on the test split: ``majority_baseline_accuracy`` is
+    its test recall ("open accuracy"), the other VQA metrics of it are kept beside.
+    """
+    from collections import Counter
+
+    from medadapt.vqa_metrics import normalize_answer, score_vqa
+
+    train, test = data.splits["train"], data.splits["test"]
+    counts = Counter(normalize_answer(a) for a in train.answers)
+    candidates = sorted({a for a, _ in counts.most_common(50)} | {w for a, _ in counts.most_common(50) for w in a.split()})
+
+    def recall(answer: str, refs: list[str]) -> float:
+        return score_vqa([answer] * len(refs), refs, ["open"] * len(refs))["open"]["recall"]
+
+    answer = max(candidates, key=lambda a: (recall(a, train.answers), counts[a]))
+    scores = score_vqa([answer] * len(test.answers), test.answers, ["open"] * len(test.answers))["open"]
+    return {
+        "labels": [], "open_ended": True, "n_train": len(train.answers), "n_test": len(test.answers),
+        "train_majority_answer": answer, "majority_baseline_accuracy": scores["recall"],
+        "majority_baseline_metrics": {"exact_match": scores["accuracy"], "token_f1": scores["token_f1"], "bleu1": scores["bleu1"]},
+    }
+
+
 # -- training and evaluation --------------------------------------------------------------------
 def train(config: dict[str, Any], accelerator: Any) -> dict[str, Any]:
     """Train one configured run (overwriting its output dir) and return its results dict."""
@@ -230,6 +316,20 @@ def train(config: dict[str, Any], accelerator: Any) -> dict[str, Any]:
 
     cfg = load_config(None, defaults=config)
     return ContinualTrainer(cfg, overwrite=True, accelerator=accelerator, progress=False).run()
+
+
+def finished_run(config: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The results of a finished run in ``run_dir`` trained with exactly ``config`` (same fingerprint), else None.
+
+    Lets seeds be trained by separate processes (``--seeds 1 --reuse-runs`` each) and collected by one."""
+    from medadapt.training.config import load_config
+
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if run.get("fingerprint") == load_config(None, defaults=config).fingerprint() else None
 
 
 def evaluate_run(run_dir: Path, adapters: dict[str, Any] | Callable[[Any, Path], dict[str, Any]], batch_size: int = 256) -> dict[str, dict[str, float]]:
@@ -259,6 +359,8 @@ def evaluate_run(run_dir: Path, adapters: dict[str, Any] | Callable[[Any, Path],
             hf_logging.enable_progress_bar()
     mapping = adapters(model, run_dir) if callable(adapters) else adapters
     by_name = {d["name"]: d for d in run["domains"]}
+    if model.family.kind == "generative":
+        return evaluate_generative(model, mapping, by_name, run["train"]["eval_batch_size"])
     out = {}
     for domain, adapter in mapping.items():
         test = test_split(by_name[domain]).splits["test"]
@@ -272,11 +374,55 @@ def evaluate_run(run_dir: Path, adapters: dict[str, Any] | Callable[[Any, Path],
     return out
 
 
+def evaluate_generative(model: Any, mapping: dict[str, Any], by_name: dict[str, dict[str, Any]], batch_size: int) -> dict[str, dict[str, Any]]:
+    """Score a generative run's adapters as the trainer does (closed: label likelihoods, open: generation).
+
+    Besides each task's metrics (``accuracy`` = its main metric: accuracy or token recall), records
+    what the adapter answers: the share of each label among closed predictions, and the most common
+    generated open answers, so that a forgotten task shows *how* it was forgotten.
+    """
+    from collections import Counter
+
+    import numpy as np
+
+    from medadapt.evaluation import accuracy, auroc
+    from medadapt.training.batches import PixelStore
+    from medadapt.training.evaluate import generate_split, predict_split
+    from medadapt.vqa_metrics import score_vqa
+
+    store = PixelStore(model.preprocess)
+    out: dict[str, dict[str, Any]] = {}
+    with model.evaluating():
+        for domain, adapter in mapping.items():
+            test = test_split(by_name[domain]).splits["test"]
+            store.register(domain, "test", test)
+            adapter = None if adapter == "base" else adapter
+            if model.get_domain(domain).task == "vqa":
+                pairs = generate_split(model, store, domain, adapter, batch_size)
+                answers = [p for p, _ in pairs]
+                s = score_vqa(answers, [r for _, r in pairs], ["open"] * len(pairs))["open"]
+                out[domain] = {
+                    "accuracy": s["recall"], "exact_match": s["accuracy"], "token_f1": s["token_f1"], "bleu1": s["bleu1"],
+                    "n": len(pairs), "distinct_answers": len(set(answers)), "top_answers": Counter(answers).most_common(5),
+                }
+                continue
+            probs, labels = predict_split(model, store, domain, adapter, batch_size)
+            share = np.bincount(probs.argmax(1), minlength=probs.shape[1]) / max(len(labels), 1)
+            with np.errstate(all="ignore"):
+                area = float(auroc(labels, probs))
+            out[domain] = {"accuracy": accuracy(labels, probs), "auroc": area, "n": int(len(labels)),
+                           "predicted_share": dict(zip(model.get_domain(domain).labels, share.tolist()))}
+    return out
+
+
 def summary(values: list[float | None]) -> dict[str, Any] | None:
-    vals = [float(v) for v in values if v is not None]
+    vals = [float(v) for v in values if v is not None and v == v]  # None and NaN left out
     if not vals:
         return None
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals), "values": vals}
+
+
+TASK_METRICS = ("exact_match", "token_f1", "bleu1")
 
 
 def summarise_seeds(per_seed: list[dict[str, Any]], domains: list[str]) -> dict[str, Any]:
@@ -285,6 +431,13 @@ def summarise_seeds(per_seed: list[dict[str, Any]], domains: list[str]) -> dict[
     }
     out["final_accuracy"] = {d: summary([s["final"][d]["accuracy"] for s in per_seed]) for d in domains}
     out["final_auroc"] = {d: summary([s["final"][d].get("auroc") for s in per_seed]) for d in domains}
+    extra = {d: sorted({k for s in per_seed for k, v in s["final"][d].items() if k in TASK_METRICS}) for d in domains}
+    if any(extra.values()):  # per-task metrics of open-ended domains (exact match, token F1, BLEU-1)
+        out["final_metrics"] = {d: {k: summary([s["final"][d].get(k) for s in per_seed]) for k in keys} for d, keys in extra.items() if keys}
+    shares = {d: sorted({k for s in per_seed for k in s["final"][d].get("predicted_share", {})}) for d in domains}
+    if any(shares.values()):
+        out["predicted_share"] = {d: {k: summary([s["final"][d].get("predicted_share", {}).get(k) for s in per_seed]) for k in keys}
+                                  for d, keys in shares.items() if keys}
     matrices = [s["accuracy_matrix"] for s in per_seed if s.get("accuracy_matrix")]
     if matrices:
         out["accuracy_matrix_mean"] = [
@@ -319,6 +472,8 @@ class Bench:
     sizes: list[int]
     sensitivity_seeds: list[int]
     accelerator: Any
+    suite: Suite = SUITES["dual-encoder"]
+    reuse: bool = False  # take a finished run from its run dir when its config fingerprint matches
     results: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -330,7 +485,7 @@ class Bench:
         if key not in self.results:
             out = self.run_dir(variant, seed)
             cfg = merge(self.config, {**overrides, "seed": seed, "output_dir": str(out)})
-            results = train(cfg, self.accelerator)
+            results = (self.reuse and finished_run(cfg, out)) or train(cfg, self.accelerator)
             self.results[key] = results
             self.log(
                 f"  seed {seed} {variant:<24} ACC {results['acc']:.3f}  BWT {results['bwt']:+.3f}  "
@@ -340,12 +495,12 @@ class Bench:
 
     def rows(self) -> list[dict[str, Any]]:
         domains = [d["name"] for d in self.config["domains"]]
-        variants = {v.key: v for v in VARIANTS}
+        variants = {v.key: v for v in self.suite.variants}
         rows = []
         for seed in self.seeds:
-            for v in VARIANTS:
+            for v in self.suite.variants:
                 self.train(v.key, v.overrides, seed)
-        for row in ROWS:
+        for row in self.suite.rows:
             per_seed = []
             for seed in self.seeds:
                 results = self.results[(row.variant, seed)]
@@ -356,7 +511,7 @@ class Bench:
                     raise RuntimeError(f"{row.key} seed {seed}: reloaded model disagrees with the trainer's evaluation ({final} vs {check})")
                 per_seed.append(row_entry(results, row.view, final, seed, run_dir))
             rows.append(self._row(row.key, row.label, row.variant, row.view, row.note, per_seed, variants[row.variant], domains))
-        for post in POST_ROWS:
+        for post in self.suite.post_rows:
             per_seed = []
             for seed in self.seeds:
                 run_dir = self.run_dir(post.variant, seed)
@@ -447,6 +602,72 @@ def quality_bar(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     return {**QUALITY_BAR, "on": "means over seeds; seeds_passing counts seeds meeting all three on their own", "checks": checks}
 
 
+def forgetting_diagnosis(rows: list[dict[str, Any]], info: dict[str, Any], domains: list[str]) -> dict[str, Any]:
+    """What each continual row forgets, per domain: main metric right after learning it, at the end,
+    the drop, and (closed tasks) the share of the majority label among the final predictions against
+    the test split's own share, so that a forgotten task reads as "collapsed to one answer" or not."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row["key"] not in ("continual_naive", "continual_rehearsal", "rehearsal") or not row["summary"].get("accuracy_matrix_mean"):
+            continue
+        matrix, cells = row["summary"]["accuracy_matrix_mean"], {}
+        for j, d in enumerate(domains):
+            cell = {"just_learned": matrix[j][j], "final": matrix[-1][j], "drop": matrix[j][j] - matrix[-1][j],
+                    "prior": info[d]["majority_baseline_accuracy"]}
+            share = row["summary"].get("predicted_share", {}).get(d)
+            if share and info[d].get("train_majority_class") in share:
+                major = info[d]["train_majority_class"]
+                counts = info[d]["test_class_counts"]
+                cell["majority_label"] = major
+                cell["predicted_majority_share"] = share[major]["mean"]
+                cell["test_majority_share"] = counts[info[d]["labels"].index(major)] / max(sum(counts), 1)
+            tops = [s["final"][d]["top_answers"][0] for s in row["per_seed"] if s["final"][d].get("top_answers")]
+            if tops:  # open task: the final adapter's most common answer, per seed, with its share of the test split
+                cell["top_answers"] = [[a, n / max(s["final"][d]["n"], 1)] for (a, n), s in zip(tops, row["per_seed"])]
+            cells[d] = cell
+        out[row["key"]] = cells
+    return out
+
+
+def replay_token_share(config: dict[str, Any], sample: int = 400) -> dict[str, Any] | None:
+    """How much of the causal-LM loss replay carries at each stage that replays.
+
+    The generative objective averages the loss over answer tokens, not rows, so a replayed yes/no
+    row (a few tokens) weighs less than a new open-answer row. From each domain's mean answer length
+    (tokenised as in training, up to ``sample`` train samples) and the replay ratio, returns per stage
+    the share of rows and of loss tokens that come from replay (memory mixed in proportion to the
+    earlier domains' train sizes, as a reservoir memory holds them). Built-in tiny models only."""
+    from medadapt.model import ContinualVLM
+    from medadapt.rehearsal import replay_count
+    from medadapt.tiny import tiny_base, tiny_names
+
+    if config.get("model") not in tiny_names() or not config.get("rehearsal", {}).get("size"):
+        return None
+    model = ContinualVLM(tiny_base(config["model"], seed=0))
+    tokens, sizes = {}, {}
+    for dom in config["domains"]:
+        train = test_split(dom).splits["train"]
+        question = dom.get("prompt", "{}").split("{}")[0].strip()
+        n = min(sample, len(train.labels))
+        asked = getattr(train, "questions", None)
+        given = getattr(train, "answers", None)
+        answers = [given[i] if given is not None else dom["labels"][int(train.labels[i])] for i in range(n)]
+        questions = [asked[i] if asked is not None else question for i in range(n)]
+        tokens[dom["name"]] = statistics.fmean(len(model.scorer.encode(q, [a]).answers[0]) for q, a in zip(questions, answers))
+        sizes[dom["name"]] = len(train.labels)
+    batch, ratio = config["train"]["batch_size"], config["rehearsal"]["ratio"]
+    replayed = replay_count(batch, ratio)
+    names = [d["name"] for d in config["domains"]]
+    stages = {}
+    for i, d in enumerate(names[1:], start=1):
+        earlier = names[:i]
+        memory = sum(tokens[e] * sizes[e] for e in earlier) / sum(sizes[e] for e in earlier)
+        stages[d] = {"new_rows": batch, "replay_rows": replayed, "new_answer_tokens": tokens[d], "replay_answer_tokens": memory,
+                     "replay_row_share": replayed / (batch + replayed),
+                     "replay_token_share": replayed * memory / (batch * tokens[d] + replayed * memory)}
+    return {"mean_answer_tokens": tokens, "ratio": ratio, "stages": stages}
+
+
 # -- entry point --------------------------------------------------------------------------------
 def environment(threads: int) -> dict[str, Any]:
     import accelerate
@@ -468,12 +689,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Paradigm benchmark on real medical data (see the module docstring).")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; --quick: 0)")
     p.add_argument("--quick", action="store_true", help=f"1 seed, train caps {QUICK_CAPS}, < 3 min")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON to write (the .md goes beside it)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="benchmark config (default recipes/configs/medmnist.yaml)")
+    p.add_argument("--smoke", action="store_true", help=f"1 seed, tiny caps and one epoch ({SMOKE}): checks the script runs, numbers meaningless")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON to write (the .md goes beside it; default results/paradigms.json, or results/generative_paradigms.json for a generative config)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="benchmark config (default recipes/configs/medmnist.yaml; recipes/configs/vqa_rad.yaml runs the generative family)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder holding the real data (default <repo>/../shared/data)")
     p.add_argument("--runs-dir", type=Path, default=None, help="where training runs go (default benchmarks/runs/paradigms[-quick])")
     p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="rehearsal memory sizes for the sensitivity table")
     p.add_argument("--sensitivity-seeds", type=int, nargs="+", default=None, help="seeds for the sensitivity table (default: --seeds)")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="use finished runs found in the runs dir with the same config instead of retraining them")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the docstring)")
     return p.parse_args(argv)
 
@@ -485,7 +711,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping the paradigm benchmark: real data folder {data_dir} not found "
               "(expected <repo>/../shared/data with pneumoniamnist.npz, breastmnist.npz, vqa-rad/; pass --data-dir).")
         return 0
-    config = base_config(args.config, data_dir, args.quick)
+    config = base_config(args.config, data_dir, args.quick, args.smoke)
+    suite = SUITES[suite_for(config)]
+    args.quick = args.quick or args.smoke
+    args.out = args.out or suite.out
     missing = missing_data(config)
     if missing:
         print(f"skipping the paradigm benchmark: data not found: {', '.join(missing)}")
@@ -496,18 +725,19 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    runs_dir = args.runs_dir or (DEFAULT_RUNS.with_name(DEFAULT_RUNS.name + "-quick") if args.quick else DEFAULT_RUNS)
+    runs_dir = args.runs_dir or (suite.runs.with_name(suite.runs.name + "-quick") if args.quick else suite.runs)
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
     print(f"paradigm benchmark: seeds {seeds}, runs in {runs_dir}, model {config.get('model')}")
-    bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()))
+    bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()), suite, args.reuse_runs)
     info = domain_info(config)
     rows = bench.rows()
-    sensitivity = bench.sensitivity()
-    cross = bench.cross_domain()
+    sensitivity = bench.sensitivity() if suite.sensitivity else None
+    cross = bench.cross_domain() if suite.cross_domain else None
     model = config.get("model", "tiny-clip")
     result = {
-        "benchmark": "paradigms",
+        "benchmark": suite.name,
         "schema": 1,
+        "smoke": args.smoke,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
         "command": "python benchmarks/paradigms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -523,8 +753,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "row_notes": {r["label"]: r["note"] for r in rows if r.get("note")},
         "quality_bar": quality_bar(rows, seeds),
-        "buffer_sensitivity": sensitivity,
-        "cross_domain": cross,
+        **({"buffer_sensitivity": sensitivity} if sensitivity is not None else {}),
+        **({"cross_domain": cross} if cross is not None else {}),
+        **({"forgetting_diagnosis": forgetting_diagnosis(rows, info, [d["name"] for d in config["domains"]]),
+            "replay_token_share": replay_token_share(config)} if suite.name == "generative_paradigms" else {}),
         "environment": environment(args.threads),
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "total_wall_time_s": time.perf_counter() - started,

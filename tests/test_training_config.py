@@ -90,7 +90,7 @@ def test_unknown_key_in_the_yaml_file_is_an_error_too(tmp_path):
         ("train.epochs=true", r"train.epochs must be int, got bool"),
         ("train.lr=fast", r"train.lr must be float, got str"),
         ("compare_naive=1", r"compare_naive must be bool, got int"),
-        ("adapter.target_modules=q_proj", r"adapter.target_modules must be a list"),
+        ("adapter.target_modules=3", r"adapter.target_modules must be a list"),
         ("train=3", r"train. must be a mapping|train must be a mapping"),
         ("domains=abc", r"domains must be a list of domains"),
     ],
@@ -99,6 +99,17 @@ def test_wrong_types_are_clear_errors(tmp_path, override, match):
     path = write_yaml(tmp_path / "run.yaml", tiny_run(tmp_path / "out"))
     with pytest.raises(ConfigError, match=match):
         load_config(path, [override])
+
+
+def test_target_modules_may_be_one_regex_string(tmp_path):
+    """A string is a regex over full module paths (how a generative config targets the language model and
+    the projector but not the image tower, whose layers share the names q_proj/v_proj)."""
+    regex = r"^model\.(language_model\..*\.(q_proj|v_proj)|multi_modal_projector\.linear_[12])$"
+    path = write_yaml(tmp_path / "run.yaml", tiny_run(tmp_path / "out"))
+    config = load_config(path, [f"adapter.target_modules='{regex}'"])
+    assert config.adapter.target_modules == regex
+    assert config.adapter.build(["q_proj"]).target_modules == regex
+    assert load_config(path, ["adapter.target_modules=[q_proj, v_proj]"]).adapter.target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ class AdapterSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: list[str] | None = None
+    target_modules: list[str] | str | None = None  # module names, or one regex matched against full module paths
     n_ctx: int = 4
     ctx_init: str = "template"
     n_visual_tokens: int = 0
@@ -253,6 +253,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             return _build(cls, value, f"{where}.")
     is_union = get_origin(hint) in (Union, types.UnionType)
     base = next((a for a in args if a is not type(None)), hint) if is_union else hint
+    if is_union and str in args and isinstance(value, str):
+        return value  # e.g. adapter.target_modules: a regex instead of a list of names
     if value is None:
         return None
     origin = getattr(base, "__origin__", None)
