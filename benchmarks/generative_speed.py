@@ -30,7 +30,7 @@ import dataclasses
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,14 +45,13 @@ import torch  # noqa: E402
 from speed import (  # noqa: E402
     atomic_write_json,
     interleaved,
-    machine_info,
     median,
     medadapt_trainer_step,
     pick,
     ratio,
+    results_record,
     summary,
     timed,
-    versions,
 )
 
 DEFAULT_OUT = HERE / "results" / "generative_speed.json"
@@ -394,25 +393,7 @@ def run(mode: str, out: Path, threads: int = 1, log: Callable[[str], None] = pri
     }
     why = causes(training, scoring, generation)
     targets = {k: check(k, v, why.get(k)) for k, v in values.items()}
-    result: dict[str, Any] = {
-        "benchmark": "generative_speed",
-        "schema": 1,
-        **{k: round(v, 4) for k, v in values.items()},
-        "targets": targets,
-        "all_pass": all(t["pass"] is not False for t in targets.values()),
-        "quick": mode != "full",
-        "mode": mode,
-        "model": MODEL,
-        "settings": asdict(s),
-        "clock": CLOCK,
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine_info(),
-        "versions": versions(),
-        "measurements": measurements,
-        "section_seconds": stamps,
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    result = results_record(values, targets, mode, s, CLOCK, measurements, stamps, started, benchmark="generative_speed", model=MODEL)
     atomic_write_json(out, result)
     return result
 

@@ -856,14 +856,23 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
             targets[key]["cause"] = cause
     for section_name, keys in SECTION_KEYS.items():
         measurements[section_name]["targets"] = {k: targets[k] for k in keys}
-    result: dict[str, Any] = {
+    result = results_record(values, targets, mode, s, clock, measurements, stamps, started)
+    atomic_write_json(out, result)
+    return result
+
+
+def results_record(values: dict[str, float], targets: dict[str, Any], mode: str, settings: Any, clock: str,
+                   measurements: dict[str, Any], stamps: dict[str, float], started: float, **extra: Any) -> dict[str, Any]:
+    """The results file's content: headline values, targets, settings, machine and timings (``extra`` first)."""
+    return {
+        **extra,
         "schema": 1,
         **{k: round(v, 4) for k, v in values.items()},
         "targets": targets,
         "all_pass": all(t["pass"] is not False for t in targets.values()),
         "quick": mode != "full",
         "mode": mode,
-        "settings": asdict(s),
+        "settings": asdict(settings),
         "clock": clock,
         "torch_threads": torch.get_num_threads(),
         "machine": machine_info(),
@@ -873,8 +882,6 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
         "total_seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_json(out, result)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
