@@ -17,15 +17,17 @@ live, how an image appears in a plain prompt, what ``token_type_ids`` mean) is o
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ..adapters.lora import BASE
-from ..errors import DomainError, UnsupportedBackboneError
+from ..errors import AdapterError, DomainError, ImageError, UnsupportedBackboneError
 from ..images import to_rgb
 from .base import AdapterRef, BackboneFamily, Preprocessing, Scorer, register_family
 
@@ -132,8 +134,6 @@ class GenerativeFamily(BackboneFamily):
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
-            from ..errors import ImageError
-
             raise ImageError("no images given (empty list).")
         rgb = [to_rgb(image, i) for i, image in enumerate(images)]
         if self.spec(backbone.model_type).tiles:
@@ -197,8 +197,6 @@ class GenerativeScorer(Scorer):
 
     def _dummy_image(self) -> Any:
         if self._dummy is None:
-            from PIL import Image
-
             self._dummy = Image.new("RGB", (32, 32))
         return self._dummy
 
@@ -211,8 +209,6 @@ class GenerativeScorer(Scorer):
             kwargs["add_special_tokens"] = False  # the chat template wrote bos already
         if suffix is not None:
             kwargs["suffix"] = suffix
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = self.processor(text=[text], images=[image], **kwargs)
@@ -278,8 +274,6 @@ class GenerativeScorer(Scorer):
             loras, _ = self.adapters.split(adapters[0])
             return self.adapters.active(loras)
         if any(isinstance(a, tuple) for a in adapters):
-            from ..errors import AdapterError
-
             raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
         return self.adapters.lora.mixed([a if a is not None else BASE for a in adapters])
 
