@@ -48,6 +48,7 @@ from speed import (  # noqa: E402
     median,
     medadapt_trainer_step,
     pick,
+    race_steps,
     ratio,
     results_record,
     summary,
@@ -216,13 +217,7 @@ def bench_training(s: Settings) -> dict[str, Any]:
     batch = training_batch(model, s.train_batch, "vqa")
     ours = medadapt_trainer_step(model, CausalLMObjective(), "vqa")
     base = peft_baseline_step(batch, s.lora_r, config.target_modules)
-    losses = {"medadapt": [ours(batch), ours(batch)], "peft": [base(batch), base(batch)]}
-    for _ in range(s.warmup - 2):
-        ours(batch), base(batch)
-    times = interleaved(
-        {"medadapt": lambda: timed(lambda: ours(batch), s.train_steps), "peft": lambda: timed(lambda: base(batch), s.train_steps)},
-        s.train_repeats,
-    )
+    losses, times = race_steps(ours, base, batch, s)
     ratios = ratio(times["medadapt"], times["peft"])
     return {
         "value": ratios[CLOCK],

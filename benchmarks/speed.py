@@ -308,6 +308,18 @@ def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
     return step
 
 
+def race_steps(ours: Callable[[Any], float], base: Callable[[Any], float], batch: Any, s: Any) -> tuple[dict[str, list[float]], dict[str, list[Sample]]]:
+    """Two steps of each training loop (their losses, to compare), warm-up, then interleaved timings."""
+    losses = {"medadapt": [ours(batch), ours(batch)], "peft": [base(batch), base(batch)]}
+    for _ in range(s.warmup - 2):
+        ours(batch), base(batch)
+    times = interleaved(
+        {"medadapt": lambda: timed(lambda: ours(batch), s.train_steps), "peft": lambda: timed(lambda: base(batch), s.train_steps)},
+        s.train_repeats,
+    )
+    return losses, times
+
+
 def bench_training(s: Settings) -> dict[str, Any]:
     from medadapt.training.objectives import ClassificationObjective
 
@@ -318,13 +330,7 @@ def bench_training(s: Settings) -> dict[str, Any]:
     ours = medadapt_trainer_step(model, ClassificationObjective(), "scan")
     base = peft_baseline_step(s)
     # same weights, LoRA init and batch: both loops must see the same losses (2nd step: after one AdamW update)
-    losses = {"medadapt": [ours(batch), ours(batch)], "peft": [base(batch), base(batch)]}
-    for _ in range(s.warmup - 2):
-        ours(batch), base(batch)
-    times = interleaved(
-        {"medadapt": lambda: timed(lambda: ours(batch), s.train_steps), "peft": lambda: timed(lambda: base(batch), s.train_steps)},
-        s.train_repeats,
-    )
+    losses, times = race_steps(ours, base, batch, s)
     ratios = ratio(times["medadapt"], times["peft"])
     paired = median([a / b for a, b in zip(pick(times["medadapt"]), pick(times["peft"]))])
     return {
