@@ -384,7 +384,7 @@ class GenerativeScorer(Scorer):
     def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], adapters: Sequence[AdapterRef], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, one per image, each through its own adapter, in one batched ``generate`` call."""
         device = self.device
-        encoded = [self._context(q) for q in questions]
+        encoded = [(enc.context, enc.context_types) for enc in (self.encode(q, []) for q in questions)]
         longest = max(len(ids) for ids, _ in encoded)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(encoded), longest), pad, dtype=torch.long)
@@ -404,13 +404,3 @@ class GenerativeScorer(Scorer):
             )
         new = out[:, longest:]
         return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-
-    def _context(self, question: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = ("context", question)
-        hit = self._encoded.get(key)
-        if hit is None:
-            out = self._tokenize(self.render(question))
-            types = out.get("token_type_ids") if self.spec.token_types else None
-            hit = Encoded(out["input_ids"], types, [], 0)
-            self._encoded[key] = hit
-        return hit.context, hit.context_types

@@ -89,6 +89,11 @@ class PixelStore:
         questions = getattr(self._datasets[(domain, split)], "questions", None)
         return questions[int(index)] if questions is not None else None
 
+    def questions(self, domain: str, split: str, indices: Sequence[int]) -> list[str] | None:
+        """The samples' own questions (VQA data), or None when they use their domain's."""
+        asked = [self.question(domain, split, i) for i in indices]
+        return asked if asked and all(q is not None for q in asked) else None
+
     def answer(self, domain: str, split: str, index: int) -> str | None:
         """Sample ``index``'s free-text answer (VQA data), or None when its label is the answer."""
         answers = getattr(self._datasets[(domain, split)], "answers", None)

@@ -57,12 +57,6 @@ def routable(model: Any, domains: Sequence[str]) -> list[str]:
     return [d for d in domains if model.get_domain(d).task == "classification"]
 
 
-def _questions(store: PixelStore, domain: str) -> list[str] | None:
-    """The test split's own questions (VQA data), or None when its samples use the domain's."""
-    asked = [store.question(domain, "test", i) for i in _all_indices(store, domain, "test")]
-    return asked if all(q is not None for q in asked) else None
-
-
 def _mean(values: dict[str, float]) -> float:
     return float(np.mean(list(values.values()))) if values else float("nan")
 
@@ -97,7 +91,7 @@ def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: i
     scored = routable(model, domains)
     with model.evaluating():
         pixels = {d: store.pixels(d, "test", _all_indices(store, d, "test")) for d in scored}
-        questions = {d: _questions(store, d) for d in scored}
+        questions = {d: store.questions(d, "test", _all_indices(store, d, "test")) for d in scored}
         routing = evaluate_routing(model, pixels, {d: store.labels(d, "test") for d in scored}, oracle, batch_size, questions)
     auto = routing.pop("auto_routing_accuracy_per_domain")
     state = model.extras[ROUTER_KEY]

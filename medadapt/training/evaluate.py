@@ -31,8 +31,7 @@ def predict_split(model: Any, store: PixelStore, domain: str, adapter: str | Non
     probs = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        asked = [store.question(domain, "test", i) for i in chunk]
-        questions = asked if all(q is not None for q in asked) else None
+        questions = store.questions(domain, "test", chunk)
         probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, adapter, questions).softmax(-1).cpu())
     stacked = torch.cat(probs).numpy() if probs else np.zeros((0, len(spec.labels)))
     return stacked, labels[indices]
@@ -72,6 +71,15 @@ def _vqa_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
     }
 
 
+def _gathered(shard: Any, world: int) -> list[Any]:
+    """Every process's shard, in rank order (just this one's when there is one process)."""
+    if world == 1:
+        return [shard]
+    from accelerate.utils import gather_object
+
+    return gather_object([shard])
+
+
 def evaluate_view(model: Any, store: PixelStore, view: dict[str, str | None], batch_size: int, accelerator: Any = None) -> dict[str, dict[str, float]]:
     """``{domain: {"accuracy", "auroc", ...}}`` with each domain scored by the adapter ``view`` names."""
     rank = accelerator.process_index if accelerator is not None else 0
@@ -80,19 +88,9 @@ def evaluate_view(model: Any, store: PixelStore, view: dict[str, str | None], ba
     with model.evaluating():
         for domain, adapter in view.items():
             if model.get_domain(domain).task == "vqa":
-                pairs = generate_split(model, store, domain, adapter, batch_size, rank, world)
-                if world > 1:
-                    from accelerate.utils import gather_object
-
-                    pairs = [p for part in gather_object([pairs]) for p in part]
-                out[domain] = _vqa_metrics(pairs)
+                parts = _gathered(generate_split(model, store, domain, adapter, batch_size, rank, world), world)
+                out[domain] = _vqa_metrics([pair for part in parts for pair in part])
                 continue
-            probs, labels = predict_split(model, store, domain, adapter, batch_size, rank, world)
-            if world > 1:
-                from accelerate.utils import gather_object
-
-                gathered = gather_object([(probs, labels)])
-                probs = np.concatenate([p for p, _ in gathered])
-                labels = np.concatenate([y for _, y in gathered])
-            out[domain] = _classification_metrics(probs, labels)
+            parts = _gathered(predict_split(model, store, domain, adapter, batch_size, rank, world), world)
+            out[domain] = _classification_metrics(np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]))
     return out
