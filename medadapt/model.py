@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .adapters import AdapterSet, adapter_kind, kind_for_spec
+from .adapters import AdapterSet, adapter_kind
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
@@ -212,8 +212,7 @@ class ContinualVLM(nn.Module):
             if weights is None:
                 kind = self.adapters.create(name, spec, self.scorer, template, seed)
             else:
-                kind = kind_for_spec(spec)
-                self.adapters.install(name, kind, spec, weights, self.scorer, f"adapter {name!r}")
+                kind = self.adapters.install(name, spec, weights, self.scorer, f"adapter {name!r}")
             if domain is not None:
                 domain.adapter_type = kind.name
             else:
@@ -325,7 +324,8 @@ class ContinualVLM(nn.Module):
 
     def text_tower_trainable(self, name: str) -> bool:
         """Whether training adapter ``name`` changes what the model computes from label texts."""
-        return self.adapters.kind_of(name).trains_text_side(self.adapters, name)
+        self.adapter_type(name)
+        return bool(self.scorer.text_side_params(name))
 
     def train(self, mode: bool = True) -> "ContinualVLM":
         """Train mode for adapters only: the frozen base stays in eval mode (no base dropout),

@@ -102,11 +102,6 @@ class LoraKind(AdapterKind):
         if name in adapters.trainable:  # a new adapter is frozen unless already named trainable
             self.set_trainable(adapters, sorted(adapters.trainable))
 
-    def trains_text_side(self, adapters: AdapterSet, name: str) -> bool:
-        tower = adapters.vision_tower
-        inside = {id(p) for p in tower.parameters()} if tower is not None else set()
-        return any(id(p) not in inside for p in self.parameters(adapters, name))
-
 
 def lora_rank(config: LoraConfig) -> int:
     """The largest rank of a LoRA config (``r`` or its ``rank_pattern``)."""

@@ -86,10 +86,6 @@ class AdapterKind(ABC):
             for param in self.parameters(adapters, name):
                 param.requires_grad_(name in names)
 
-    def trains_text_side(self, adapters: "AdapterSet", name: str) -> bool:
-        """Whether training ``name`` can change what a family computes from texts (label prompts)."""
-        return True
-
     # -- stage folders -------------------------------------------------------------------------
     def read(self, folder: Path, what: str) -> tuple[Any, dict[str, torch.Tensor]]:
         """Config object and weights of one stage folder of this kind."""
@@ -189,11 +185,14 @@ class AdapterSet:
         self.set_trainable(sorted(self.trainable))
         return kind
 
-    def install(self, name: str, kind: AdapterKind, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
+    def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> AdapterKind:
+        """Create ``name`` from ``spec`` with saved ``weights`` (nothing is left behind when they do not fit)."""
+        kind = kind_for_spec(spec)
         try:
             kind.install(self, name, spec, weights, scorer, what)
         finally:
             self.version += 1
+        return kind
 
     def remove(self, name: str) -> None:
         self.kind_of(name).remove(self, name)

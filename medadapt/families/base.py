@@ -96,6 +96,11 @@ class Scorer(ABC):
             "use a peft LoraConfig."
         )
 
+    def text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+        """Adapter parameters that can change what the family computes from texts (all of them by default)."""
+        loras, prompt = self.adapters.split(adapter)
+        return [p for n in [*loras, *([prompt] if prompt else [])] for p in self.adapters.parameters(n)]
+
     def image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef = None) -> torch.Tensor:
         """Normalised image embeddings (families with an embedding space only)."""
         raise UnsupportedBackboneError(f"the {self.backbone.family.name!r} family has no shared image-text embedding space.")

@@ -407,7 +407,7 @@ class DualEncoderScorer(Scorer):
                     self._image_bytes += size
         return torch.stack([fresh[i] if i in fresh else self._images[(ref, key)] for i, key in enumerate(keys)])
 
-    def _text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+    def text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
         """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
         loras, prompt_name = self.adapters.split(adapter)
         vision = self._vision_ids()
@@ -421,7 +421,7 @@ class DualEncoderScorer(Scorer):
         Differentiable when a text-side parameter of the adapter requires grad; otherwise served from
         the label cache (recomputed exactly when those weights, the labels or the prompt change).
         """
-        params = self._text_side_params(adapter)
+        params = self.text_side_params(adapter)
         if not cache or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self._label_features(domain, adapter)
         key = (tuple(domain.labels), domain.prompt, adapter if not isinstance(adapter, list) else tuple(adapter))
