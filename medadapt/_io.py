@@ -6,11 +6,92 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+MAX_JSON_DEPTH = 64  # no medadapt file nests deeper than ~6 levels; deeper means a hostile or broken file
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class JSONTooDeepError(json.JSONDecodeError):
+    """A JSON document nested deeper than :data:`MAX_JSON_DEPTH` (refused before Python's parser recurses)."""
+
+    def __init__(self, max_depth: int) -> None:
+        message = f"JSON nested deeper than {max_depth} levels; refused (not a file medadapt wrote)"
+        ValueError.__init__(self, message)
+        self.msg, self.doc, self.pos, self.lineno, self.colno = message, "", 0, 1, 1
+
+    def __reduce__(self) -> tuple:  # pragma: no cover - pickling an exception across processes
+        return (self.__class__, (MAX_JSON_DEPTH,))
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that first refuses documents nested deeper than ``max_depth`` (a RecursionError otherwise).
+
+    Raises ``json.JSONDecodeError`` (a ValueError) for malformed and for too-deep documents alike.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    depth = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise JSONTooDeepError(max_depth)
+        else:
+            depth -= 1
+    try:
+        return json.loads(text)
+    except RecursionError:  # e.g. a depth hidden by an unterminated string; never a raw RecursionError
+        raise JSONTooDeepError(max_depth) from None
+
+
+def read_json_file(path: str | os.PathLike, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a JSON file with :func:`loads_json` (OSError / ValueError / UnicodeDecodeError on failure)."""
+    return loads_json(Path(path).read_text(encoding="utf-8"), max_depth)
+
+
+def open_regular_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """Open ``path`` without following a symlink and without blocking (a FIFO), and only if it is a regular file.
+
+    Returns the file descriptor; raises ``OSError`` (``ELOOP`` for a symlink, ``EINVAL`` for a FIFO,
+    device, socket or folder). ``O_NONBLOCK`` is dropped again once the file is known to be regular.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | nofollow | nonblock, mode)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO, device or socket)", str(path))
+        if nonblock and hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_small_json_nofollow(path: str | os.PathLike, max_bytes: int = 1 << 20) -> Any:
+    """A small JSON file read through :func:`open_regular_nofollow` (no symlink, FIFO or device is ever read).
+
+    Raises ``FileNotFoundError`` when missing, ``OSError`` when not a regular file or larger than
+    ``max_bytes``, ``ValueError`` when it is not (depth-limited) JSON.
+    """
+    fd = open_regular_nofollow(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    return loads_json(data)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

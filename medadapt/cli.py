@@ -2,10 +2,14 @@
 
     medadapt show IMAGE [-o OUT.png] [--window lung | --window 40,400] [--frame K]
                         [--axis 2 --slice middle --volume T] [--model tiny-clip | HUB_ID | FOLDER] [--scale 8]
+    medadapt recover FOLDER
 
 ``show`` writes a PNG of IMAGE as the model receives it: DICOM rescale and window (or the one you
 give), MONOCHROME1 inversion, 16-bit scaling, NIfTI orientation, then the base model's own resize,
 crop and (undone) normalisation. Use it to check windowing and orientation before training.
+
+``recover`` finishes or undoes a save that was killed while it swapped folders in FOLDER (loading
+reports such a folder but never changes it). Run it only on a folder you own.
 """
 
 from __future__ import annotations
@@ -105,12 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--model", default="tiny-clip", help="whose image processor to use: tiny-clip, a Hub id or a local folder")
     show.add_argument("--scale", type=int, default=8, help="enlarge the written PNG this many times (nearest neighbour; 1 = as is)")
     show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
+    recover = commands.add_parser("recover", help="finish or undo an interrupted save in a folder you own")
+    recover.add_argument("folder", help="a medadapt save folder or training output_dir")
     return parser
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from .hub.transaction import recover_folder
+
+    try:
+        print(f"{args.folder}: {recover_folder(args.folder)}")
+    except MedAdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` console script; returns the exit status (2 on a medadapt error)."""
     args = build_parser().parse_args(argv)
+    if args.command == "recover":
+        return _recover(args)
     if args.scale < 1:
         print("error: --scale must be at least 1", file=sys.stderr)
         return 2

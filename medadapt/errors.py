@@ -73,3 +73,13 @@ class TrainingError(MedAdaptError, RuntimeError):
 
 class HubError(MedAdaptError, RuntimeError):
     """The Hugging Face Hub cannot be used for this operation (offline mode, unreachable)."""
+
+
+class UnsafeFolderError(StageFileError):
+    """A folder holds something medadapt refuses to follow or touch (a symlink, FIFO or folder where its own
+    lock file or journal belongs, or a journal naming paths outside the folder); nothing was changed."""
+
+
+class InterruptedSaveError(StageFileError):
+    """A folder holds a save interrupted in the middle of swapping folders; a reader does not repair it
+    (``medadapt recover FOLDER``, or ``recover=True`` by the folder's owner, does)."""

@@ -13,10 +13,18 @@ Two advisory locks (``fcntl.flock``) live in the folder as hidden files:
 A thread that already holds a folder's writer lock may take it again (a training run saving its
 stages into the output dir it locked). On platforms or filesystems without ``flock`` the locks
 degrade to no-ops with a warning.
+
+A folder may come from someone else, so a lock file is opened with ``O_NOFOLLOW`` and ``O_NONBLOCK``
+and used only when it is a regular file: a symlink (which a writer would otherwise truncate at its
+target), a FIFO (which would block forever) or a folder is refused with
+:class:`~medadapt.errors.UnsafeFolderError`. Readers never create a lock file. What a lock file holds
+is only a description: an unreadable, too deeply nested or nonsensical one (``{"pid": "abc"}``) is
+reported as an unknown holder and never blocks a save.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,9 +34,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from .errors import SaveLockedError
+from ._io import loads_json, open_regular_nofollow, read_small_json_nofollow
+from .errors import SaveLockedError, UnsafeFolderError
 
 try:  # POSIX only
     import fcntl
@@ -53,18 +62,37 @@ def _warn_unsupported(exc: BaseException | None) -> None:
         logger.warning("file locks are not supported here (%s); concurrent writers are not detected.", exc or "no fcntl")
 
 
+MAX_PID = 1 << 22  # Linux's pid_max limit; a larger "pid" in a lock file is not one
+
+
+def _holder_pid(info: Any) -> int | None:
+    """The pid a lock file records, or None when it records none that could be real."""
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        return None
+    return pid
+
+
+def _parse_holder(raw: bytes) -> dict[str, Any]:
+    """What a lock file's bytes describe; anything unreadable is an empty description."""
+    try:
+        info = loads_json(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def describe_holder(folder: str | os.PathLike) -> str:
     """Who holds (or last held) ``folder``'s writer lock, from what the holder wrote into the lock file."""
     try:
-        info = json.loads((Path(folder) / LOCK_NAME).read_text(encoding="utf-8") or "{}")
+        info = read_small_json_nofollow(Path(folder) / LOCK_NAME, max_bytes=1 << 16)
     except (OSError, ValueError):
         return "unknown process"
-    if not isinstance(info, dict) or "pid" not in info:
+    pid = _holder_pid(info)
+    if pid is None:
         return "unknown process"
-    return (
-        f"pid {info.get('pid')} on {info.get('host')}, {info.get('what', 'writing')} since {info.get('since')}, "
-        f"command: {info.get('command')}"
-    )
+    text = lambda key, default="?": str(info.get(key, default))[:300]  # noqa: E731 - a lock file is untrusted text
+    return f"pid {pid} on {text('host')}, {text('what', 'writing')} since {text('since')}, command: {text('command')}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -72,9 +100,30 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
+
+
+def open_lock_file(path: Path, create: bool) -> int:
+    """A descriptor on the lock file ``path`` (read-write and created when ``create``, else read-only).
+
+    Raises :class:`UnsafeFolderError` when ``path`` is a symlink, FIFO, device or folder, and
+    ``FileNotFoundError`` when it is missing and not created.
+    """
+    flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
+    try:
+        return open_regular_nofollow(path, flags, 0o666)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.EINVAL, errno.ENXIO, errno.EMLINK):
+            raise UnsafeFolderError(
+                f"{path} is not a regular file (a symlink, FIFO, device or folder): medadapt's lock files are plain "
+                "files, and it neither follows nor opens anything else there. This folder may have been tampered "
+                f"with; nothing was changed. If the folder is yours, remove {path.name} by hand."
+            ) from exc
+        raise
 
 
 @contextmanager
@@ -102,7 +151,7 @@ def writer_lock(folder: str | os.PathLike, what: str = "saving") -> Iterator[Non
                 _HELD[key] = (fd, owner, depth - 1)
         return
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_lock_file(path, create=True)
     locked = fcntl is not None
     try:
         if fcntl is not None:
@@ -140,12 +189,13 @@ def writer_lock(folder: str | os.PathLike, what: str = "saving") -> Iterator[Non
 
 def _record_holder(fd: int, folder: Path, what: str) -> None:
     try:
-        previous = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
-    except (OSError, ValueError):
+        previous = _parse_holder(os.pread(fd, 4096, 0))
+    except OSError:
         previous = {}
-    if isinstance(previous, dict) and previous.get("pid") and previous.get("pid") != os.getpid():
-        state = "not running" if not _pid_alive(int(previous["pid"])) else "no longer holding it"
-        logger.info("took over a stale lock on %s left by pid %s (%s)", folder, previous["pid"], state)
+    pid = _holder_pid(previous)
+    if pid is not None and pid != os.getpid():
+        state = "not running" if not _pid_alive(pid) else "no longer holding it"
+        logger.info("took over a stale lock on %s left by pid %s (%s)", folder, pid, state)
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -171,15 +221,15 @@ def snapshot_lock(folder: str | os.PathLike, exclusive: bool) -> Iterator[None]:
     """Shared (readers) or exclusive (a writer swapping folders) hold on ``folder``'s snapshot lock.
 
     Readers never create the lock file (a Hub cache snapshot or a read-only folder stays untouched);
-    without the file there is no writer to wait for.
+    without the file there is no writer to wait for. A lock file that is not a regular file raises
+    :class:`UnsafeFolderError` (for readers too: a FIFO would otherwise block every load).
     """
     path = Path(folder) / SNAPSHOT_LOCK_NAME
     fd = None
     try:
-        if exclusive:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        else:
-            fd = os.open(path, os.O_RDONLY)
+        fd = open_lock_file(path, create=exclusive)
+    except UnsafeFolderError:
+        raise
     except OSError:
         if exclusive:
             raise

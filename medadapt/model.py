@@ -118,7 +118,9 @@ class ContinualVLM(nn.Module):
         """Restore a :meth:`save_pretrained` folder (or Hub repo): base, domains and adapters.
 
         ``base`` overrides the base named in the manifest; its fingerprint must match the save.
-        A folder or repo without ``manifest.json`` is loaded as a plain base model.
+        A folder or repo without ``manifest.json`` is loaded as a plain base model. Loading never
+        changes the folder: a save interrupted mid-swap raises ``InterruptedSaveError`` unless the
+        folder's owner passes ``recover=True`` (as ``medadapt recover FOLDER`` does).
         """
         return load_model(cls, path, base=base, revision=revision, **kwargs)
 

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .._io import loads_json
 from ..errors import AdapterError, StageFileError
 from .lora import LoraBank
 
@@ -143,7 +144,7 @@ def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from a file, or a :class:`StageFileError` naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
     if not isinstance(data, dict):

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from .._io import storage_errors
+from .._io import read_json_file, storage_errors
 from ..adapters import AdapterKind, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
 from ..domains import Domain
@@ -133,7 +133,7 @@ def _stage_and_commit(model: "ContinualVLM", target: Path, tx: SaveTransaction, 
 
 def _old_manifest(target: Path) -> dict[str, Any]:
     try:
-        old = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+        old = read_json_file(target / MANIFEST_NAME)
     except (OSError, ValueError):
         return {}
     return old if isinstance(old, dict) and isinstance(old.get("adapters"), dict) else {}
@@ -248,7 +248,7 @@ def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: 
 
 def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
     """Restore a save: base (given, saved or named), then every adapter in stage order."""
-    expected = kwargs.pop("manifest_sha256", None)
+    expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
     root, provenance = local_folder(path, revision=revision, include_base=base is None, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
     if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
@@ -256,7 +256,7 @@ def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: s
         if "repo" in provenance:  # a plain base model pulled from the Hub: name it by repo id and commit
             model.backbone.source, model.backbone.revision = provenance["repo"], provenance["revision"]
         return model
-    with read_snapshot(root):
+    with read_snapshot(root, recover=recover):
         check_manifest_sha256(root, expected)
         manifest = read_manifest(root)
         model = cls(_load_base(root, manifest, base, **hub_kwargs))
@@ -268,13 +268,13 @@ def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: s
 
 def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> str:
     """Compose one stage of another save (local or Hub) into ``model``; returns its name here."""
-    expected = kwargs.pop("manifest_sha256", None)
+    expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
     hub = {"stages": [name] if name else None, "include_base": False}  # Hub: fetch only this stage
     root, provenance = local_folder(path, revision=revision, **hub, **kwargs)
     if not (root / MANIFEST_NAME).exists() and (root.parent / MANIFEST_NAME).exists():
         name = name or root.name
         root = root.parent
-    with read_snapshot(root):
+    with read_snapshot(root, recover=recover):
         check_manifest_sha256(root, expected)
         manifest = read_manifest(root)
         check_family(model.backbone, manifest["base"], str(path))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .._io import sha256_file
+from .._io import loads_json, sha256_file
 from ..errors import StageFileError
 from .schema import validate_manifest
 
@@ -39,7 +39,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             f"{path} not found: {folder} is not a complete medadapt save (an interrupted save leaves no manifest)."
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StageFileError(f"{path} is not valid JSON: {exc}") from exc
     validate_manifest(manifest, str(path), FORMAT, FORMAT_VERSION)
