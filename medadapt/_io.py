@@ -130,6 +130,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def default_file_permissions(folder: str | os.PathLike) -> None:
+    """Give every regular file under ``folder`` the usual permissions (0666 minus the umask).
+
+    Some writers (safetensors, transformers) create files through private temporary files (0600);
+    a save's files should all be readable like any other file the user writes.
+    """
+    mode = 0o666 & ~_umask()
+    for dirpath, _dirs, filenames in os.walk(folder, followlinks=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, mode)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))

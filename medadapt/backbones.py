@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .base_files import require_safetensors
 from .errors import UnsupportedBackboneError
 from .families import BackboneFamily, Preprocessing, family_for_model, family_for_model_type, family_for_source, supported_families
 
@@ -180,6 +181,7 @@ def load_backbone(
 
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **hub_kwargs)
     family = family_for_model_type(config.model_type)
+    require_safetensors(source)  # a local folder with only pickled weights: a clear error, never an unpickle
     # safetensors only: transformers refuses pickled (.bin) weights instead of unpickling them
     loading: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **hub_kwargs)
     if torch_dtype is not None:

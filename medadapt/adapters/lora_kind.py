@@ -16,6 +16,7 @@ from peft import LoraConfig
 from torch import nn
 
 from ..errors import AdapterError, StageFileError
+from .checks import check_lora_dict, refuse_modules_to_save
 from .registry import AdapterKind, AdapterSet, register_adapter_kind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +49,7 @@ class LoraKind(AdapterKind):
 
     def config_from_dict(self, data: dict[str, Any], what: str) -> LoraConfig:
         data = {k: v for k, v in data.items() if k in LoraConfig.__dataclass_fields__ and k != "peft_type"}
+        check_lora_dict(data, what)
         try:
             return LoraConfig(**data)
         except (TypeError, ValueError) as exc:
@@ -62,6 +64,7 @@ class LoraKind(AdapterKind):
         if isinstance(spec, MergeSpec):
             adapters.lora.add_weighted(name, spec.sources, spec.weights, spec.method, **spec.options)
             return
+        refuse_modules_to_save(spec, f"adapter {name!r}")
         adapters.lora.add(name, spec)
 
     def owns(self, adapters: AdapterSet, name: str) -> bool:
@@ -86,6 +89,9 @@ class LoraKind(AdapterKind):
         config = copy.deepcopy(adapters.lora.config(name))
         config.base_model_name_or_path = base_source
         config.revision = base_revision
+        for key, value in vars(config).items():  # peft keeps target_modules as a set: its order follows PYTHONHASHSEED
+            if isinstance(value, (set, frozenset)):
+                setattr(config, key, sorted(value))
         config.save_pretrained(str(folder))  # peft's own adapter_config.json
 
     def set_trainable(self, adapters: AdapterSet, names: Sequence[str]) -> None:
@@ -94,6 +100,7 @@ class LoraKind(AdapterKind):
     def install(self, adapters: AdapterSet, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
         """Strict and constant-time (see ``LoraBank.load``): every key and shape is checked before
         anything is injected, and a refused stage leaves the model as it was."""
+        refuse_modules_to_save(spec, what, StageFileError)
         spec.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"
         try:
             adapters.lora.load(name, spec, weights)

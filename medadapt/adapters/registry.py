@@ -24,6 +24,7 @@ from torch import nn
 
 from .._io import loads_json
 from ..errors import AdapterError, StageFileError
+from .checks import check_finite
 from .lora import LoraBank
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,8 +90,11 @@ class AdapterKind(ABC):
 
     # -- stage folders -------------------------------------------------------------------------
     def read(self, folder: Path, what: str) -> tuple[Any, dict[str, torch.Tensor]]:
-        """Config object and weights of one stage folder of this kind."""
-        return self.config_from_dict(read_json(folder / self.files[0], what), what), read_weights(folder / self.files[1], what)
+        """Config object and weights of one stage folder of this kind (weights must be finite)."""
+        config = self.config_from_dict(read_json(folder / self.files[0], what), what)
+        weights = read_weights(folder / self.files[1], what)
+        check_finite(weights, what)
+        return config, weights
 
     def install(self, adapters: "AdapterSet", name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
         """Create ``name`` from ``spec`` and load ``weights``; on a mismatch nothing is left behind."""

@@ -28,10 +28,12 @@ from .. import __version__
 from .._io import read_json_file, storage_errors
 from ..adapters import AdapterKind, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
+from ..base_files import quiet_weight_loading
 from ..domains import Domain
 from ..errors import AdapterError, BaseMismatchError, StageFileError
 from ..families import family_by_name
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, check_manifest_sha256, hash_folder, read_manifest, verify_files
+from .schema import check_domain_task
 from .transaction import SaveTransaction, read_snapshot
 from .weights_digest import base_weights_sha256, check_base_weights
 
@@ -187,7 +189,8 @@ def _load_base(root: Path, manifest: dict[str, Any], base: Any, **kwargs: Any) -
         backbone = _as_backbone(base)
     elif info.get("saved_in"):
         folder = verify_files(root, info["saved_in"], info.get("files", {}), "base model", base=True)
-        backbone = load_backbone(str(folder))
+        with quiet_weight_loading():  # no "Loading weights" bars on every load of a saved base
+            backbone = load_backbone(str(folder))
         backbone.source, backbone.revision = info.get("source"), info.get("revision")
     elif info.get("source"):
         backbone = load_backbone(info["source"], revision=info.get("revision"), **kwargs)
@@ -229,6 +232,8 @@ def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: 
     entry = manifest["adapters"].get(name)
     domains = {d["name"]: d for d in manifest["domains"]}
     domain = Domain(**{**domains[name], "name": new_name}) if name in domains else None
+    if domain is not None:
+        check_domain_task(domain.task, model.family.name, model.family.tasks, f"domain {name!r} in {root}")
     if "repo" in provenance:  # pulled from the Hub: record that exact commit (and where the stage came from before)
         origin = {"origin": entry["source"]} if entry is not None and entry.get("source") else {}
         record = {**provenance, **origin}

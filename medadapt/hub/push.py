@@ -29,6 +29,7 @@ from ..errors import AdapterError, BaseMismatchError, HubError, StageFileError
 from .card import is_medadapt_card, render_card
 from .io import BASE_FOLDER, base_needs_saving, save_model
 from .pull import offline_mode
+from .repo_id import check_repo_id
 from .manifest import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,6 +209,7 @@ def push_model(
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     names = _stage_names(model, domains)
+    check_repo_id(repo_id)
     if offline_mode():
         raise HubError(OFFLINE_MESSAGE)
     api = HfApi(token=token)

@@ -10,8 +10,10 @@ instead of loading unchecked weights.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
+from ..domains import Domain
 from ..errors import StageFileError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -125,6 +127,11 @@ def _adapter(name: Any, entry: Any, where: str, required: dict[str, tuple[str, .
 
 def _domain(spec: Any, where: str, field: str, kinds: tuple[str, ...]) -> None:
     _expect(spec, dict, where, field)
+    known = [f.name for f in fields(Domain)]
+    unknown = sorted(str(k) for k in spec if k not in known)
+    if unknown:
+        _fail(where, f"{field} has unknown key(s) {unknown}; a domain entry holds only {known}.")
+    _expect(spec.get("task", "classification"), str, where, f"{field}.task")
     _expect(spec.get("name"), str, where, f"{field}.name")
     labels = _expect(spec.get("labels"), list, where, f"{field}.labels")
     for j, label in enumerate(labels):
@@ -133,3 +140,10 @@ def _domain(spec: Any, where: str, field: str, kinds: tuple[str, ...]) -> None:
     if spec.get("adapter_type", "lora") not in kinds:
         _fail(where, f"{field}.adapter_type must be one of {list(kinds)}, got {spec.get('adapter_type')!r}.")
     _expect(spec.get("metadata") or {}, dict, where, f"{field}.metadata")
+
+
+def check_domain_task(task: str, family_name: str, family_tasks: tuple[str, ...], where: str) -> None:
+    """Refuse a saved domain whose task the loading base's family cannot serve (a ``vqa`` domain on a dual encoder)."""
+    if task not in family_tasks:
+        _fail(where, f"the domain has task {task!r}, which the {family_name!r} family of this base cannot serve "
+                     f"(it serves {list(family_tasks)}); a 'vqa' domain needs a generative base.")

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .._io import atomic_write_bytes, atomic_write_json, read_small_json_nofollow, sha256_file
+from .._io import atomic_write_bytes, atomic_write_json, default_file_permissions, read_small_json_nofollow, sha256_file
 from ..errors import InterruptedSaveError, StageFileError, UnsafeFolderError
 from ..locking import snapshot_lock, writer_lock
 from .manifest import MANIFEST_NAME
@@ -142,6 +142,7 @@ class SaveTransaction:
                 continue  # unchanged: left byte-identical
             moves.append({"path": relative, "kind": "replace" if (target / relative).exists() else "create"})
         moves += [{"path": relative, "kind": "remove"} for relative in stale]
+        default_file_permissions(self.staging)  # safetensors writes 0600 files; a save is 0666 minus the umask
         trash = target / f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}"
         journal = {
             "staging": self.staging.name,

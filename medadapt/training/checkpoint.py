@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_directory, sha256_file
+from .._io import atomic_directory, loads_json, sha256_file
 from ..errors import StageFileError
 from ..hub.io import read_adapter, save_model
 from ..hub.manifest import read_manifest, verify_files
@@ -80,7 +80,7 @@ def read_state(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise StageFileError(f"no checkpoint at {folder} (missing {STATE_NAME}); nothing to resume.")
     try:
-        return json.loads(path.read_text())
+        return loads_json(path.read_text())
     except json.JSONDecodeError as exc:
         raise StageFileError(f"checkpoint state {path} is corrupted: {exc}") from exc
 

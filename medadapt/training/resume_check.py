@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json, sha256_file
+from .._io import atomic_write_json, loads_json, sha256_file
 from ..errors import CheckpointError, StageFileError
 from .checkpoint import FILES_KEY, MANIFEST_FILE as MANIFEST, MODEL_DIR, OPTIM_NAME, RNG_NAME, STATE_NAME, latest_checkpoint
 
@@ -37,7 +37,7 @@ def verify_checkpoint(folder: Path, out: Path) -> dict[str, Any]:
 
     path = folder / STATE_NAME
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"--resume: the checkpoint state {path} is unreadable ({exc}). {_advice(out)}") from exc
     if not isinstance(state, dict) or not isinstance(state.get("loop"), dict):
