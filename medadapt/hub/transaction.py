@@ -125,8 +125,8 @@ class SaveTransaction:
                 try:
                     recover(self.target)  # undo what this save did; a failure here is left for the next one
                 except Exception as again:  # noqa: BLE001 - the original error is the one to report
-                    logger.warning("could not roll back the failed save in %s yet (%s); the next save or load will.",
-                                   self.target, again)
+                    logger.warning("could not roll back the failed save in %s yet (%s); the next save, or "
+                                   "`medadapt recover %s`, will.", self.target, again, self.target)
             if self.staging is not None and not (self.target / JOURNAL_NAME).exists():
                 _remove(self.staging)
         finally:
@@ -141,7 +141,14 @@ class SaveTransaction:
             if _same_files(target / relative, files):
                 continue  # unchanged: left byte-identical
             moves.append({"path": relative, "kind": "replace" if (target / relative).exists() else "create"})
-        moves += [{"path": relative, "kind": "remove"} for relative in stale]
+        for relative in stale:  # a folder an old (perhaps edited) manifest named: only plain names are ever removed
+            if _PLAIN_NAME.fullmatch(relative) and _entry_type(target / relative) == "dir":
+                moves.append({"path": relative, "kind": "remove"})
+            else:
+                logger.warning("%s: left %r in place (not a plain stage folder name, or not a real folder).", target, relative)
+        bad = [relative for relative in folders if not _PLAIN_NAME.fullmatch(relative)]
+        if bad:
+            raise StageFileError(f"cannot save to {target}: stage folder names {bad} are not plain names.")
         default_file_permissions(self.staging)  # safetensors writes 0600 files; a save is 0666 minus the umask
         trash = target / f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}"
         journal = {
