@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from medadapt import ContinualVLM

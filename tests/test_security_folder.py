@@ -213,10 +213,16 @@ def test_lock_that_is_a_directory_is_refused(home, lock):
     assert _tree(home, skip=folder) == outside
 
 
-def test_journal_that_is_a_symlink_is_not_followed(home):
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_journal_that_is_not_a_regular_file_is_not_followed(home, kind):
     home, folder = home
     (folder / ".trash-x").mkdir()
-    os.symlink(home / "notes.txt", folder / JOURNAL)
+    if kind == "symlink":
+        os.symlink(home / "notes.txt", folder / JOURNAL)
+    elif hasattr(os, "mkfifo"):
+        os.mkfifo(folder / JOURNAL)
+    else:
+        pytest.skip("needs POSIX FIFOs")
     outside = _tree(home, skip=folder)
     _every_writer_refuses(folder)
     assert _tree(home, skip=folder) == outside
