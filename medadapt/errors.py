@@ -73,3 +73,7 @@ class TrainingError(MedAdaptError, RuntimeError):
 
 class HubError(MedAdaptError, RuntimeError):
     """The Hugging Face Hub cannot be used for this operation (offline mode, unreachable)."""
+
+
+class InputError(MedAdaptError, ValueError):
+    """An argument of a call (questions, max_new_tokens, ...) has the wrong type or value."""
