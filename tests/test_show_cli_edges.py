@@ -72,3 +72,18 @@ def test_every_built_in_tiny_name_is_known_without_the_hub(picture, tmp_path, na
     assert main(["show", str(picture), "-o", str(out), "--model", name, "--scale", "1"]) == 0, capsys.readouterr().err
     with Image.open(out) as image:
         assert image.mode == "RGB" and min(image.size) >= 8
+
+
+def test_a_refused_write_is_a_clear_error_and_leaves_no_temporary_file(picture, tmp_path, monkeypatch, capsys):
+    import medadapt._io as io_module
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    monkeypatch.setattr(io_module.os, "replace", refuse)  # what a folder we may not write into does
+    assert main(["show", str(picture), "-o", str(out_dir / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "permission denied" in err.lower() and "Traceback" not in err
+    assert list(out_dir.iterdir()) == []  # no stray .tmp
