@@ -15,25 +15,28 @@ reports such a folder but never changes it). Run it only on a folder you own.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image
 
+from ._io import atomic_write_bytes, storage_errors
 from .errors import MedAdaptError
 
 __all__ = ["main", "image_processor_for"]
 
-TINY_MODELS = ("tiny-clip", "tiny-siglip")
+#: The largest side, in pixels, of the PNG ``show`` writes (``--scale`` is refused beyond it).
+MAX_SHOWN_SIDE = 8192
 
 
 def image_processor_for(model: str) -> Any:
     """The image processor of ``model``: a built-in tiny model, a Hub id or a local folder (or its ``base/``)."""
-    if model in TINY_MODELS:
-        from .tiny import tiny_backbone
+    from .tiny import tiny_base, tiny_names
 
-        return tiny_backbone(model.split("-", 1)[1], seed=0).image_processor
+    if model in tiny_names():  # every built-in name, without asking the Hub
+        return tiny_base(model, seed=0).image_processor
     from transformers import AutoImageProcessor
 
     candidates = [model]
@@ -46,7 +49,7 @@ def image_processor_for(model: str) -> Any:
         except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HF errors
             errors.append(f"{source}: {exc}")
     raise MedAdaptError(
-        f"cannot load the image processor of {model!r}: it is neither a built-in name ({', '.join(TINY_MODELS)}), "
+        f"cannot load the image processor of {model!r}: it is neither a built-in name ({', '.join(tiny_names())}), "
         f"a local model folder, nor a Hub id reachable now. Details: {' | '.join(errors)}"
     )
 
@@ -83,12 +86,20 @@ def _show(args: argparse.Namespace) -> int:
         picture = load_image(source, window=window, frame=args.frame)
     else:
         picture = model_input_image(source, processor, window=window, frame=args.frame)
-    shown = picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST) if args.scale > 1 else picture
     out = Path(args.output) if args.output else Path(Path(args.image).name.split(".")[0] + ".model_input.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    shown.save(tmp, format="PNG")
-    tmp.replace(out)
+    if out.is_dir():
+        raise MedAdaptError(f"-o {out} is a folder; give the PNG's file name, e.g. -o {out / 'model_input.png'}.")
+    largest = max(picture.width, picture.height)
+    if args.scale > 1 and largest * args.scale > MAX_SHOWN_SIDE:
+        raise MedAdaptError(
+            f"--scale {args.scale} would write a {picture.width * args.scale}x{picture.height * args.scale} PNG; "
+            f"the limit is {MAX_SHOWN_SIDE} pixels a side: use --scale {max(1, MAX_SHOWN_SIDE // largest)} or less."
+        )
+    shown = picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST) if args.scale > 1 else picture
+    buffer = io.BytesIO()
+    shown.save(buffer, format="PNG")
+    with storage_errors(f"cannot write {out}"):
+        atomic_write_bytes(out, buffer.getvalue())
     what = "full-resolution windowed image" if args.original else f"model input of {args.model}"
     print(f"wrote {out}: {what}, {picture.width}x{picture.height} shown at {shown.width}x{shown.height}, window={args.window or 'default'}")
     return 0
@@ -106,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--axis", type=int, default=2, help="NIfTI slicing axis after reorienting to RAS+ (0 sagittal, 1 coronal, 2 axial)")
     show.add_argument("--slice", default="middle", help="NIfTI slice: 'middle' or an index")
     show.add_argument("--volume", type=int, help="time point of a 4D NIfTI series")
-    show.add_argument("--model", default="tiny-clip", help="whose image processor to use: tiny-clip, a Hub id or a local folder")
-    show.add_argument("--scale", type=int, default=8, help="enlarge the written PNG this many times (nearest neighbour; 1 = as is)")
+    show.add_argument("--model", default="tiny-clip", help="whose image processor to use: a built-in tiny name (tiny-clip, tiny-llava, ...), a Hub id or a local folder")
+    show.add_argument("--scale", type=int, default=8, help=f"enlarge the written PNG this many times (nearest neighbour; 1 = as is; at most {MAX_SHOWN_SIDE} pixels a side)")
     show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
     recover = commands.add_parser("recover", help="finish or undo an interrupted save in a folder you own")
     recover.add_argument("folder", help="a medadapt save folder or training output_dir")

@@ -83,3 +83,7 @@ class UnsafeFolderError(StageFileError):
 class InterruptedSaveError(StageFileError):
     """A folder holds a save interrupted in the middle of swapping folders; a reader does not repair it
     (``medadapt recover FOLDER``, or ``recover=True`` by the folder's owner, does)."""
+
+
+class InputError(MedAdaptError, ValueError):
+    """An argument of a call (questions, max_new_tokens, ...) has the wrong type or value."""

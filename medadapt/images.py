@@ -216,6 +216,8 @@ def model_input_image(
     normalisation (``image_mean`` / ``image_std``) so a person can look at the result.
     """
     pixels = image_processor(images=[to_rgb(image, window=window, frame=frame)], return_tensors="pt")["pixel_values"][0]
+    while pixels.dim() > 3:  # tiled processors (Idefics3): (tiles, C, H, W); show the first tile
+        pixels = pixels[0]
     mean = torch.tensor(getattr(image_processor, "image_mean", None) or [0.0, 0.0, 0.0], dtype=pixels.dtype).view(-1, 1, 1)
     std = torch.tensor(getattr(image_processor, "image_std", None) or [1.0, 1.0, 1.0], dtype=pixels.dtype).view(-1, 1, 1)
     values = (pixels * std + mean).clamp(0.0, 1.0)

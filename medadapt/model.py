@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .adapters import AdapterSet, adapter_kind
+from . import call_checks
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
@@ -389,13 +390,13 @@ class ContinualVLM(nn.Module):
         ``unrouted`` (matched no domain well: served by the router's fallback shared adapter).
 
         ``questions`` (generative bases): one question per image (or one for all) asked instead of
-        the domain's own; each label is scored as its answer.
+        the domain's own (``None`` entries ask the domain's own); each label is scored as its answer.
         """
         with self.evaluating():
             if isinstance(domain, str) and domain == AUTO:
                 return predict_routed(self, self.preprocess(images), adapter)
             pixel_values = self.preprocess(images)
-            rows = self._per_image(questions, pixel_values.shape[0], "questions")
+            rows = call_checks.scoring_questions(self.scorer, pixel_values.shape[0], domain, self.get_domain, questions)
             if isinstance(domain, str):
                 logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter), rows)
                 return logits.softmax(dim=-1).cpu()
@@ -441,13 +442,14 @@ class ContinualVLM(nn.Module):
 
         ``domain`` is one name or one per image: each row is answered through its domain's adapter
         (one batched call, peft's per-row ``adapter_names``); ``None`` answers with the frozen base.
-        ``questions`` default to each domain's own question. ``adapter`` as in :meth:`predict_proba`.
+        ``questions`` default to each domain's own question (a ``None`` entry too). ``adapter`` as in
+        :meth:`predict_proba`. ``max_new_tokens`` is capped so that prompt and answer fit the model's context.
         """
         with self.evaluating():
             pixel_values = self.preprocess(images)
             n = pixel_values.shape[0]
-            domains = self._per_image(domain, n, "domain names") if domain is not None else None
-            asked = self._per_image(questions, n, "questions")
+            domains = call_checks.domain_names(domain, n) if domain is not None else None
+            asked = call_checks.generation_questions(self.scorer, n, domains and [self.get_domain(d) for d in domains], questions)
             if asked is None:
                 if domains is None:
                     raise DomainError("give the questions to answer, or domains whose question to ask.")
@@ -456,6 +458,7 @@ class ContinualVLM(nn.Module):
                 served = [None if adapter in (None, "base") else self._named_adapter(adapter)] * n
             else:
                 served = [self.resolve_adapter(d, adapter) for d in domains]
+            max_new_tokens = call_checks.new_token_budget(self.scorer, asked, max_new_tokens)
             return self.scorer.generate(pixel_values, asked, served, max_new_tokens=max_new_tokens)
 
     # -- routing and composition ---------------------------------------------------------------

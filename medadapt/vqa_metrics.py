@@ -1,16 +1,22 @@
 """Metrics for visual question answering and report generation (pure Python + numpy, offline).
 
-All metrics compare *normalised* strings (:func:`normalize_answer`: lower case, surrounding
-whitespace stripped, inner whitespace collapsed, trailing sentence punctuation dropped).
+Answers are compared after the official SQuAD normalisation (:func:`squad_normalize`, the
+``normalize_answer`` of the SQuAD v1.1/v2.0 evaluation scripts): lower case, every ASCII punctuation
+character removed (``"C5-C6"`` -> ``"c5c6"``, as SQuAD does), the articles *a*, *an*, *the* removed,
+whitespace collapsed. So ``token_f1(["the left lung"], ["left lung"])`` is 1.0, as in SQuAD, and the
+numbers are comparable with papers that score VQA with SQuAD's script. :func:`normalize_answer` is the
+lighter normalisation used to *store* answers (VQA-RAD labels keep their hyphens and articles).
 
 * Closed-ended questions: :func:`closed_accuracy`, strict equality of the normalised answers.
   It deliberately avoids two mistakes of widely copied VQA-RAD/SLAKE evaluation scripts: a
   substring test (which counts the prediction ``"normal"`` as correct for the answer ``"no"``),
   and leaving predictions that are neither "yes" nor "no" out of the denominator.
-* Open-ended questions: :func:`exact_match`, :func:`token_f1` (SQuAD-style bag-of-tokens F1) and
-  :func:`token_recall`, the share of reference tokens found in the prediction, which is what
-  LLaVA-Med style papers report as "open accuracy".
-* Reports: :func:`bleu1`, corpus BLEU-1 (clipped unigram precision times the brevity penalty).
+* Open-ended questions: :func:`exact_match` (SQuAD's exact match), :func:`token_f1` (SQuAD's
+  bag-of-tokens F1; as in the SQuAD v2.0 script, an empty answer scores 1 against an empty reference
+  and 0 otherwise) and :func:`token_recall`, the share of reference tokens found in the prediction,
+  which is what LLaVA-Med style papers report as "open accuracy".
+* Reports: :func:`bleu1`, corpus BLEU-1 (clipped unigram precision times the brevity penalty, as
+  ``nltk.translate.bleu_score.corpus_bleu(..., weights=(1,))`` on the same tokens).
 
 :func:`score_vqa` groups predictions by answer type and returns every metric per group plus the
 group's main metric (``accuracy`` for closed, ``recall`` for open). Bad input (different lengths,
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import Counter
 from typing import Sequence
 
@@ -33,6 +40,7 @@ __all__ = [
     "exact_match",
     "normalize_answer",
     "score_vqa",
+    "squad_normalize",
     "tokenize_answer",
     "token_f1",
     "token_recall",
@@ -43,24 +51,35 @@ MAIN_METRIC = {"closed": "accuracy", "open": "recall"}
 
 _SPACES = re.compile(r"\s+")
 _TRAILING_PUNCT = ".,;:!?"
-_TOKEN = re.compile(r"\w+")
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def _text(text: object) -> str:
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ValueError(f"an answer must be a string (or a number), got {type(text).__name__}: {text!r}")
+    return str(text)
 
 
 def normalize_answer(text: object) -> str:
-    """Lower case, strip, collapse inner whitespace and drop trailing ``.,;:!?``.
+    """Lower case, strip, collapse inner whitespace and drop trailing ``.,;:!?`` (how answers are stored).
 
     Numbers are accepted (VQA-RAD stores a few answers as ints: ``4`` -> ``"4"``); ``None`` and
-    other types raise ``ValueError``.
+    other types raise ``ValueError``. The metrics compare :func:`squad_normalize` forms instead.
     """
-    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"an answer must be a string (or a number), got {type(text).__name__}: {text!r}")
-    s = _SPACES.sub(" ", str(text).lower()).strip()
+    s = _SPACES.sub(" ", _text(text).lower()).strip()
     return s.rstrip(_TRAILING_PUNCT).rstrip()
 
 
+def squad_normalize(text: object) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation removed, articles removed, whitespace collapsed."""
+    s = "".join(ch for ch in _text(text).lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
 def tokenize_answer(text: object) -> list[str]:
-    """The word tokens (``\\w+`` runs) of the normalised answer: ``"C5-C6 level."`` -> ``["c5", "c6", "level"]``."""
-    return _TOKEN.findall(normalize_answer(text))
+    """The tokens the metrics count: :func:`squad_normalize`'s words (``"The C5-C6 level."`` -> ``["c5c6", "level"]``)."""
+    return squad_normalize(text).split()
 
 
 def _pairs(predictions: Sequence[object], references: Sequence[object]) -> tuple[list[str], list[str]]:
@@ -75,15 +94,15 @@ def _pairs(predictions: Sequence[object], references: Sequence[object]) -> tuple
 
 
 def exact_match(predictions: Sequence[object], references: Sequence[object]) -> float:
-    """Share of predictions equal to their reference after :func:`normalize_answer`."""
+    """Share of predictions equal to their reference after :func:`squad_normalize` (SQuAD's exact match)."""
     preds, refs = _pairs(predictions, references)
-    return float(np.mean([normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)]))
+    return float(np.mean([squad_normalize(p) == squad_normalize(r) for p, r in zip(preds, refs)]))
 
 
 def closed_accuracy(predictions: Sequence[object], references: Sequence[object]) -> float:
     """Strict accuracy for closed-ended (e.g. yes/no) questions.
 
-    A prediction is correct only when it equals the reference after normalisation: ``"normal"``
+    A prediction is correct only when it equals the reference after :func:`squad_normalize`: ``"normal"``
     is *not* a correct ``"no"``, ``"yes, there is"`` is not a correct ``"yes"``, and every
     question counts in the denominator, whatever the model answered.
     """
@@ -103,7 +122,7 @@ def _f1_recall(prediction: object, reference: object) -> tuple[float, float]:
 
 
 def token_f1(predictions: Sequence[object], references: Sequence[object]) -> float:
-    """Mean bag-of-tokens F1 between each prediction and its reference (SQuAD style, tokens counted with multiplicity)."""
+    """Mean bag-of-tokens F1 between each prediction and its reference (SQuAD's F1, tokens counted with multiplicity)."""
     preds, refs = _pairs(predictions, references)
     return float(np.mean([_f1_recall(p, r)[0] for p, r in zip(preds, refs)]))
 

@@ -28,7 +28,7 @@ def test_normalize_lowercases_strips_collapses_and_drops_trailing_punctuation():
     assert normalize_answer(" superficial to the patient's skin") == "superficial to the patient's skin"
     assert normalize_answer(4) == "4"  # VQA-RAD stores a few answers as ints
     assert normalize_answer("") == ""
-    assert tokenize_answer("C5-C6 level.") == ["c5", "c6", "level"]
+    assert tokenize_answer("The C5-C6 level.") == ["c5c6", "level"]  # SQuAD: punctuation and articles removed
     with pytest.raises(ValueError, match="must be a string"):
         normalize_answer(None)
 
@@ -57,30 +57,31 @@ def test_token_f1_and_recall_hand_computed():
     # common tokens {lower, lobe}: precision 2/3, recall 2/3, F1 2/3
     assert token_f1(["right lower lobe"], ["left lower lobe"]) == pytest.approx(2 / 3)
     assert token_recall(["right lower lobe"], ["left lower lobe"]) == pytest.approx(2 / 3)
-    # a longer prediction holding the whole reference: recall 1, precision 2/4, F1 2/3
+    # a longer prediction holding the whole reference ("the" is dropped): recall 1, precision 2/3, F1 0.8
     assert token_recall(["the left lung base"], ["left lung"]) == 1.0
-    assert token_f1(["the left lung base"], ["left lung"]) == pytest.approx(2 / 3)
+    assert token_f1(["the left lung base"], ["left lung"]) == pytest.approx(0.8)
+    assert token_f1(["the left lung"], ["left lung"]) == 1.0  # as SQuAD's normalisation gives
     # multiplicity: the reference needs "left" twice
     assert token_recall(["left"], ["left left"]) == pytest.approx(0.5)
     # mean over questions; disjoint tokens score 0, two empty answers match
-    assert token_f1(["a", "b", ""], ["a", "c", ""]) == pytest.approx(2 / 3)
+    assert token_f1(["x", "b", ""], ["x", "c", ""]) == pytest.approx(2 / 3)
     assert token_recall([""], ["left"]) == 0.0
 
 
 def test_bleu1_matches_hand_computed_sentence_with_brevity_penalty():
-    # clipped unigrams: "the" min(3, 2) + "cat" 1 = 3 of 4 predicted; c=4 < r=6 -> BP = exp(1 - 6/4)
-    expected = 0.75 * math.exp(-0.5)
-    assert expected == pytest.approx(0.4548979948)
-    assert bleu1(["the the the cat"], ["the cat is on the mat"]) == pytest.approx(expected)
-    # no penalty when the prediction is longer than the reference
-    assert bleu1(["the cat sat on the mat today"], ["the cat is on the mat"]) == pytest.approx(5 / 7)
+    # clipped unigrams: "cat" min(3, 1) + "mat" 1 = 2 of 4 predicted; c=4 < r=5 -> BP = exp(1 - 5/4)
+    expected = 0.5 * math.exp(-0.25)
+    assert expected == pytest.approx(0.3894003915)
+    assert bleu1(["cat cat cat mat"], ["cat is on big mat"]) == pytest.approx(expected)
+    # no penalty when the prediction is longer than the reference ("the" is not a token)
+    assert bleu1(["the cat sat on the mat today"], ["the cat is on the mat"]) == pytest.approx(3 / 5)
     assert bleu1([""], ["no acute findings"]) == 0.0
     assert bleu1(["no acute findings"], ["No acute findings."]) == 1.0
 
 
 def test_bleu1_is_corpus_level_not_a_mean_of_sentences():
-    preds = ["a b c d e", "x"]
-    refs = ["a b", "x y z"]
+    preds = ["v w c d e", "x"]
+    refs = ["v w", "x y z"]
     # totals: clipped 2 + 1 = 3, predicted 6, reference 5 -> BP 1, BLEU-1 = 3/6
     assert bleu1(preds, refs) == pytest.approx(0.5)
     sentence_mean = (bleu1(preds[:1], refs[:1]) + bleu1(preds[1:], refs[1:])) / 2

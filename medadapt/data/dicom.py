@@ -5,7 +5,8 @@ Layouts (``path`` is the folder):
 * ``options.csv`` names a CSV (relative to ``path``) with columns ``file`` and ``label`` and,
   optionally, ``split``. ``file`` is relative to ``path``; ``label`` is a declared label name
   (case-insensitive) or its index. Without a ``split`` column, a deterministic stratified split is
-  made (``options.test_fraction``, default 0.3; source splits ``train``, ``test``, ``all``).
+  made (``options.test_fraction``, default 0.3; source splits ``train``, ``test``, ``all``). The CSV is
+  read as UTF-8; ``options.encoding`` (e.g. ``latin-1``) reads another encoding.
 * otherwise ``path/<split>/<label>/<files>``, like ``imagefolder``: every file with a ``.dcm`` /
   ``.dicom`` suffix or the DICOM marker is read (``DICOMDIR`` index files are ignored).
 
@@ -20,13 +21,13 @@ file is decoded once at load time; ``options.on_bad_file: skip`` leaves unreadab
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from ..medical.dicom import is_dicom
 from .base import DataConfig, DataError, DataNotFoundError, DomainData, ImageLabelDataset
+from .csv_table import read_csv_rows
 from .files import FileOptions, ImageFiles, check_files
 from .loaders import match_label_names, register_loader, require_path, stratified_split
 
@@ -64,8 +65,7 @@ def _csv_layout(root: Path, labels: list[str], cfg: DataConfig, name: str) -> di
         raise DataNotFoundError(f"domain {name!r}: label CSV not found: {table}")
     if not labels:
         raise DataError(f"domain {name!r}: the dicom format with a CSV needs declared 'labels'")
-    with open(table, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv_rows(table, name, cfg.options.get("encoding"))
     columns = set(rows[0]) if rows else set()
     if not {"file", "label"} <= columns:
         raise DataError(f"domain {name!r}: {table} needs columns 'file' and 'label' (optional 'split'), got {sorted(columns)}")
@@ -91,7 +91,7 @@ def _csv_layout(root: Path, labels: list[str], cfg: DataConfig, name: str) -> di
 def load_dicom_domain(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
     """Load a ``dicom`` domain (see the module docstring for the layouts and options)."""
     root = require_path(cfg.path, "DICOM folder", name, is_dir=True)
-    options = FileOptions(name, cfg.options, extra_keys=("csv", "test_fraction"))
+    options = FileOptions(name, cfg.options, extra_keys=("csv", "test_fraction", "encoding"))
     if "csv" in cfg.options:
         parts = _csv_layout(root, labels, cfg, name)
     else:

@@ -4,9 +4,18 @@ What a clinician's viewer does, in the same order:
 
 1. decode the pixel data (JPEG, JPEG-LS, JPEG 2000 and RLE through the pylibjpeg plugins of the extra);
 2. apply the Modality LUT / Rescale Slope and Intercept, so CT values are Hounsfield units;
-3. apply a window: the user's (name or ``(center, width)``), else the file's own VOI LUT or
-   Window Center/Width, else the real range of the values;
-4. invert MONOCHROME1 (where the file says "high values are dark").
+3. apply a window: the user's (name or ``(center, width)``), else the file's own VOI LUT
+   (``pydicom.pixels.apply_voi``) or Window Center/Width, else the real range of the values;
+4. apply the Presentation LUT: a Presentation LUT Sequence through ``pydicom.pixels.apply_presentation_lut``;
+   ``PresentationLUTShape = INVERSE`` or MONOCHROME1 ("high values are dark") inverts, once, so the
+   highest value is black as in pydicom.
+
+Header values that cannot be numbers (Window Width, Rescale Slope...), a transfer syntax UID that is
+not one, and a VOI LUT whose descriptor is outside what DICOM allows are :class:`ImageError` naming the
+field. Before anything is decoded, the header's frame size is checked against PIL's decompression-bomb
+limit (:func:`check_pixel_budget`): a frame over ``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 179
+million), or a whole-file decode over that many pixels in all, is refused. Raise
+``PIL.Image.MAX_IMAGE_PIXELS`` (``None`` disables it) to read a larger file you trust.
 
 YBR colour data come back from pydicom as RGB, PALETTE COLOR through its lookup table.
 Multi-frame files give one image per frame (:func:`dicom_frames`), or the frame you pick.
@@ -35,6 +44,8 @@ __all__ = [
     "dicom_frames",
     "read_dicom",
     "frame_count",
+    "header_number",
+    "check_pixel_budget",
 ]
 
 #: The install command named by every "pydicom or a decoder is missing" error.
@@ -105,6 +116,57 @@ def frame_count(ds: Any) -> int:
         return 1
 
 
+def header_number(ds: Any, keyword: str, name: str, fix: str, index: int = 0) -> float | None:
+    """The ``index``-th value of the numeric header field ``keyword`` as a finite float (``None`` when absent).
+
+    Raises :class:`ImageError` naming the file, the field, its value and ``fix`` when it is not a finite number.
+    """
+    if keyword not in ds:
+        return None
+    try:
+        value = ds[keyword].value
+    except Exception as exc:  # noqa: BLE001 - pydicom converts on access and may raise
+        raise ImageError(f"{name}: its {keyword} cannot be read ({exc}); {fix}") from exc
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if not len(value):
+            raise ImageError(f"{name}: its {keyword} is empty; {fix}")
+        value = value[min(index, len(value) - 1)]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise ImageError(f"{name}: its {keyword} is {value!r}, not a finite number; {fix}")
+    return number
+
+
+def check_pixel_budget(ds: Any, name: str, frames: int = 1) -> None:
+    """Refuse, before decoding, a header whose decoded size is over PIL's decompression-bomb limit.
+
+    One frame (Rows x Columns) and the ``frames`` decoded together may each hold at most
+    ``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels (the size at which PIL itself refuses an image);
+    ``PIL.Image.MAX_IMAGE_PIXELS = None`` disables the check.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"{name}: Rows/Columns in the header are not integers ({exc}).") from exc
+    if rows < 1 or columns < 1:
+        raise ImageError(f"{name}: the header says the image is {rows}x{columns} pixels; it has an empty side.")
+    pixels = rows * columns * max(1, frames)
+    if pixels > 2 * limit:
+        what = f"{rows}x{columns} pixels" + (f" x {frames} frames" if frames > 1 else "")
+        raise ImageError(
+            f"{name}: the header says its pixel data decode to {what} ({pixels:,} pixels), over the decompression-bomb "
+            f"limit of 2 x PIL.Image.MAX_IMAGE_PIXELS = {2 * limit:,}; it was not decoded. If you trust the file, raise "
+            "the limit first: PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None disables the check)"
+            + ("; or read one frame at a time (frame=k)." if frames > 1 else ".")
+        )
+
+
 def _check_decodable(ds: Any, name: str) -> None:
     pixels = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     if not any(tag in ds for tag in pixels):
@@ -117,8 +179,19 @@ def _check_decodable(ds: Any, name: str) -> None:
     for tag in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
         if tag not in ds:
             raise ImageError(f"{name}: the DICOM header lacks {tag}, which is needed to decode its pixel data.")
+    check_pixel_budget(ds, name)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_compressed:
+    if syntax is None:
+        return
+    try:
+        compressed = syntax.is_compressed
+    except ValueError as exc:  # pydicom: "UID is not a transfer syntax"
+        raise ImageError(
+            f"{name}: its transfer syntax UID {str(syntax)!r} is not a DICOM transfer syntax pydicom knows, so its pixel "
+            "data cannot be decoded (a private or corrupted header). Convert the file to a standard syntax "
+            "(e.g. `gdcmconv --raw` or dcmtk's `dcmdjpeg`/`dcmconv +te`)."
+        ) from exc
+    if not compressed:
         return
     from pydicom.pixels import get_decoder
 
@@ -168,12 +241,76 @@ def dicom_values(source: DicomSource, frame: int | None = None) -> np.ndarray:
     _check_decodable(ds, name)
     n_frames = frame_count(ds)
     index = None if frame is None else _frame_indices(frame, n_frames, name)[0]
+    if index is None and n_frames > 1:
+        check_pixel_budget(ds, name, n_frames)
     values = _decode(ds, index if n_frames > 1 else None, name)
     if int(ds.get("SamplesPerPixel", 1) or 1) == 1 and "PALETTE" not in str(ds.PhotometricInterpretation).upper():
-        from pydicom.pixels import apply_modality_lut
-
-        values = np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+        values = _modality(values, ds, name)
     return values
+
+
+def _modality(values: np.ndarray, ds: Any, name: str) -> np.ndarray:
+    """``pydicom.pixels.apply_modality_lut`` as float64, after checking the rescale fields are numbers."""
+    from pydicom.pixels import apply_modality_lut
+
+    fix = "correct the header (e.g. with pydicom) before reading the file; the values would not be in the modality's units."
+    header_number(ds, "RescaleSlope", name, fix)
+    header_number(ds, "RescaleIntercept", name, fix)
+    try:
+        return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a broken Modality LUT Sequence raises many types
+        raise ImageError(f"{name}: cannot apply its Modality LUT: {type(exc).__name__}: {exc}") from exc
+
+
+#: Bits per VOI LUT entry that DICOM allows (PS3.3 C.11.2.1.1; pydicom also accepts 10 to 15).
+VOI_LUT_BITS = (8, *range(10, 17))
+_OWN_WINDOW_FIX = (
+    "pass a window to display it without the file's own: window='full' (the real range), a name such as 'lung', "
+    "or (center, width) (`--window` for medadapt show)."
+)
+
+
+def _file_voi_lut(values: np.ndarray, ds: Any, name: str) -> np.ndarray:
+    """The file's first VOI LUT through ``pydicom.pixels.apply_voi``, scaled from its entry range to 0..1."""
+    from pydicom.pixels import apply_voi
+
+    lut = ds.VOILUTSequence[0]
+    try:
+        entries, _, bits = (int(v) for v in lut.LUTDescriptor)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageError(f"{name}: its VOI LUT has no valid LUT Descriptor (three integers) ({exc}); {_OWN_WINDOW_FIX}") from exc
+    if bits not in VOI_LUT_BITS:
+        raise ImageError(
+            f"{name}: its VOI LUT descriptor says {bits} bits per entry; DICOM allows 8 or 10 to 16, so the file's own "
+            f"VOI LUT cannot be applied; {_OWN_WINDOW_FIX}"
+        )
+    integral = values if np.issubdtype(values.dtype, np.integer) else np.rint(values).astype(np.int64)
+    try:
+        out = np.asarray(apply_voi(integral, ds, index=0), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - short LUT data, bad endianness...
+        raise ImageError(f"{name}: cannot apply its VOI LUT: {type(exc).__name__}: {exc}; {_OWN_WINDOW_FIX}") from exc
+    return np.clip(out / (2**bits - 1), 0.0, 1.0)
+
+
+def _presentation(grey: np.ndarray, ds: Any, name: str) -> np.ndarray:
+    """The Presentation LUT on 0..255 grey levels: a LUT Sequence through pydicom, INVERSE or MONOCHROME1 inverts."""
+    interpretation = str(ds.PhotometricInterpretation).upper()
+    if "PresentationLUTSequence" in ds:
+        from pydicom.pixels import apply_presentation_lut
+
+        try:
+            bits = int(ds.PresentationLUTSequence[0].LUTDescriptor[2])
+            out = np.asarray(apply_presentation_lut(grey, ds), dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            raise ImageError(f"{name}: cannot apply its Presentation LUT Sequence: {type(exc).__name__}: {exc}") from exc
+        if not 1 <= bits <= 16:
+            raise ImageError(f"{name}: its Presentation LUT descriptor says {bits} bits per entry; DICOM allows 10 to 16.")
+        grey = np.round(np.clip(out / (2**bits - 1), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return 255 - grey if interpretation == "MONOCHROME1" else grey
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    if shape not in ("", "IDENTITY", "INVERSE"):
+        raise ImageError(f"{name}: unknown Presentation LUT Shape {shape!r}; DICOM defines IDENTITY and INVERSE.")
+    return 255 - grey if shape == "INVERSE" or interpretation == "MONOCHROME1" else grey
 
 
 def _grey(values: np.ndarray, ds: Any, window: WindowSpec, name: str) -> np.ndarray:
@@ -183,17 +320,11 @@ def _grey(values: np.ndarray, ds: Any, window: WindowSpec, name: str) -> np.ndar
         if resolved is None:  # "full"
             return stretch_to_uint8(values, name)
         return apply_window(values, resolved, name)
-    if "VOILUTSequence" in ds:
-        from pydicom.pixels import apply_voi_lut
-
-        lut = ds.VOILUTSequence[0]
-        bits = int(lut.LUTDescriptor[2])
-        out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
-        return np.round(np.clip(out / (2**bits - 1), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if ds.get("VOILUTSequence"):
+        return np.round(_file_voi_lut(values, ds, name) * 255.0).astype(np.uint8)
     if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = ds.WindowCenter, ds.WindowWidth
-        center = float(center[0] if isinstance(center, Sequence) and not isinstance(center, str) else center)
-        width = float(width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width)
+        center = header_number(ds, "WindowCenter", name, _OWN_WINDOW_FIX)
+        width = header_number(ds, "WindowWidth", name, _OWN_WINDOW_FIX)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
         if width >= 1.0:
             return apply_window(values, (center, width), name, function=function)
@@ -223,7 +354,8 @@ def dicom_frames(source: DicomSource, window: WindowSpec = None, frames: int | S
     ``window``: ``None`` uses the file's own VOI LUT or window (else the real range); a name from
     :data:`medadapt.medical.WINDOWS` (e.g. ``"lung"``), ``(center, width)`` in HU, or ``"full"``.
     ``frames``: ``None`` for all frames, an index, or a list of indices.
-    Greyscale frames come back as mode ``"L"`` (MONOCHROME1 inverted), colour as ``"RGB"``.
+    Greyscale frames come back as mode ``"L"`` (inverted once for MONOCHROME1 or Presentation LUT Shape
+    INVERSE), colour as ``"RGB"``.
     Without a window, frames read together share one intensity range.
     """
     resolve_window(window)  # an unknown name fails before any decoding
@@ -239,12 +371,8 @@ def dicom_frames(source: DicomSource, window: WindowSpec = None, frames: int | S
         if window is not None:
             raise ImageError(f"{name}: a window applies to greyscale images; this one is {interpretation}.")
         return [Image.fromarray(_colour(v, ds, name), "RGB") for v in raw]
-    from pydicom.pixels import apply_modality_lut
-
-    values = np.stack([np.asarray(apply_modality_lut(v, ds), dtype=np.float64) for v in raw])
-    grey = _grey(values, ds, window, name)
-    if interpretation == "MONOCHROME1":
-        grey = 255 - grey
+    values = np.stack([_modality(v, ds, name) for v in raw])
+    grey = _presentation(_grey(values, ds, window, name), ds, name)
     return [Image.fromarray(g, "L") for g in grey]
 
 

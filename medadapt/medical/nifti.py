@@ -68,6 +68,8 @@ def nifti_volume(source: Any, volume: int | None = None) -> np.ndarray:
     if data.ndim == 4:
         if volume is None:
             raise ImageError(f"{name} is a 4D series of {data.shape[3]} volumes; pick one with volume=t (0..{data.shape[3] - 1}).")
+        if isinstance(volume, bool) or not isinstance(volume, (int, np.integer)):
+            raise ImageError(f"{name}: the volume index must be an integer (0..{data.shape[3] - 1}), got {volume!r}.")
         if not -data.shape[3] <= int(volume) < data.shape[3]:
             raise ImageError(f"{name}: volume {volume} is out of range; it has {data.shape[3]} volumes (0..{data.shape[3] - 1}).")
         data = data[..., int(volume)]
