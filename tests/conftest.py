@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -140,6 +141,25 @@ def base_state_checksum(model: ContinualVLM) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def model_snapshot(model: ContinualVLM) -> tuple:
+    """Everything a refused call must leave alone: stages, domains, shared adapters, whether peft
+    wrapped the base, and a sha256 over every tensor of the model (base, LoRA and prompt adapters)."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    domains = tuple((name, tuple(d.labels)) for name, d in model.domains.items())
+    return tuple(model.adapter_names()), domains, dict(model.shared), model.lora.peft_model is None, digest.hexdigest()
+
+
+@contextmanager
+def unchanged(model: ContinualVLM) -> Iterator[None]:
+    """``with unchanged(model), pytest.raises(...): model.load_adapter(...)``: the refusal changed nothing."""
+    before = model_snapshot(model)
+    yield
+    assert model_snapshot(model) == before, "the refused call changed the model"
 
 
 def base_parameters(model: ContinualVLM) -> dict[str, torch.nn.Parameter]:
