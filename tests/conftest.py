@@ -7,7 +7,10 @@ Core fixtures (backbones, adapters, inference, stage files, errors) are the ones
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
+import os
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -20,6 +23,29 @@ from PIL import Image
 
 from medadapt import ContinualVLM, PromptConfig
 from medadapt.tiny import byte_level_tokenizer, tiny_backbone
+
+# ---------------------------------------------------------------------------------------------
+# optional resources: skipped on a developer machine that lacks them, an error in CI (CI=true),
+# where the extras are installed and a missing file means a dependency release dropped it
+# ---------------------------------------------------------------------------------------------
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def optional_import(module: str, reason: str):
+    """``pytest.importorskip`` outside CI; in CI the import must succeed (its error fails the test module)."""
+    return importlib.import_module(module) if IN_CI else pytest.importorskip(module, reason=reason)
+
+
+def bundled_file(folder: Path, name: str, package: str) -> Path:
+    """A test file shipped inside ``package``: skip when absent, but fail in CI (CI=true)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        message = f"{name} is not among {package}'s installed test files (looked in {folder})"
+        if IN_CI:
+            pytest.fail(f"{message}; in CI a missing bundled file is an error: pin {package} to a release that ships it")
+        pytest.skip(message)
+    return path
+
 
 # ---------------------------------------------------------------------------------------------
 # core fixtures: tiny CLIP / SigLIP ContinualVLMs with a few domains of every adapter kind
