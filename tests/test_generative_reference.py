@@ -104,3 +104,26 @@ def test_generate_equals_plain_peft_generate_and_differs_from_the_base(saved, pl
     assert with_adapter != frozen_base  # the reference itself tells the adapter from the base
     assert model.generate(images, domain="cxr", max_new_tokens=NEW_TOKENS) == with_adapter
     assert model.generate(images, questions=QUESTION, max_new_tokens=NEW_TOKENS) == frozen_base
+
+
+def test_causal_lm_loss_equals_the_plain_transformers_loss_on_the_answer_tokens(saved, plain):
+    from medadapt.training.objectives import Batch, build_objective
+
+    model, _ = saved
+    processor, peft_model, prompt = plain
+    images = _images(2)
+    answers = [LABELS[1], LABELS[0]]
+    batch = Batch(model.preprocess(images), torch.tensor([1, 0]), ["cxr", "cxr"])
+    loss, _ = build_objective("causal_lm")(model, batch, "cxr")
+    # by hand: cross-entropy summed over each answer's tokens (+ EOS) after its prompt, averaged over all of them
+    eos, total, count = processor.tokenizer.eos_token_id, 0.0, 0
+    with torch.no_grad():
+        for image, answer in zip(images, answers):
+            context = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
+            full = processor(text=[prompt + " " + answer], images=[image], return_tensors="pt")
+            ids = torch.cat([full["input_ids"][0], torch.tensor([eos])])
+            logits = peft_model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], pixel_values=full["pixel_values"]).logits[0].float()
+            start = len(context)
+            total += torch.nn.functional.cross_entropy(logits[start - 1 : -1], ids[start:], reduction="sum").item()
+            count += len(ids) - start
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
