@@ -62,7 +62,7 @@ class Settings:
     scaling_images: int = 64
     scaling_domains: tuple[int, ...] = (4, 16, 64)  # distinct domains in the mixed batch (keys are named by these)
     scaling_repeats: int = 9
-    n_many: int = 100  # sequential loads for adapter_load_ratio_100_vs_1 / memory_100_adapters_ratio
+    n_many: int = 100  # sequential loads for adapter_load_ratio_100_vs_2 / memory_100_adapters_ratio
     many_repeats: int = 3
     memory_hidden_check: int = 768  # a second memory probe at a realistic hidden size (diagnostic; 0 = skip)
     memory_fresh_process: bool = True  # probe memory in a fresh process (smoke: in this one, meaningless numbers)
