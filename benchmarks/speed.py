@@ -19,21 +19,19 @@ import argparse
 import gc
 import json
 import os
-import platform
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import harness  # beside this script; puts this checkout's medadapt first on sys.path
 import torch
 import torch.nn.functional as F
-
-# measure the medadapt of this checkout (an editable install elsewhere would otherwise win)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import CLOCKS, Sample, interleaved, medadapt_trainer_step, median, race_steps, ratio, results_record, rss_bytes, tensor_bytes, timed, write_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "speed.json"
 
@@ -64,7 +62,7 @@ class Settings:
     scaling_images: int = 64
     scaling_domains: tuple[int, ...] = (4, 16, 64)  # distinct domains in the mixed batch (keys are named by these)
     scaling_repeats: int = 9
-    n_many: int = 100  # sequential loads for adapter_load_ratio_100_vs_1 / memory_100_adapters_ratio
+    n_many: int = 100  # sequential loads for adapter_load_ratio_100_vs_2 / memory_100_adapters_ratio
     many_repeats: int = 3
     memory_hidden_check: int = 768  # a second memory probe at a realistic hidden size (diagnostic; 0 = skip)
     memory_fresh_process: bool = True  # probe memory in a fresh process (smoke: in this one, meaningless numbers)
@@ -87,14 +85,14 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "frozen_tower_speedup": (">", 1.0),
     "mixed_batch_ratio": ("<=", 1.3),
     "mixed_vs_per_image_speedup": (">", 1.0),
-    "adapter_load_ratio_20_vs_1": ("<=", 1.2),
+    "adapter_load_ratio_20_vs_2": ("<=", 1.2),
     "adapter_load_total_s_20": None,
     "memory_per_adapter_ratio": ("<=", 1.5),
     "mixed_batch_ratio_4": None,
     "mixed_batch_ratio_16": None,
     "mixed_batch_ratio_64": ("<=", 1.3),
     "peft_mixed_ratio_64": None,
-    "adapter_load_ratio_100_vs_1": ("<=", 1.2),
+    "adapter_load_ratio_100_vs_2": ("<=", 1.2),
     "adapter_load_total_s_100": None,
     "memory_100_adapters_ratio": ("<=", 1.2),
     "text_only_epoch_speedup": (">=", 3.0),
@@ -106,138 +104,57 @@ SECTION_KEYS = {
     "training_overhead": ["train_step_ratio"],
     "frozen_tower_reuse": ["frozen_tower_speedup"],
     "mixed_domain_inference": ["mixed_batch_ratio", "mixed_vs_per_image_speedup"],
-    "adapter_scaling": ["adapter_load_ratio_20_vs_1", "adapter_load_total_s_20", "memory_per_adapter_ratio"],
+    "adapter_scaling": ["adapter_load_ratio_20_vs_2", "adapter_load_total_s_20", "memory_per_adapter_ratio"],
     "many_domain_mixed_batch": ["mixed_batch_ratio_4", "mixed_batch_ratio_16", "mixed_batch_ratio_64", "peft_mixed_ratio_64"],
-    "many_adapters": ["adapter_load_ratio_100_vs_1", "adapter_load_total_s_100", "memory_100_adapters_ratio"],
+    "many_adapters": ["adapter_load_ratio_100_vs_2", "adapter_load_total_s_100", "memory_100_adapters_ratio"],
     "text_only_epochs": ["text_only_epoch_speedup"],
     "predict_overhead": ["predict_overhead_ratio"],
 }
 
+# key -> (section, flags of that section's measurements that must all be true for the target to pass):
+# a timing of a path that computes the wrong thing is not a pass
+FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train_step_ratio": ("training_overhead", ("same_losses",)),
+    "frozen_tower_speedup": ("frozen_tower_reuse", ("cache_used", "text_tower_frozen")),
+    "mixed_batch_ratio": ("mixed_domain_inference", ("mixed_matches_per_domain",)),
+    "mixed_vs_per_image_speedup": ("mixed_domain_inference", ("mixed_matches_per_domain",)),
+    "adapter_load_ratio_20_vs_2": ("adapter_scaling", ("all_stages_loaded", "loaded_weights_match_source")),
+    "memory_per_adapter_ratio": ("adapter_scaling", ("all_stages_loaded", "memory_measured_rss")),
+    "mixed_batch_ratio_64": ("many_domain_mixed_batch", ("mixed_matches_per_domain", "gathered_matches_peft_path")),
+    "adapter_load_ratio_100_vs_2": ("many_adapters", ("all_stages_loaded",)),
+    "memory_100_adapters_ratio": ("many_adapters", ("all_stages_loaded", "memory_measured_rss")),
+    "text_only_epoch_speedup": ("text_only_epochs", ("images_reused_in_second_epoch",)),
+    "predict_overhead_ratio": ("predict_overhead", ("same_probabilities",)),
+}
 
-# -- helpers ----------------------------------------------------------------------------------------
-CLOCKS = ("cpu", "wall")
+
+def flags_of(key: str, measurements: dict[str, Any]) -> dict[str, bool]:
+    """The correctness flags that gate ``key``'s target, read from the measurements."""
+    section, names = FLAGS.get(key, ("", ()))
+    return {name: bool(measurements[section][name]) for name in names}
+
+
+# -- helpers (timing, memory, targets and the results file live in harness.py) ---------------------
 CLOCK = "cpu"  # which clock the headline numbers use; set by run()
-Sample = tuple[float, float]  # (cpu seconds, wall seconds) of one timed block, per call
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
 
 
 def pick(samples: list[Sample], clock: str | None = None) -> list[float]:
-    return [s[CLOCKS.index(clock or CLOCK)] for s in samples]
+    return harness.pick(samples, clock or CLOCK)
 
 
 def med(samples: list[Sample], clock: str | None = None) -> float:
     """Median seconds of ``samples`` on ``clock`` (default: the run's clock)."""
-    return median(pick(samples, clock))
-
-
-def ratio(a: list[Sample], b: list[Sample]) -> dict[str, float]:
-    """median(a) / median(b) on both clocks."""
-    return {clock: med(a, clock) / med(b, clock) for clock in CLOCKS}
-
-
-def interleaved(sides: dict[str, Callable[[], Sample]], repeats: int) -> dict[str, list[Sample]]:
-    """Run each side's timed block ``repeats`` times, interleaved ABAB with the order alternating."""
-    names = list(sides)
-    times: dict[str, list[Sample]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            times[n].append(sides[n]())
-    return times
-
-
-def timed(fn: Callable[[], Any], n: int = 1) -> Sample:
-    """(process CPU seconds, wall seconds) per call of ``fn`` over ``n`` consecutive calls."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+    return harness.med(samples, clock or CLOCK)
 
 
 def summary(samples: list[Sample]) -> dict[str, Any]:
-    out: dict[str, Any] = {"median_s": med(samples)}
-    for clock in CLOCKS:
-        values = pick(samples, clock)
-        out[clock] = {"median_s": median(values), "min_s": min(values), "repeats_s": [round(v, 6) for v in values]}
-    return out
+    return harness.summary(samples, CLOCK)
 
 
 def lora_config(targets: Any, r: int) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, bias="none")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = os.cpu_count()
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cores_available": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    import medadapt
-
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "medadapt": medadapt.__version__,
-    }
-    try:
-        import accelerate
-
-        out["accelerate"] = accelerate.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the distinct tensors in ``module.state_dict()`` (shared tensors counted once)."""
-    seen, total = set(), 0
-    for t in module.state_dict().values():
-        key = (t.data_ptr(), t.numel(), t.dtype)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
-def rss_bytes() -> int | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.Process().memory_info().rss)
 
 
 def fresh_model(s: Settings) -> Any:
@@ -257,28 +174,6 @@ def training_batch(s: Settings, domain: str = "scan") -> Any:
 
 
 # -- 1. training overhead ---------------------------------------------------------------------------
-def medadapt_trainer_step(model: Any, objective: Any, adapter: str, lr: float = 1e-3) -> Callable[[Any], float]:
-    """The trainer's inner step (see medadapt/training/trainer.py ``_run_phase``), on one adapter."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=True)
-    params = model.set_trainable([adapter])
-    optimizer = accelerator.prepare_optimizer(torch.optim.AdamW(params, lr=lr, weight_decay=0.0), device_placement=False)
-    objective.reset()
-    model.train()
-
-    def step(batch: Any) -> float:
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss, report = objective(model, batch, adapter)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return report["loss"]
-
-    return step
-
-
 def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
     """A hand-written peft + torch loop doing the same forward/backward on an identical model."""
     from peft import get_peft_model
@@ -306,18 +201,6 @@ def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
         return float(loss.detach())
 
     return step
-
-
-def race_steps(ours: Callable[[Any], float], base: Callable[[Any], float], batch: Any, s: Any) -> tuple[dict[str, list[float]], dict[str, list[Sample]]]:
-    """Two steps of each training loop (their losses, to compare), warm-up, then interleaved timings."""
-    losses = {"medadapt": [ours(batch), ours(batch)], "peft": [base(batch), base(batch)]}
-    for _ in range(s.warmup - 2):
-        ours(batch), base(batch)
-    times = interleaved(
-        {"medadapt": lambda: timed(lambda: ours(batch), s.train_steps), "peft": lambda: timed(lambda: base(batch), s.train_steps)},
-        s.train_repeats,
-    )
-    return losses, times
 
 
 def bench_training(s: Settings) -> dict[str, Any]:
@@ -376,6 +259,7 @@ def bench_frozen_tower(s: Settings) -> dict[str, Any]:
         "recomputed_step": summary(times["recomputed"]),
         "steps_per_repeat": s.train_steps,
         "text_tower_trainable": trainable_text,
+        "text_tower_frozen": not trainable_text,  # the cache may only serve a frozen text tower
         "cache_used": cache_used,
         "setup": f"LoRA r={s.lora_r} target_modules={VISION_ONLY_TARGETS!r}; ClassificationObjective() vs (cache_text=False)",
     }
@@ -506,6 +390,9 @@ def bench_predict_overhead(s: Settings) -> dict[str, Any]:
 
 # -- 4. adapter scaling -----------------------------------------------------------------------------
 def bench_adapter_loading(s: Settings, workdir: Path) -> dict[str, Any]:
+    """20 stages loaded in order into fresh models: the last load against the second (the first also
+    wraps the base with peft, so it is not a like-for-like baseline), and the resident memory the
+    loads add, measured in a fresh process."""
     source = fresh_model(s)
     names = [f"stage{i:02d}" for i in range(s.n_stages)]
     for i, name in enumerate(names):
@@ -514,20 +401,23 @@ def bench_adapter_loading(s: Settings, workdir: Path) -> dict[str, Any]:
     save = workdir / "stages"
     source.save_pretrained(save)
     file_sizes = [os.path.getsize(save / name / "adapter_model.safetensors") for name in names]
+    expected = {name: source.adapter_state_dict(name) for name in (names[1], names[-1])}
     del source
+    correct = {"all_stages_loaded": True, "loaded_weights_match_source": True}
 
-    def load_all() -> tuple[list[Sample], list[int], list[int | None]]:
+    def load_all() -> tuple[list[Sample], list[int]]:
         gc.collect()
         model = fresh_model(s)
-        samples, added, rss_added = [], [], []
+        samples, added = [], []
         for name in names:
-            before, rss_before = tensor_bytes(model), rss_bytes()
+            before = tensor_bytes(model)
             samples.append(timed(lambda: model.load_adapter(save, name=name)))
             added.append(tensor_bytes(model) - before)
-            rss_after = rss_bytes()
-            rss_added.append(None if rss_before is None or rss_after is None else rss_after - rss_before)
-        assert model.adapter_names() == names
-        return samples, added, rss_added
+        correct["all_stages_loaded"] &= model.adapter_names() == names
+        for name, weights in expected.items():
+            got = model.adapter_state_dict(name)
+            correct["loaded_weights_match_source"] &= got.keys() == weights.keys() and all(torch.equal(got[k], v) for k, v in weights.items())
+        return samples, added
 
     load_all()  # warm-up: first-call imports and allocator growth
     runs = [load_all() for _ in range(s.load_repeats)]
@@ -536,25 +426,31 @@ def bench_adapter_loading(s: Settings, workdir: Path) -> dict[str, Any]:
     totals = [(sum(c for c, _ in run[0]), sum(w for _, w in run[0])) for run in runs]
     added = runs[-1][1]
     per_adapter = median(added[1:] if len(added) > 1 else added)
-    rss = [v for run in runs for v in run[2][1:] if v is not None]
+    second = 1 if s.n_stages > 1 else 0
+    probe = run_memory_probe if s.memory_fresh_process else lambda *args: memory_probe(str(args[0]), *args[1:], use_rss=False)
+    memory = probe(save, s.hidden, s.image_size)
     return {
-        "adapter_load_ratio_20_vs_1": per_index[-1] / per_index[0],
+        "adapter_load_ratio_20_vs_2": per_index[-1] / per_index[second],
         "adapter_load_total_s_20": med(totals),
-        "memory_per_adapter_ratio": per_adapter / median(file_sizes),
-        "ratio_last_vs_first_by_clock": ratio(by_index[-1], by_index[0]),
+        "memory_per_adapter_ratio": memory["ratio"],
+        "ratio_last_vs_second_by_clock": ratio(by_index[-1], by_index[second]),
+        "load_ratio_last_vs_first": per_index[-1] / per_index[0],
         "n_stages": s.n_stages,
         "load_s_median_by_index": [round(t, 6) for t in per_index],
         "load_s_first": summary(by_index[0]),
+        "load_s_second": summary(by_index[second]),
         "load_s_last": summary(by_index[-1]),
-        "load_ratio_last_vs_second": per_index[-1] / per_index[1] if s.n_stages > 1 else 1.0,
         "load_total_s": summary(totals),
+        "memory": memory,
+        "memory_measured_rss": memory["measured"] == "rss",
         "tensor_bytes_added_by_index": added,
         "tensor_bytes_per_adapter": per_adapter,
         "safetensors_file_bytes": median(file_sizes),
-        "rss_bytes_added_median": median(rss) if rss else None,
+        **correct,
         "repeats": s.load_repeats,
         "setup": f"one save holding {s.n_stages} LoRA stages (r={s.lora_r}, q/v of both towers); each repeat builds a "
-        "fresh model and calls model.load_adapter(save, name=...) for every stage in order",
+        "fresh model and calls model.load_adapter(save, name=...) for every stage in order; ratio = last load / second "
+        f"load. Memory: RSS growth over loads 2..{s.n_stages} in a fresh process / the bytes of those stages' tensors",
     }
 
 
@@ -692,12 +588,8 @@ def memory_probe(save: str, hidden: int, image_size: int, use_rss: bool = True) 
 
 
 def run_memory_probe(save: Path, hidden: int, image_size: int) -> dict[str, Any]:
-    import subprocess
-
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); import speed; "
-            "print(json.dumps(speed.memory_probe(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))")
-    here = Path(__file__).resolve().parent
-    proc = subprocess.run([sys.executable, "-c", code, str(here.parent), str(here), str(save), str(hidden), str(image_size)],
+    """:func:`memory_probe` in a fresh Python process (this script with ``--memory-probe``)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(save), str(hidden), str(image_size)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed: {proc.stderr[-2000:]}")
@@ -710,25 +602,30 @@ def bench_many_adapters(s: Settings, workdir: Path) -> dict[str, Any]:
     names = save_many(s, s.n_many, save)
     window = max(1, min(5, s.n_many // 2))
 
+    loaded = {"all_stages_loaded": True}
+
     def load_all() -> list[Sample]:
         gc.collect()
         model = fresh_model(s)
         samples = [timed(lambda name=name: model.load_adapter(save, name=name)) for name in names]
-        assert model.adapter_names() == names
+        loaded["all_stages_loaded"] &= model.adapter_names() == names
         return samples
 
     load_all()  # warm-up
     runs = [load_all() for _ in range(s.many_repeats)]
-    first = [sample for run in runs for sample in run[:window]]
+    # the first load also wraps the base with peft: the baseline is loads 2..window+1
+    first = [sample for run in runs for sample in run[1 : 1 + window]]
     last = [sample for run in runs for sample in run[-window:]]
     per_index = [med([run[i] for run in runs]) for i in range(s.n_many)]
     totals = [(sum(c for c, _ in run), sum(w for _, w in run)) for run in runs]
     probe = run_memory_probe if s.memory_fresh_process else lambda *args: memory_probe(str(args[0]), *args[1:], use_rss=False)
     memory = probe(save, s.hidden, s.image_size)
     result: dict[str, Any] = {
-        "adapter_load_ratio_100_vs_1": med(last) / med(first),
+        "adapter_load_ratio_100_vs_2": med(last) / med(first),
         "adapter_load_total_s_100": med(totals),
         "memory_100_adapters_ratio": memory["ratio"],
+        "memory_measured_rss": memory["measured"] == "rss",
+        **loaded,
         "ratio_by_clock": ratio(last, first),
         "n_loads": s.n_many,
         "window": window,
@@ -738,8 +635,8 @@ def bench_many_adapters(s: Settings, workdir: Path) -> dict[str, Any]:
         "load_total_s": summary(totals),
         "memory": memory,
         "setup": f"one save holding {s.n_many} LoRA stages (r={s.lora_r}, q/v of both towers); a fresh model loads them in "
-        f"order with model.load_adapter(save, name=...); ratio = median of the last {window} loads / median of the first "
-        f"{window} (first includes peft wrapping the base). Memory: RSS growth over loads 2..{s.n_many} in a fresh "
+        f"order with model.load_adapter(save, name=...); ratio = median of the last {window} loads / median of loads 2.."
+        f"{window + 1} (the first load, which also wraps the base with peft, is left out). Memory: RSS growth over loads 2..{s.n_many} in a fresh "
         "process / the bytes of those stages' tensors",
     }
     if s.memory_hidden_check:
@@ -775,37 +672,23 @@ def miss_causes(measurements: dict[str, Any]) -> dict[str, str]:
         for hidden, probe in (many.get("memory_at_hidden") or {}).items():
             text += f"; at hidden {hidden} the same 100 stages give {probe['ratio']:.2f}"
         causes["memory_100_adapters_ratio"] = text
-        causes["adapter_load_ratio_100_vs_1"] = (
-            f"last {many['window']} loads {many['load_s_last']['median_s'] * 1e3:.1f} ms vs first "
+        causes["adapter_load_ratio_100_vs_2"] = (
+            f"last {many['window']} loads {many['load_s_last']['median_s'] * 1e3:.1f} ms vs loads 2..{many['window'] + 1} "
             f"{many['load_s_first']['median_s'] * 1e3:.1f} ms (see load_s_median_by_index)"
         )
+    loading = measurements.get("adapter_scaling")
+    if loading:
+        mem = loading["memory"]
+        causes["adapter_load_ratio_20_vs_2"] = (
+            f"last load {loading['load_s_last']['median_s'] * 1e3:.1f} ms vs second {loading['load_s_second']['median_s'] * 1e3:.1f} ms "
+            "(see load_s_median_by_index)"
+        )
+        causes["memory_per_adapter_ratio"] = (
+            f"each adapter adds {mem['rss_added_bytes'] / max(mem['adapters'], 1) / 1024:.0f} KiB of resident memory for "
+            f"{mem['tensor_bytes_per_adapter'] / 1024:.0f} KiB of tensors ({mem['modules_per_adapter']} nn.Module objects per "
+            f"adapter at hidden {mem['hidden']})"
+        )
     return causes
-
-
-def check(key: str, value: float) -> dict[str, Any]:
-    target = TARGETS[key]
-    if target is None:
-        return {"value": value, "target": None, "pass": None}
-    op, threshold = target
-    ok = value <= threshold if op == "<=" else value > threshold
-    return {"value": value, "target": f"{op} {threshold}", "pass": bool(ok)}
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -848,7 +731,7 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
         "frozen_tower_speedup": frozen["value"],
         "mixed_batch_ratio": mixed["mixed_batch_ratio"],
         "mixed_vs_per_image_speedup": mixed["mixed_vs_per_image_speedup"],
-        "adapter_load_ratio_20_vs_1": loading["adapter_load_ratio_20_vs_1"],
+        "adapter_load_ratio_20_vs_2": loading["adapter_load_ratio_20_vs_2"],
         "adapter_load_total_s_20": loading["adapter_load_total_s_20"],
         "memory_per_adapter_ratio": loading["memory_per_adapter_ratio"],
         **{k: many_domains[k] for k in SECTION_KEYS["many_domain_mixed_batch"]},
@@ -856,38 +739,13 @@ def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callabl
         "text_only_epoch_speedup": text_only["value"],
         "predict_overhead_ratio": overhead["value"],
     }
-    targets = {k: check(k, v) for k, v in values.items()}
-    for key, cause in miss_causes(measurements).items():
-        if targets[key]["pass"] is False:
-            targets[key]["cause"] = cause
+    causes = miss_causes(measurements)
+    targets = {k: harness.check(TARGETS[k], v, flags_of(k, measurements), causes.get(k)) for k, v in values.items()}
     for section_name, keys in SECTION_KEYS.items():
         measurements[section_name]["targets"] = {k: targets[k] for k in keys}
     result = results_record(values, targets, mode, s, clock, measurements, stamps, started)
-    atomic_write_json(out, result)
+    write_results(out, result)
     return result
-
-
-def results_record(values: dict[str, float], targets: dict[str, Any], mode: str, settings: Any, clock: str,
-                   measurements: dict[str, Any], stamps: dict[str, float], started: float, **extra: Any) -> dict[str, Any]:
-    """The results file's content: headline values, targets, settings, machine and timings (``extra`` first)."""
-    return {
-        **extra,
-        "schema": 1,
-        **{k: round(v, 4) for k, v in values.items()},
-        "targets": targets,
-        "all_pass": all(t["pass"] is not False for t in targets.values()),
-        "quick": mode != "full",
-        "mode": mode,
-        "settings": asdict(settings),
-        "clock": clock,
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine_info(),
-        "versions": versions(),
-        "measurements": measurements,
-        "section_seconds": stamps,
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -901,7 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=CLOCKS, default="cpu",
                         help="clock of the headline numbers: process CPU time (default; robust to other load "
                         "when --threads 1) or wall time. Both are recorded.")
+    parser.add_argument("--memory-probe", nargs=3, metavar=("SAVE", "HIDDEN", "IMAGE_SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_probe:  # internal: run_memory_probe's fresh process
+        save, hidden, image_size = args.memory_probe
+        print(json.dumps(memory_probe(save, int(hidden), int(image_size))))
+        return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     result = run(mode, args.out, threads=args.threads, clock=args.clock, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     width = max(len(k) for k in TARGETS)

@@ -7,8 +7,12 @@ Core fixtures (backbones, adapters, inference, stage files, errors) are the ones
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
-from typing import Callable
+import os
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +23,29 @@ from PIL import Image
 
 from medadapt import ContinualVLM, PromptConfig
 from medadapt.tiny import byte_level_tokenizer, tiny_backbone
+
+# ---------------------------------------------------------------------------------------------
+# optional resources: skipped on a developer machine that lacks them, an error in CI (CI=true),
+# where the extras are installed and a missing file means a dependency release dropped it
+# ---------------------------------------------------------------------------------------------
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def optional_import(module: str, reason: str):
+    """``pytest.importorskip`` outside CI; in CI the import must succeed (its error fails the test module)."""
+    return importlib.import_module(module) if IN_CI else pytest.importorskip(module, reason=reason)
+
+
+def bundled_file(folder: Path, name: str, package: str) -> Path:
+    """A test file shipped inside ``package``: skip when absent, but fail in CI (CI=true)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        message = f"{name} is not among {package}'s installed test files (looked in {folder})"
+        if IN_CI:
+            pytest.fail(f"{message}; in CI a missing bundled file is an error: pin {package} to a release that ships it")
+        pytest.skip(message)
+    return path
+
 
 # ---------------------------------------------------------------------------------------------
 # core fixtures: tiny CLIP / SigLIP ContinualVLMs with a few domains of every adapter kind
@@ -140,6 +167,25 @@ def base_state_checksum(model: ContinualVLM) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def model_snapshot(model: ContinualVLM) -> tuple:
+    """Everything a refused call must leave alone: stages, domains, shared adapters, whether peft
+    wrapped the base, and a sha256 over every tensor of the model (base, LoRA and prompt adapters)."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    domains = tuple((name, tuple(d.labels)) for name, d in model.domains.items())
+    return tuple(model.adapter_names()), domains, dict(model.shared), model.lora.peft_model is None, digest.hexdigest()
+
+
+@contextmanager
+def unchanged(model: ContinualVLM) -> Iterator[None]:
+    """``with unchanged(model), pytest.raises(...): model.load_adapter(...)``: the refusal changed nothing."""
+    before = model_snapshot(model)
+    yield
+    assert model_snapshot(model) == before, "the refused call changed the model"
 
 
 def base_parameters(model: ContinualVLM) -> dict[str, torch.nn.Parameter]:

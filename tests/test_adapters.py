@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from medadapt import ContinualVLM, Domain, PromptConfig
+from medadapt import AdapterError, ContinualVLM, Domain, DomainError, PromptConfig
 from medadapt.adapters.prompt import PromptAdapter
 from tests.conftest import (
     CORE_SHARED,
@@ -65,7 +65,7 @@ def test_shared_adapter(tiny_clip):
         assert probs.shape == (3, 3)
         torch.testing.assert_close(probs.sum(-1), torch.ones(3))
     # a shared adapter is not a domain
-    with pytest.raises(Exception, match="unknown domain"):
+    with pytest.raises(DomainError, match="unknown domain"):
         model.predict_proba(images, CORE_SHARED)
 
 
@@ -167,7 +167,7 @@ def test_prompt_config_initialisations(tiny_empty_clip):
     # same seed -> same random context
     model.add_domain("a4", ["x", "y"], "ct of {}", adapter=PromptConfig(ctx_init="random", n_ctx=5), seed=0)
     assert torch.equal(model.prompt_adapters["a2"].ctx, model.prompt_adapters["a4"].ctx)
-    with pytest.raises(Exception, match="n_ctx"):
+    with pytest.raises(AdapterError, match="n_ctx"):
         PromptConfig(n_ctx=0)
 
 
@@ -200,7 +200,7 @@ def test_failed_lora_injection_leaves_model_usable(tiny_clip):
     model = tiny_clip
     images = make_image_list(2)
     before = model.predict_proba(images, "chest")
-    with pytest.raises(Exception, match="could not inject"):
+    with pytest.raises(AdapterError, match="could not inject"):
         model.add_domain("bad", ["x", "y"], "a {}", adapter=LoraConfig(r=2, target_modules=["no_such_module"]))
     assert "bad" not in model.domains and "bad" not in model.lora and "bad" not in model.adapter_names()
     assert torch.equal(model.predict_proba(images, "chest"), before)

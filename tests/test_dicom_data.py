@@ -14,19 +14,17 @@ from PIL import Image
 from medadapt.data import BadFilesWarning, DataError, load_domain
 from medadapt.medical import read_dicom
 
+from .conftest import bundled_file, optional_import
 from .training_helpers import run_recipe, tiny_run, write_yaml
 
-pydicom = pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installed")
+pydicom = optional_import("pydicom", reason="the dicom extra (pydicom) is not installed")
 DICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
 CT_FILES = ["CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"]
 MR_FILES = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_jp2klossless.dcm"]
 
 
 def real(name: str) -> Path:
-    path = DICOM_DIR / name
-    if not path.is_file():
-        pytest.skip(f"{name} is not among pydicom's locally installed test files")
-    return path
+    return bundled_file(DICOM_DIR, name, "pydicom")
 
 
 def copy_to(folder: Path, names: list[str], stem: str = "") -> list[Path]:

@@ -23,7 +23,7 @@ from medadapt import (
 )
 from medadapt._io import sha256_file
 from medadapt.tiny import tiny_backbone
-from tests.conftest import CORE_ADAPTERS, CORE_DOMAINS, CORE_SHARED, build_tiny_vlm, make_image_list
+from tests.conftest import CORE_ADAPTERS, CORE_DOMAINS, CORE_SHARED, build_tiny_vlm, make_image_list, unchanged
 
 IMAGES = make_image_list(3)
 
@@ -177,10 +177,11 @@ def test_save_for_another_base(core_saved):
         ContinualVLM.from_pretrained(root, base=tiny_backbone("siglip", seed=0))
     other = build_tiny_vlm("clip", seed=1)
     before = _snapshot(other)
-    with pytest.raises(BaseMismatchError, match="another base model"):
+    with unchanged(other), pytest.raises(BaseMismatchError, match="another base model"):
         other.load_adapter(root, name="chest", as_name="chest2")
-    with pytest.raises(BaseMismatchError, match="another base model"):
-        build_tiny_vlm("siglip").load_adapter(root / "derm")
+    siglip = build_tiny_vlm("siglip")
+    with unchanged(siglip), pytest.raises(BaseMismatchError, match="another base model"):
+        siglip.load_adapter(root / "derm")
     _assert_unchanged(other, CORE_ADAPTERS, before)
     assert isinstance(BaseMismatchError("x"), StageFileError)
 
@@ -191,7 +192,7 @@ def test_missing_adapter_file(core_saved):
     with pytest.raises(StageFileError, match="file chest/adapter_model.safetensors is missing"):
         ContinualVLM.from_pretrained(root)
     target = build_tiny_vlm("clip", with_domains=False)
-    with pytest.raises(StageFileError, match="is missing"):
+    with unchanged(target), pytest.raises(StageFileError, match="is missing"):
         target.load_adapter(root, name="chest")
     assert target.adapter_names() == []
 
@@ -208,8 +209,9 @@ def test_corrupted_adapter_file(core_saved):
     lora = root / "chest" / "adapter_model.safetensors"
     lora.write_bytes(lora.read_bytes()[:100])
     _rehash(root, "chest", "adapter_model.safetensors")
-    with pytest.raises(StageFileError, match="cannot read adapter_model.safetensors"):
-        build_tiny_vlm("clip", with_domains=False).load_adapter(root, name="chest")
+    target = build_tiny_vlm("clip", with_domains=False)
+    with unchanged(target), pytest.raises(StageFileError, match="cannot read adapter_model.safetensors"):
+        target.load_adapter(root, name="chest")
 
 
 def test_sha256_mismatch_after_editing_json(core_saved):
@@ -225,7 +227,7 @@ def test_sha256_mismatch_after_editing_json(core_saved):
     _rehash(root, "chest", "adapter_config.json")
     target = build_tiny_vlm("clip")
     before = _snapshot(target)
-    with pytest.raises(StageFileError, match="weights do not fit this base model"):
+    with unchanged(target), pytest.raises(StageFileError, match="weights do not fit this base model"):
         target.load_adapter(root, name="chest", as_name="chest2")
     assert "chest2" not in target.lora
     _assert_unchanged(target, CORE_ADAPTERS, before)
@@ -237,8 +239,9 @@ def test_manifest_path_traversal_refused(core_saved, path):
     _rewrite_manifest(root, lambda m: m["adapters"]["chest"].__setitem__("path", path))
     with pytest.raises(StageFileError, match="is not a plain relative path inside the save"):
         ContinualVLM.from_pretrained(root)
-    with pytest.raises(StageFileError, match="not a plain relative path"):
-        build_tiny_vlm("clip", with_domains=False).load_adapter(root, name="derm")
+    target = build_tiny_vlm("clip", with_domains=False)
+    with unchanged(target), pytest.raises(StageFileError, match="not a plain relative path"):
+        target.load_adapter(root, name="derm")
 
 
 def test_manifest_base_folder_traversal_refused(core_saved):
@@ -275,14 +278,14 @@ def test_failed_load_adapter_keeps_existing_domains(core_saved):
     target = build_tiny_vlm("clip")
     names = target.adapter_names()
     before = _snapshot(target)
-    with pytest.raises(DomainError, match="domain 'chest' already exists"):
+    with unchanged(target), pytest.raises(DomainError, match="domain 'chest' already exists"):
         target.load_adapter(root, name="chest")
-    with pytest.raises(DomainError, match="is reserved"):
+    with unchanged(target), pytest.raises(DomainError, match="is reserved"):
         target.load_adapter(root, name="chest", as_name="base")
-    with pytest.raises(StageFileError, match="lists no adapter 'spine'"):
+    with unchanged(target), pytest.raises(StageFileError, match="lists no adapter 'spine'"):
         target.load_adapter(root, name="spine")
     (root / "fundus" / "prompt_config.json").write_text("{}")
-    with pytest.raises(StageFileError, match="sha256 mismatch"):
+    with unchanged(target), pytest.raises(StageFileError, match="sha256 mismatch"):
         target.load_adapter(root, name="fundus", as_name="fundus2")
     _assert_unchanged(target, names, before)
     # ... and the model can still load a good stage afterwards

@@ -51,6 +51,9 @@ def test_generative_speed_smoke_writes_all_keys(tmp_path: Path) -> None:
     assert m["training_overhead"]["same_first_loss"]  # the hand-written peft step computes the same loss
     assert m["label_scoring"]["joint_matches_separate"]  # 5 labels with a shared prefix == 5 one-label calls
     assert m["mixed_generation"]["mixed_matches_per_domain"] and m["mixed_generation"]["adapters_differ"]
+    assert m["mixed_generation"]["public_generate_serves_the_adapter"]  # ContinualVLM.generate, not the scorer alone
+    for key in ("train_step_ratio", "score_5_vs_1_labels", "mixed_generation_ratio"):  # gated by correctness flags
+        assert result["targets"][key]["correct"], key
     assert set(result["versions"]) >= {"python", "torch", "transformers", "peft", "medadapt"}
     assert "## Generative family speed (CPU)" in render_readme(tmp_path, [out])
 

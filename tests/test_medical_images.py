@@ -28,9 +28,11 @@ from medadapt.medical import (
     volume_slices,
 )
 
-pydicom = pytest.importorskip("pydicom", reason="the dicom extra (pydicom) is not installed")
-nibabel = pytest.importorskip("nibabel", reason="the nifti extra (nibabel) is not installed")
-nibabel_testing = pytest.importorskip("nibabel.testing", reason="the nifti extra (nibabel) is not installed")
+from .conftest import bundled_file, optional_import  # noqa: E402
+
+pydicom = optional_import("pydicom", reason="the dicom extra (pydicom) is not installed")
+nibabel = optional_import("nibabel", reason="the nifti extra (nibabel) is not installed")
+nibabel_testing = optional_import("nibabel.testing", reason="the nifti extra (nibabel) is not installed")
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder  # noqa: E402
 
 DICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -39,17 +41,11 @@ NIFTI_DIR = Path(nibabel_testing.data_path)
 
 def dcm(name: str) -> Path:
     """A DICOM file shipped inside pydicom's package (never downloaded)."""
-    path = DICOM_DIR / name
-    if not path.is_file():
-        pytest.skip(f"{name} is not among pydicom's locally installed test files")
-    return path
+    return bundled_file(DICOM_DIR, name, "pydicom")
 
 
 def nii(name: str) -> Path:
-    path = NIFTI_DIR / name
-    if not path.is_file():
-        pytest.skip(f"{name} is not among nibabel's installed test files")
-    return path
+    return bundled_file(NIFTI_DIR, name, "nibabel")
 
 
 def grey(image: Image.Image) -> np.ndarray:

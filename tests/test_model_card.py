@@ -6,7 +6,10 @@ import json
 import logging
 import math
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport, declared in the test extra for python_version < "3.11"
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest

@@ -12,6 +12,7 @@ from medadapt import ContinualVLM
 from medadapt.data import load_domain
 from medadapt.rehearsal import RehearsalBuffer
 from medadapt.training.batches import BatchSchedule
+from medadapt.training.consistency import buffer_digest
 from medadapt.training.config import ConfigError
 from medadapt.training.paradigms import SHARED, make_plan
 from medadapt.training.trainer import ContinualTrainer
@@ -94,9 +95,24 @@ def runs(tmp_path_factory, one_thread):  # noqa: F811
     for paradigm in ("specialized", "joint", "continual", "rehearsal"):
         folder = tmp_path_factory.mktemp(paradigm) / "run"
         config = tiny_config(folder, paradigm)
-        results = ContinualTrainer(config, progress=False).run()
+        trainer = ContinualTrainer(config, progress=False)
+        results = trainer.run()
         out[paradigm] = (folder, config, results)
+        out[f"{paradigm}-trainer"] = trainer
     return out
+
+
+def test_buffer_consistent_compares_the_buffers_gathered_over_processes(runs):
+    trainer = runs["rehearsal-trainer"]
+    assert runs["rehearsal"][2]["buffer_consistent"] is True and len(trainer.buffer) > 0
+    # a second process whose buffer holds other samples: the gathered digests differ
+    other = RehearsalBuffer(trainer.buffer.size, seed=99)
+    other.add_stage("xr", [1, 0] * 12)
+    assert buffer_digest(other) != buffer_digest(trainer.buffer)
+    trainer._all_processes = lambda values: values + [buffer_digest(other)]
+    assert trainer._results(1.0)["buffer_consistent"] is False
+    trainer._all_processes = lambda values: values + [buffer_digest(trainer.buffer)]  # an identical copy agrees
+    assert trainer._results(1.0)["buffer_consistent"] is True
 
 
 @pytest.mark.parametrize("paradigm", ["specialized", "joint", "continual", "rehearsal"])

@@ -137,11 +137,33 @@ def test_a_write_error_while_staging_files_keeps_the_previous_save(models, tmp_p
         assert _which(root, models) == 0 and _leftovers(root) == []
 
 
+def _expected(steps: list[str], last: str | None, current: int) -> set[int]:
+    """What a folder may load as after a save of ``1 - current`` died right before step ``last``.
+
+    The manifest rename is the commit: dying before it (or before any step) keeps the old save;
+    dying after it gives the new one; dying at the manifest step itself may give either.
+    """
+    if last is None or steps.index(last) < steps.index("manifest"):
+        return {current}
+    if last == "manifest":
+        return {0, 1}
+    return {1 - current}
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def test_killed_at_every_step_and_at_random_instants_the_folder_loads_old_or_new(models, tmp_path):
     root = tmp_path / "save"
     models[0].save_pretrained(root)
     steps = _steps(models, root)
-    # 1) killed (no cleanup at all) right before each step
+    assert "manifest" in steps
+    # 1) killed (no cleanup at all) right before each step: old before the commit, new after it
     for dying in steps:
         current = _which(root, models)
 
@@ -155,20 +177,45 @@ def test_killed_at_every_step_and_at_random_instants_the_folder_loads_old_or_new
 
         _, status = os.waitpid(_in_child(save_and_die), 0)
         assert os.waitstatus_to_exitcode(status) == 9, dying
-        assert _which(root, models) in (0, 1), dying
-    # 2) SIGKILL at random instants of a save
+        committed = steps.index(dying) > steps.index("manifest")
+        assert _which(root, models) == (1 - current if committed else current), dying
+    # 2) SIGKILL at random instants of a save; the child reports each step it reaches through a pipe,
+    # and sleeps 2 ms per step so that a kill can land between steps on fast hardware too
     started = time.perf_counter()
     models[1].save_pretrained(root)
-    duration = time.perf_counter() - started
+    duration = time.perf_counter() - started + 2e-3 * len(steps)
     rng = random.Random(0)
-    outcomes = []
+    outcomes = []  # (steps reached before the kill, whether the child finished, the folder loads as the new save)
     for _ in range(20):
         current = _which(root, models)
-        pid = _in_child(lambda target=models[1 - current]: target.save_pretrained(root))
+        read_end, write_end = os.pipe()
+
+        def save_reporting(target=models[1 - current], fd=write_end):
+            def report(step):
+                os.write(fd, f"{step}\n".encode())
+                time.sleep(2e-3)
+
+            transaction.FAULT_HOOK = report
+            target.save_pretrained(root)
+            os.write(fd, b"<done>\n")
+
+        pid = _in_child(save_reporting)
+        os.close(write_end)
         time.sleep(rng.uniform(0, 1.5 * duration))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        outcomes.append(_which(root, models) != current)
+        reached = _read_all(read_end).split()
+        finished = "<done>" in reached
+        reached = [s for s in reached if s != "<done>"]
+        after = _which(root, models)
+        if finished:
+            assert after == 1 - current
+        else:
+            assert after in _expected(steps, reached[-1] if reached else None, current), reached
+        outcomes.append((len(reached), finished, after != current))
+    mid_save = [o for o in outcomes if 0 < o[0] and not o[1]]
+    assert mid_save, f"no kill landed inside a save (steps reached, finished, new) per kill: {outcomes}"
+    assert any(new for _, _, new in outcomes) and not all(new for _, _, new in outcomes), outcomes  # both ends were hit
     models[0].save_pretrained(root)  # the next save recovers and cleans everything
     assert _leftovers(root) == []
 

@@ -48,8 +48,10 @@ def test_show_writes_the_model_input_with_the_window_and_orientation(tiny_clip, 
 
 
 def test_show_dicom_window_and_nifti_slice(tiny_clip, tmp_path):
-    pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed")
-    nibabel_testing = pytest.importorskip("nibabel.testing", reason="the nifti extra is not installed")
+    from .conftest import optional_import
+
+    pydicom = optional_import("pydicom", reason="the dicom extra is not installed")
+    nibabel_testing = optional_import("nibabel.testing", reason="the nifti extra is not installed")
 
     ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
     assert main(["show", str(ct), "-o", str(tmp_path / "lung.png"), "--window", "lung", "--scale", "1"]) == 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
-from medadapt import ContinualVLM, DomainError
+from medadapt import AdapterError, ContinualVLM, DomainError, StageFileError
 from medadapt._io import sha256_file
 from medadapt.locking import LOCK_FILES
 from medadapt.backbones import config_fingerprint, weights_fingerprint
@@ -22,6 +22,7 @@ from tests.conftest import (
     build_tiny_vlm,
     make_image_list,
     train_adapter,
+    unchanged,
 )
 
 ADAPTERS = CORE_ADAPTERS
@@ -194,9 +195,9 @@ def test_load_adapter_composes_stages_from_other_saves(tmp_path):
 def test_load_adapter_needs_a_name_when_a_save_holds_several(tmp_path, tiny_clip):
     tiny_clip.save_pretrained(tmp_path / "a")
     target = build_tiny_vlm("clip", with_domains=False)
-    with pytest.raises(Exception, match="say which one with `name=`"):
+    with unchanged(target), pytest.raises(AdapterError, match="say which one with `name=`"):
         target.load_adapter(tmp_path / "a")
-    with pytest.raises(Exception, match="lists no adapter 'nope'"):
+    with unchanged(target), pytest.raises(StageFileError, match="lists no adapter 'nope'"):
         target.load_adapter(tmp_path / "a", name="nope")
     assert target.adapter_names() == []
 

@@ -28,6 +28,7 @@ from .batches import BatchSchedule, PixelStore
 from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig, model_not_found
 from .composition import composition_results, fit_stage_router, trained_domains
+from .consistency import buffers_agree
 from .evaluate import evaluate_view
 from .objectives import build_objective
 from .outputs import RUN_FILE, lock_output_dir, summarise, write_outputs
@@ -326,7 +327,7 @@ class ContinualTrainer:
             "auroc": {d: m["auroc"] for d, m in final.items()},
             "views": {view: {"accuracy_matrix": rows, **summarise(rows)} for view, rows in self.state.rows.items()},
             "buffer": {"size": cfg.rehearsal.size, "policy": cfg.rehearsal.policy, "items": len(self.buffer)},
-            "buffer_consistent": True,
+            "buffer_consistent": buffers_agree(self.buffer, self._all_processes),
             "num_processes": self.accelerator.num_processes,
             "wall_time_s": wall,
             "config": cfg.to_dict(),
