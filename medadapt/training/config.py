@@ -276,6 +276,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return base(value)
+    if where == "train.mixed_precision" and value is False:
+        return "no"  # YAML 1.1 reads `mixed_precision: no` as false
     if base in (int, float, str, bool) and not isinstance(value, base):
         raise ConfigError(f"{where} must be {base.__name__}, got {type(value).__name__} {value!r}.")
     return value

@@ -63,8 +63,8 @@ def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
         return
     what = "a different run" if previous and previous != config.fingerprint() else "an earlier run"
     raise ConfigError(
-        f"output_dir {out} already holds {what}; pass --resume to continue it, --overwrite to replace it, or "
-        f"output_dir=ANOTHER_FOLDER to keep it and start a new run beside it."
+        f"output_dir {out} already holds {what}; pass --resume to continue it or --overwrite to replace it (or "
+        f"output_dir=ANOTHER_FOLDER to keep it and start a new run beside it)."
     )
 
 
