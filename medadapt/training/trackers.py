@@ -2,6 +2,8 @@
 forgetting of the accuracy matrix so far, every domain's metrics, and the accuracy-matrix image.
 
 Every point carries its step: the number of training steps done in the whole run when it was logged.
+Stage results are named ``stage/<view>/acc|bwt|forgetting`` and ``stage/<view>/<domain>/<metric>`` (a view
+is the adapter set evaluated, e.g. ``shared`` or ``specialists``); the image is ``accuracy_matrix``.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ def log_stage(accelerator: Any, plan: Any, rows: Mapping[str, list[list[float]]]
     values: dict[str, float] = {}
     for view, view_rows in rows.items():
         padded = [list(r) for r in view_rows]
-        values.update({f"{view}/{k}": v for k, v in _finite(summarise(padded)).items()})
+        values.update({f"stage/{view}/{k}": v for k, v in _finite(summarise(padded)).items()})
         for domain, metrics in stage_metrics.get(view, {}).items():
-            values.update({f"{view}/{domain}/{k}": v for k, v in _finite(metrics).items()})
-    values["stage"] = float(stage_index + 1)
+            values.update({f"stage/{view}/{domain}/{k}": v for k, v in _finite(metrics).items()})
+    values["stage/index"] = float(stage_index + 1)
     accelerator.log(values, step=step)
     if not accelerator.is_main_process:
         return
