@@ -57,6 +57,16 @@ def test_unsupported_distributed_types_are_refused_before_anything_loads(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_callers_deepspeed_accelerator_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    fake = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(ConfigError, match=r"distributed type is DeepSpeed \(DEEPSPEED\).*--multi_gpu"):
+        ContinualTrainer(tiny_config(tmp_path / "run", "continual", **SMALL), accelerator=fake, progress=False)
+
+
 @pytest.mark.timeout(180)
 def test_an_fsdp_accelerate_config_file_gets_the_refusal(tmp_path):
     """`accelerate launch --config_file` with an FSDP config: the recipe exits 2 with the message, nothing written."""

@@ -45,14 +45,15 @@ def check_launch_environment() -> None:
     Reads the ``ACCELERATE_USE_*`` variables that ``accelerate launch --use_fsdp/--use_deepspeed/
     --use_megatron_lm`` (or an ``accelerate config`` file choosing them) sets.
     """
-    for dist_type, (what, variable) in REFUSED.items():
+    for what, variable in REFUSED.values():
         if variable is not None and _flag(variable):
             raise ConfigError(f"this run was launched with {what} ({variable}=true), which medadapt does not support. {INSTEAD}")
 
 
 def check_distributed_type(accelerator: Any) -> None:
     """Refuse an accelerator (e.g. one passed in by the caller) whose distributed type medadapt does not support."""
-    dist_type = str(getattr(getattr(accelerator, "distributed_type", None), "value", accelerator.distributed_type))
+    kind = accelerator.distributed_type
+    dist_type = str(getattr(kind, "value", kind))
     if dist_type in REFUSED:
         raise ConfigError(f"the accelerator's distributed type is {REFUSED[dist_type][0]} ({dist_type}), which medadapt does not support. {INSTEAD}")
 

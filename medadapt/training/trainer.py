@@ -133,7 +133,9 @@ class ContinualTrainer:
         """Validate config, data and output dir; build the model, plan, buffer. Trains nothing.
 
         Data and model are checked before the output dir, so a bad input never clears (``--overwrite``)
-        an earlier run. Every process seeds the same way: adapters start identical on all ranks.
+        an earlier run. Every process seeds the same way, and rank 0's initial adapter weights are then
+        broadcast once, so adapters start identical on all ranks. ``train.gradient_checkpointing`` and a
+        quantized base (``quantization``) are prepared here (:mod:`medadapt.training.memory`).
         """
         from accelerate.utils import set_seed
 
