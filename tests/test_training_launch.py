@@ -221,3 +221,38 @@ def test_dataloader_workers_give_the_same_batches_in_the_same_order(tmp_path):
     assert len(inline) == len(loaded) == schedule.steps - 2
     for a, b in zip(inline, loaded):
         assert a.keys == b.keys and torch.equal(a.pixel_values, b.pixel_values) and torch.equal(a.labels, b.labels)
+
+
+def test_the_grad_scaler_and_numpy_python_rng_join_the_checkpoint_and_are_restored(tmp_path, one_thread, monkeypatch):  # noqa: F811
+    """fp16 on a GPU gives the accelerator a GradScaler; a CPU GradScaler stands in for it here."""
+    config = tiny_config(tmp_path / "run", "continual", overrides=["train.checkpoint_every=1", "train.batch_size=8"], **SMALL)
+    trainer = ContinualTrainer(config, progress=False)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    original = ContinualTrainer._checkpoint
+
+    def interrupted(self, optimizer):
+        original(self, optimizer)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualTrainer, "_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    monkeypatch.setattr(ContinualTrainer, "_checkpoint", original)
+    import json
+
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["scaler"]
+    assert saved["scale"] == trainer.accelerator.scaler.get_scale() == 2.0**11  # grew once (growth_interval=1) after step 1
+    import random
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    np.random.seed(999), random.seed(999)  # a fresh process: other numpy / Python generator states
+    resumed = ContinualTrainer(config, resume=True, progress=False)
+    resumed.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    resumed.setup()
+    assert resumed.accelerator.scaler.get_scale() == saved["scale"] and resumed.accelerator.scaler.state_dict() == saved
+    rng = load_file(str(tmp_path / "run" / "checkpoints" / "rng.safetensors"))
+    assert np.array_equal(np.random.get_state()[1], rng["numpy"].numpy().astype(np.uint32))  # numpy's generator is back
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["rng"]
+    assert list(random.getstate()[1]) == meta["python"]["state"]
