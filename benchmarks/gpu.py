@@ -386,10 +386,6 @@ def bench_generate(hf_model: Any, processor: Any, s: Settings) -> dict[str, Any]
         for r in range(s.repeats):
             for side in (("mixed", "single") if r % 2 == 0 else ("single", "mixed")):
                 times[side].append(seconds(run(mixed if side == "mixed" else single)))
-    for name in names:
-        model.remove_domain(name)
-    del model
-    reset_peak()
     mixed_s, single_s = sorted(times["mixed"])[len(times["mixed"]) // 2], sorted(times["single"])[len(times["single"]) // 2]
     return {"generate_8_vs_1_adapters": mixed_s / single_s, "mixed_s": mixed_s, "single_s": single_s,
             "images": s.gen_images, "new_tokens": s.gen_tokens, "adapters": s.adapters}
@@ -409,9 +405,6 @@ def bench_scoring(hf_model: Any, processor: Any, s: Settings) -> dict[str, Any]:
         for r in range(s.repeats):
             for side in (("five", "one") if r % 2 == 0 else ("one", "five")):
                 times[side].append(seconds(lambda: model.scorer.logits(pixels, five if side == "five" else one, "five")))
-    model.remove_domain("five")
-    del model
-    reset_peak()
     five_s, one_s = sorted(times["five"])[len(times["five"]) // 2], sorted(times["one"])[len(times["one"]) // 2]
     return {"score_5_vs_1_labels": five_s / one_s, "five_s": five_s, "one_s": one_s, "images": s.score_images}
 
@@ -458,9 +451,9 @@ def run(mode: str, out: Path, log: Callable[[str], None] = print) -> dict[str, A
     result["llava_bf16"] = bench_train(*fresh("llava"), s, gradient_checkpointing=True)
     hf, processor = fresh("llava")
     if cuda():
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
             result["llava_4bit"] = None
             result["null_reasons"]["llava_4bit"] = "bitsandbytes is not installed on the GPU machine"
         else:
