@@ -7,8 +7,8 @@ The JSON files are the source of truth; this script only formats them. Run from 
     python benchmarks/make_table.py --out - paradigms.json  # print one file's tables
     python benchmarks/make_table.py --full --out benchmarks/results/paradigms.md paradigms.json  # re-render the full report
 
-``paradigms.json`` (from ``benchmarks/paradigms.py``) and ``speed.json`` (from
-``benchmarks/speed.py``) have renderers; any other JSON file is listed as not rendered.
+``paradigms.json`` (from ``benchmarks/paradigms.py``), ``speed.json`` (from
+``benchmarks/speed.py``) and ``gpu.json`` (from ``benchmarks/gpu.py``) have renderers; any other JSON file is listed as not rendered.
 ``benchmarks/paradigms.py`` writes ``paradigms.md`` with :func:`render_document` (``full=True``).
 """
 
@@ -329,7 +329,34 @@ def render_generative_speed(data: dict[str, Any], full: bool = True) -> str:
 GENERATIVE_RENDERERS = {"generative_paradigms": render_generative_paradigms, "generative_speed": render_generative_speed}
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed}
+# -- gpu.json (benchmarks/gpu.py) ------------------------------------------------------------------
+GPU_ROWS = [
+    ("trl_time_ratio", "train step time vs TRL SFTTrainer (same LoRA, batch, tokens)"),
+    ("trl_memory_ratio", "train step peak memory vs TRL SFTTrainer"),
+    ("grad_ckpt_memory_ratio", "peak memory with / without gradient checkpointing (Gemma 3 4B)"),
+    ("gemma3_4b_bf16_gc_batch8_peak_gb", "Gemma 3 4B, bf16 + gradient checkpointing, batch 8: peak GB"),
+    ("qlora_memory_ratio", "LLaVA-1.5-7B peak memory, 4-bit / bf16"),
+    ("qlora_time_ratio", "LLaVA-1.5-7B step time, 4-bit / bf16"),
+    ("generate_8_vs_1_adapters", "generate, 8 adapters in one batch / 1 adapter"),
+    ("score_5_vs_1_labels", "label scoring, 5 labels / 1"),
+]
+
+
+def render_gpu(data: dict[str, Any], full: bool = True) -> str:
+    """Markdown for ``gpu.json``: every ratio with its target; a value that was not measured says why."""
+    targets, reasons = data.get("targets") or {}, data.get("null_reasons") or {}
+    rows = []
+    for key, what in GPU_ROWS:
+        value, target = data.get(key), targets.get(key) or {}
+        shown = f"{value:.3f}" if isinstance(value, (int, float)) else f"not measured ({reasons.get(key, 'no value')})"
+        passed = target.get("pass")
+        rows.append([what, f"`{key}`", shown, target.get("target") or "(reported)", "" if passed is None else ("yes" if passed else "**no**")])
+    title = "## GPU (" + str(data.get("device", "?")) + (", smoke run: numbers mean nothing" if data.get("mode") == "smoke" else "") + ")"
+    return "\n".join([title, "", table(["measure", "key", "value", "target", "pass"], rows), "",
+                      f"Mode `{data.get('mode')}`; {data.get('total_seconds', 0):.0f} s in all."]) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed, "gpu": render_gpu}
 RENDERERS.update(GENERATIVE_RENDERERS)
 
 

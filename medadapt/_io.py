@@ -144,9 +144,23 @@ def default_file_permissions(folder: str | os.PathLike) -> None:
                 os.chmod(path, mode)
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN/infinite float replaced by ``None`` (so it serialises as strict JSON)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """Write ``obj`` as indented, key-sorted, strict JSON atomically: NaN/infinite numbers become ``null``
+    (strict parsers reject the ``NaN`` token). Writers that can say why a value is undefined do so first
+    (e.g. the trainer's ``null_reasons`` in results.json)."""
+    data = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (data + "\n").encode("utf-8"))
 
 
 def recover_directory_swap(target: str | os.PathLike) -> None:

@@ -221,13 +221,16 @@ def test_metrics_reach_accelerate_trackers(tmp_path, one_thread):  # noqa: F811
             self.config = values
 
         def log(self, values, step=None, **kwargs):
-            self.logged.append(values)
+            self.logged.append((step, values))
 
     recorder = Recorder()
     config = tiny_config(tmp_path / "run", "continual", overrides=["tracking.log_with=all", "tracking.project=medadapt-test"], n_domains=1, n_train=16)
     ContinualTrainer(config, progress=False, accelerator=Accelerator(cpu=True, log_with=[recorder])).run()
     assert recorder.config["train.lr"] == config.train.lr and recorder.config["paradigm"] == "continual"
-    assert len(recorder.logged) == 2 and {"shared/loss", "shared/acc"} <= set(recorder.logged[0])
+    steps = [(step, values) for step, values in recorder.logged if "shared/loss" in values]
+    assert [step for step, _ in steps] == [1, 2] and {"shared/loss", "shared/acc"} <= set(steps[0][1])
+    stage = [(step, values) for step, values in recorder.logged if "stage/shared/acc" in values]
+    assert [step for step, _ in stage] == [2] and {"stage/shared/bwt", "stage/shared/forgetting", "stage/shared/xr/accuracy"} <= set(stage[0][1])
 
 
 def test_an_uninstalled_tracker_is_refused_before_training(tmp_path):

@@ -18,7 +18,7 @@ def test_demo_config_loads_with_defaults_filled():
     assert cfg.model == "tiny-clip" and cfg.paradigm == "rehearsal" and cfg.compare_naive is True
     assert [d.name for d in cfg.domains] == ["pneumonia", "breast", "organ"]
     assert {d.data["path"] for d in cfg.domains} == {"medadapt:demo/medical_demo.npz"}  # shipped in the package
-    assert cfg.train.grad_accum_steps == 1 and cfg.train.mixed_precision == "no"  # defaults
+    assert cfg.train.grad_accum_steps is None and cfg.train.mixed_precision is None  # defaults: accelerate decides
     assert cfg.rehearsal.policy == "class_balanced" and cfg.rehearsal.ratio == 0.5
     synthetic = load_config(RECIPES / "configs" / "synthetic.yaml")
     assert [d.name for d in synthetic.domains] == ["synth_histology", "synth_xray", "synth_ultrasound"]
@@ -121,7 +121,7 @@ def test_target_modules_may_be_one_regex_string(tmp_path):
         ("rehearsal.size=-1", r"rehearsal.size must be >= 0"),
         ("train.batch_size=0", r"train.batch_size must be >= 1"),
         ("train.lr=0", r"train.lr must be > 0"),
-        ("train.mixed_precision=fp8", r"mixed_precision must be no, fp16 or bf16"),
+        ("train.mixed_precision=fp8", r"mixed_precision must be no, fp16, bf16 or empty"),
         ("adapter.type=ia3", r"adapter.type must be 'lora' or 'prompt'"),
         ("tracking.log_with=nonsense", r"tracking.log_with 'nonsense' unknown; valid"),
         ("domains.0.prompt=no placeholder", r"prompt must contain one '\{\}'"),

@@ -54,6 +54,11 @@ class PixelStore:
         self._cache[key] = torch.cat(chunks)
         return self._cache[key]
 
+    def warm(self, domains: Sequence[str], split: str = "train") -> None:
+        """Build the pixel cache of ``domains`` now (before DataLoader workers fork, so they share it)."""
+        for domain in domains:
+            self._maybe_cache((domain, split))
+
     def pixels(self, domain: str, split: str, indices: Sequence[int]) -> torch.Tensor:
         cached = self._maybe_cache((domain, split))
         if cached is not None:
@@ -139,3 +144,46 @@ class BatchSchedule:
             replay = buffer.sample(k, _rng(self.seed, self.phase_key, "replay", step))
             rows += [(d, i) for d, i, _ in replay]
         return rows[self.rank :: self.world_size]
+
+
+class ScheduleSampler(torch.utils.data.Sampler):
+    """A :class:`BatchSchedule` as a DataLoader sampler: yields each step's rows from ``start`` on."""
+
+    def __init__(self, schedule: BatchSchedule, start: int, buffer: RehearsalBuffer | None, ratio: float) -> None:
+        self.schedule, self.start, self.buffer, self.ratio = schedule, start, buffer, ratio
+
+    def __len__(self) -> int:
+        return self.schedule.steps - self.start
+
+    def __iter__(self) -> Any:
+        for step in range(self.start, self.schedule.steps):
+            yield self.schedule.refs(step, self.buffer, self.ratio)
+
+
+class _RefsDataset(torch.utils.data.Dataset):
+    """Indexed by one step's rows (a list of refs); returns that step's :class:`Batch`."""
+
+    def __init__(self, store: PixelStore) -> None:
+        self.store = store
+
+    def __getitem__(self, refs: Sequence[Ref]) -> Batch:  # type: ignore[override]
+        return self.store.batch(refs)
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+def phase_batches(store: PixelStore, schedule: BatchSchedule, start: int, buffer: RehearsalBuffer | None, ratio: float, workers: int) -> Any:
+    """The phase's batches from step ``start`` on, in the schedule's order: assembled in this process
+    (``workers`` 0) or by a ``torch.utils.data.DataLoader`` with ``workers`` processes (same batches, same order)."""
+    if workers == 0:
+        return (store.batch(schedule.refs(step, buffer, ratio)) for step in range(start, schedule.steps))
+    import multiprocessing
+
+    store.warm(sorted({d for d, _ in schedule.pool} | set(buffer.domains() if buffer is not None else [])))
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return torch.utils.data.DataLoader(
+        _RefsDataset(store), sampler=ScheduleSampler(schedule, start, buffer, ratio), batch_size=None,
+        collate_fn=_as_is, num_workers=workers, multiprocessing_context=context, persistent_workers=False,
+    )

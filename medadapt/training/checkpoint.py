@@ -1,13 +1,20 @@
 """Checkpoints in safetensors + JSON only: adapters (a normal medadapt save), optimizer state,
-torch RNG state and the loop position. Written to a temporary folder and swapped in atomically.
+the random-number generators (torch CPU, every CUDA device, numpy's global and Python's ``random``),
+the fp16 GradScaler and the loop position. Written to a temporary folder and swapped in atomically.
+
+``state.json`` records the sha256 of the other files and (``STATE_DIGEST_KEY``) of its own content, so an
+edited loop position or learning rate is caught before a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -22,6 +29,28 @@ RNG_NAME = "rng.safetensors"
 MODEL_DIR = "model"
 MANIFEST_FILE = f"{MODEL_DIR}/manifest.json"
 FILES_KEY = "files"  # in state.json: sha256 of the other files, checked before a resume
+STATE_DIGEST_KEY = "state_sha256"  # in state.json: sha256 of the rest of state.json, checked before a resume
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """sha256 of a checkpoint state without its own digest (canonical, strict JSON)."""
+    body = {k: v for k, v in state.items() if k != STATE_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every generator a training step may draw from: tensors (torch CPU, CUDA per device, numpy's key
+    array) and the JSON rest (numpy's position, Python's ``random``)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = cuda_state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {"numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "state": list(internal), "gauss": gauss}}
+    return tensors, meta
 
 
 def checkpoint_hashes(folder: str | Path) -> dict[str, str]:
@@ -61,8 +90,11 @@ def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optim
         if optimizer is not None:
             tensors, meta = _optimizer_to_safetensors(optimizer)
             save_file(tensors or {"__empty__": torch.zeros(0)}, str(tmp / OPTIM_NAME))
-        save_file({"torch": torch.get_rng_state()}, str(tmp / RNG_NAME))
-        (tmp / STATE_NAME).write_text(json.dumps({**state, "optimizer": meta, FILES_KEY: checkpoint_hashes(tmp)}, indent=2, sort_keys=True))
+        rng_tensors, rng_meta = capture_rng()
+        save_file(rng_tensors, str(tmp / RNG_NAME))
+        full = {**state, "optimizer": meta, "rng": rng_meta, FILES_KEY: checkpoint_hashes(tmp)}
+        full[STATE_DIGEST_KEY] = state_digest(full)
+        (tmp / STATE_NAME).write_text(json.dumps(full, indent=2, sort_keys=True, allow_nan=False))
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -106,7 +138,22 @@ def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, meta
     optimizer.load_state_dict(_optimizer_from_safetensors(tensors, meta))
 
 
-def restore_rng(folder: str | Path) -> None:
+def restore_rng(folder: str | Path, meta: dict[str, Any] | None = None) -> None:
+    """Put back the generators :func:`capture_rng` saved (``meta``: the ``rng`` entry of ``state.json``).
+
+    CUDA states are restored when this process has CUDA devices (a checkpoint written on CPU leaves them alone)."""
     path = Path(folder) / RNG_NAME
-    if path.is_file():
-        torch.set_rng_state(load_file(str(path))["torch"])
+    if not path.is_file():
+        return
+    tensors = load_file(str(path))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    meta = meta or {}
+    if "numpy" in tensors and "numpy" in meta:
+        n = meta["numpy"]
+        np.random.set_state((n["kind"], tensors["numpy"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "python" in meta:
+        p = meta["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

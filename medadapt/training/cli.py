@@ -1,5 +1,5 @@
 """Command-line entry shared by every recipe: ``--config``, ``key=value`` overrides, ``--resume``,
-``--overwrite``; runs the trainer and prints the accuracy matrix and the naive comparison."""
+``--overwrite``, ``--resume-anyway``; runs the trainer and prints the accuracy matrix and the naive comparison."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=str, default=None, help="YAML config (default: the recipe's demo config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    parser.add_argument("--resume-anyway", action="store_true", help="with --resume: continue even though the training data changed since the run started")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in output_dir")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 rehearsal.size=100")
@@ -44,19 +45,25 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     import torch
     from accelerate import PartialState
 
+    from .launch import check_launch_environment
     from .outputs import write_outputs
     from .progress import quiet_library_warnings
     from .trainer import ContinualTrainer
 
     args = parse_args(argv, description)
     quiet_library_warnings()
+    try:
+        check_launch_environment()  # FSDP/DeepSpeed/Megatron refused before any process group or model exists
+    except MedAdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # cpu=True on a CPU-only machine: under `accelerate launch --multi_gpu`/torchrun this is what makes
     # accelerate form a gloo process group (MULTI_CPU) instead of N independent single processes
     state = PartialState(cpu=not torch.cuda.is_available())
     try:
         overrides = ([f"paradigm={paradigm}"] if paradigm else []) + list(args.overrides)
         config = load_config(args.config or default_config, overrides)
-        trainer = ContinualTrainer(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        trainer = ContinualTrainer(config, resume=args.resume or args.resume_anyway, overwrite=args.overwrite, progress=not args.no_progress, resume_anyway=args.resume_anyway)
         trainer.setup()
         results = trainer.run()
         if config.compare_naive:

@@ -86,24 +86,30 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    grad_accum_steps: int = 1
-    mixed_precision: str = "no"
+    grad_accum_steps: int | None = None  # None: what `accelerate launch`/config gives (else 1)
+    mixed_precision: str | None = None  # None: what `accelerate launch`/config gives (else "no")
     eval_batch_size: int = 128
     checkpoint_every: int = 50
     max_steps_per_stage: int | None = None
+    gradient_checkpointing: bool = False  # recompute the base's activations in backward (transformers mechanism)
+    dataloader_workers: int = 0  # >0: a torch DataLoader with this many worker processes assembles the batches
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.grad_accum_steps is not None and self.grad_accum_steps < 1:
+            raise ConfigError(f"train.grad_accum_steps must be >= 1 (or left empty for accelerate's setting), got {self.grad_accum_steps}.")
+        if self.dataloader_workers < 0:
+            raise ConfigError(f"train.dataloader_workers must be >= 0, got {self.dataloader_workers}.")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"train.lr must be > 0 and finite, got {self.lr}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}.")
         if self.max_steps_per_stage is not None and self.max_steps_per_stage < 1:
             raise ConfigError(f"train.max_steps_per_stage must be >= 1 (or left empty for no limit), got {self.max_steps_per_stage}.")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.mixed_precision is not None and self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be no, fp16, bf16 or empty (accelerate's setting), got {self.mixed_precision!r}.")
 
 
 @dataclass
@@ -270,6 +276,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return base(value)
+    if where == "train.mixed_precision" and value is False:
+        return "no"  # YAML 1.1 reads `mixed_precision: no` as false
     if base in (int, float, str, bool) and not isinstance(value, base):
         raise ConfigError(f"{where} must be {base.__name__}, got {type(value).__name__} {value!r}.")
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,11 +19,21 @@ RUN_FILE = "run.json"
 OWNED = ("run.json", "results.json", "report.md", "accuracy_matrix.png", "manifest.json", "checkpoints", "base", "naive_baseline", "README.md")
 
 
+def check_output_path(out: Path) -> None:
+    """Refuse an ``output_dir`` that is a file, or lies below one (``a_file/run``), before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is not a folder; pick another output_dir.")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"output_dir {out} lies below {parent}, which is a file, not a folder; pick another output_dir.")
+            break
+
+
 def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
     """Refuse an output directory holding another run unless ``resume`` (same run) or ``overwrite``."""
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} exists and is not a folder.")
+    check_output_path(out)
     if not out.exists() or not any(p.name not in LOCK_FILES for p in out.iterdir()):
         if resume:
             raise ConfigError(f"--resume given but {out} holds no run to resume.")
@@ -51,7 +62,10 @@ def check_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> None:
             )
         return
     what = "a different run" if previous and previous != config.fingerprint() else "an earlier run"
-    raise ConfigError(f"output_dir {out} already holds {what}; pass --resume to continue it or --overwrite to replace it.")
+    raise ConfigError(
+        f"output_dir {out} already holds {what}; pass --resume to continue it or --overwrite to replace it (or "
+        f"output_dir=ANOTHER_FOLDER to keep it and start a new run beside it)."
+    )
 
 
 def lock_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> ExitStack:
@@ -61,8 +75,7 @@ def lock_output_dir(config: RunConfig, resume: bool, overwrite: bool) -> ExitSta
     Close the returned stack when the run ends. If the check fails, a folder created only for the lock goes again.
     """
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} exists and is not a folder.")
+    check_output_path(out)
     existed = out.exists()
     stack = ExitStack()
     stack.enter_context(writer_lock(out, "training"))
@@ -105,9 +118,47 @@ def summarise(matrix: list[list[float]]) -> dict[str, float]:
     return {"acc": average_accuracy(R), "bwt": backward_transfer(R), "forgetting": forgetting(R)}
 
 
+NULL_REASONS_KEY = "null_reasons"
+
+
+def _null_reason(path: str) -> str:
+    if path.endswith("auroc"):
+        return ("AUROC is undefined: the domain's test split holds a single class, or the domain is open-ended "
+                "(task vqa, scored by generated answers)")
+    return "undefined for this domain (not a finite number)"
+
+
+def strict_json(data: Any, path: str = "") -> tuple[Any, dict[str, str]]:
+    """``data`` with every NaN/inf replaced by ``None`` (JSON ``null``), and ``{dotted.path: reason}`` for each."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, {path: _null_reason(path)}
+    if isinstance(data, dict):
+        out, reasons = {}, {}
+        for key, value in data.items():
+            out[key], more = strict_json(value, f"{path}.{key}" if path else str(key))
+            reasons.update(more)
+        return out, reasons
+    if isinstance(data, (list, tuple)):
+        items, reasons = [], {}
+        for i, value in enumerate(data):
+            item, more = strict_json(value, f"{path}[{i}]")
+            items.append(item)
+            reasons.update(more)
+        return items, reasons
+    return data, {}
+
+
+def strict_results(results: dict[str, Any]) -> dict[str, Any]:
+    """Results fit for strict JSON: NaN/inf become ``null``, each listed with its reason under ``null_reasons``."""
+    clean, reasons = strict_json({k: v for k, v in results.items() if k != NULL_REASONS_KEY})
+    if reasons:
+        clean[NULL_REASONS_KEY] = reasons
+    return clean
+
+
 def write_outputs(out: Path, results: dict[str, Any]) -> None:
-    """results.json, accuracy_matrix.png and report.md (main process only)."""
-    atomic_write_json(out / "results.json", results)
+    """results.json (strict JSON, see :func:`strict_results`), accuracy_matrix.png and report.md (main process only)."""
+    atomic_write_json(out / "results.json", strict_results(results))
     plot_accuracy_matrix(
         np.asarray(results["accuracy_matrix"], dtype=float),
         results["domains"],
@@ -124,6 +175,10 @@ def matrix_table(results: dict[str, Any], key: str = "accuracy_matrix") -> str:
     for stage, row in zip(results["stages"], results[key]):
         lines.append(f"| {stage} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -147,7 +202,7 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     for d in results["domains"]:
         m = results["final_metrics"][d]
-        lines.append(f"| {d} | {m['accuracy']:.3f} | {m['auroc']:.3f} |")
+        lines.append(f"| {d} | {_fmt(m['accuracy'])} | {_fmt(m['auroc'])} |")
     if results.get("specialist_accuracy_matrix"):
         lines += ["", "## Specialist adapters (each domain through its own adapter)", "", matrix_table(results, "specialist_accuracy_matrix")]
     if results.get("naive_comparison"):

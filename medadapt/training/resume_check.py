@@ -17,7 +17,7 @@ from typing import Any
 
 from .._io import atomic_write_json, loads_json, sha256_file
 from ..errors import CheckpointError, StageFileError
-from .checkpoint import FILES_KEY, MANIFEST_FILE as MANIFEST, MODEL_DIR, OPTIM_NAME, RNG_NAME, STATE_NAME, latest_checkpoint
+from .checkpoint import FILES_KEY, MANIFEST_FILE as MANIFEST, MODEL_DIR, OPTIM_NAME, RNG_NAME, STATE_DIGEST_KEY, STATE_NAME, latest_checkpoint, state_digest
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,19 @@ def verify_checkpoint(folder: Path, out: Path) -> dict[str, Any]:
     path = folder / STATE_NAME
     try:
         state = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"--resume: the checkpoint state {path} is unreadable ({exc}). {_advice(out)}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"--resume: the checkpoint state {path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}). {_advice(out)}") from exc
     if not isinstance(state, dict) or not isinstance(state.get("loop"), dict):
         raise CheckpointError(f"--resume: {path} is not a medadapt checkpoint state. {_advice(out)}")
+    try:
+        digest_ok = state.get(STATE_DIGEST_KEY) == state_digest(state)
+    except (TypeError, ValueError):  # non-finite numbers or values JSON cannot hold
+        digest_ok = False
+    if not digest_ok:
+        raise CheckpointError(
+            f"--resume: {path} does not match the sha256 recorded in it when the checkpoint was written (its loop "
+            f"position, learning rate or another value was edited, or it predates the digest). {_advice(out)}"
+        )
     recorded = state.get(FILES_KEY) or {}
     needed = {MANIFEST: "the adapters' manifest", RNG_NAME: "the random-number-generator state"}
     if state.get("optimizer"):
@@ -113,3 +122,50 @@ def mark_checkpointed(run_file: Path) -> None:
     if isinstance(data, dict) and not data.get(CHECKPOINTED_KEY):
         data[CHECKPOINTED_KEY] = True
         atomic_write_json(run_file, data)
+
+
+LOOP_KEYS = {"phase": int, "step": int, "rows": dict, "metrics": list, "buffer": (dict, type(None)), "elapsed": (int, float)}
+
+
+def check_loop_state(state: dict[str, Any], phase_steps: list[int], n_stages: int, lr: float, weight_decay: float, path: Path) -> None:
+    """Check a checkpoint's loop position and optimizer settings against the run's config and schedule.
+
+    ``phase_steps`` is the step count of every phase of the plan. A position outside the schedule, a loop key
+    that is missing, unknown or mistyped, or a learning rate / weight decay other than the config's is refused
+    with a :class:`~medadapt.errors.CheckpointError` (a digest only shows a file was edited by someone who did
+    not also recompute it).
+    """
+    import math
+
+    loop = state.get("loop")
+    where = f"--resume: the checkpoint state {path}"
+    if not isinstance(loop, dict):
+        raise CheckpointError(f"{where} holds no loop position.")
+    unknown, missing = sorted(set(loop) - set(LOOP_KEYS)), sorted(set(LOOP_KEYS) - set(loop))
+    if unknown or missing:
+        raise CheckpointError(f"{where} has unknown loop key(s) {unknown} / lacks {missing}; valid keys: {sorted(LOOP_KEYS)}. {_advice(path.parent.parent)}")
+    for key, kind in LOOP_KEYS.items():
+        value = loop[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(f"{where}: loop.{key} has the wrong type ({type(value).__name__}). {_advice(path.parent.parent)}")
+    phase, step = loop["phase"], loop["step"]
+    if not 0 <= phase <= len(phase_steps):
+        raise CheckpointError(f"{where}: loop.phase={phase} is outside this run's plan (0..{len(phase_steps)}). {_advice(path.parent.parent)}")
+    limit = phase_steps[phase] if phase < len(phase_steps) else 1
+    if not 0 <= step < limit:
+        raise CheckpointError(
+            f"{where}: loop.step={step} is outside phase {phase}'s schedule (0..{limit - 1}); resuming would cut or "
+            f"extend the phase. {_advice(path.parent.parent)}"
+        )
+    evaluated = [len(rows) for rows in loop["rows"].values()]
+    if len(loop["metrics"]) > n_stages or any(n != len(loop["metrics"]) for n in evaluated):
+        raise CheckpointError(f"{where}: its evaluated stages do not match this run's plan of {n_stages} stage(s). {_advice(path.parent.parent)}")
+    if not (math.isfinite(loop["elapsed"]) and loop["elapsed"] >= 0):
+        raise CheckpointError(f"{where}: loop.elapsed={loop['elapsed']} is not a time. {_advice(path.parent.parent)}")
+    for group in (state.get("optimizer") or {}).get("param_groups", []):
+        if not isinstance(group, dict) or group.get("lr") != lr or group.get("weight_decay") != weight_decay:
+            got = (group.get("lr"), group.get("weight_decay")) if isinstance(group, dict) else group
+            raise CheckpointError(
+                f"{where}: the optimizer's (lr, weight_decay) {got} differ from the config's ({lr}, {weight_decay}). "
+                f"{_advice(path.parent.parent)}"
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,20 +25,25 @@ from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from ..tiny import tiny_base, tiny_names
-from .batches import BatchSchedule, PixelStore
-from .checkpoint import MODEL_DIR, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
+from .batches import BatchSchedule, PixelStore, phase_batches
+from .checkpoint import MODEL_DIR, STATE_NAME, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig, model_not_found
 from .composition import composition_results, fit_stage_router, trained_domains
 from .consistency import buffers_agree
 from .evaluate import evaluate_view
 from .objectives import build_objective
-from .outputs import RUN_FILE, lock_output_dir, summarise, write_outputs
-from .resume_check import CHECKPOINTED_KEY, mark_checkpointed, resume_checkpoint
+from .data_fingerprint import check_same_data, data_fingerprint
+from .launch import check_distributed_type, check_launch_environment, resolve_launch
+from .memory import checkpointing_train_mode, enable_gradient_checkpointing, fp32_master_weights, prepare_quantized_base
+from .outputs import RUN_FILE, lock_output_dir, strict_json, strict_results, summarise, write_outputs
+from .resume_check import CHECKPOINTED_KEY, check_loop_state, mark_checkpointed, resume_checkpoint
+from .trackers import log_stage
 from .guards import check_finite_loss, check_finite_params
 from .paradigms import Plan, make_plan
 from .progress import PhaseProgress
 
 CHECKPOINT_DIR = "checkpoints"
+logger = logging.getLogger(__name__)
 
 
 def build_base(config: RunConfig) -> ContinualVLM:
@@ -76,20 +82,32 @@ class LoopState:
 class ContinualTrainer:
     """Run one configured experiment: ``ContinualTrainer(config).run()`` returns ``results``."""
 
-    def __init__(self, config: RunConfig, resume: bool = False, overwrite: bool = False, accelerator: Any = None, progress: bool = True) -> None:
+    def __init__(
+        self, config: RunConfig, resume: bool = False, overwrite: bool = False, accelerator: Any = None, progress: bool = True,
+        resume_anyway: bool = False,
+    ) -> None:
+        """``resume_anyway`` continues a ``resume`` even though the training data changed since the run started.
+
+        Mixed precision and gradient accumulation come from ``accelerate launch`` / ``accelerate config`` unless
+        the run config sets them (see :mod:`medadapt.training.launch`); FSDP, DeepSpeed and Megatron-LM are refused.
+        """
         from accelerate import Accelerator
 
+        check_launch_environment()
         self.config = config
         self.resume = resume
+        self.resume_anyway = resume_anyway
         self.overwrite = overwrite
         self.progress = progress
+        self.launch = resolve_launch(config.train)
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=config.train.mixed_precision,
-            gradient_accumulation_steps=config.train.grad_accum_steps,
+            mixed_precision=self.launch.mixed_precision,
+            gradient_accumulation_steps=self.launch.grad_accum_steps,
             log_with=config.tracking.log_with,
             project_dir=config.output_dir,  # where file-based trackers (tensorboard, ...) write
             cpu=not torch.cuda.is_available(),
         )
+        check_distributed_type(self.accelerator)
         self.out = Path(config.output_dir)
         self._output_lock = ExitStack()  # output_dir's writer lock, held from setup to the end of run()
 
@@ -116,7 +134,9 @@ class ContinualTrainer:
         """Validate config, data and output dir; build the model, plan, buffer. Trains nothing.
 
         Data and model are checked before the output dir, so a bad input never clears (``--overwrite``)
-        an earlier run. Every process seeds the same way: adapters start identical on all ranks.
+        an earlier run. Every process seeds the same way, and rank 0's initial adapter weights are then
+        broadcast once, so adapters start identical on all ranks. ``train.gradient_checkpointing`` and a
+        quantized base (``quantization``) are prepared here (:mod:`medadapt.training.memory`).
         """
         from accelerate.utils import set_seed
 
@@ -130,7 +150,16 @@ class ContinualTrainer:
                 if split not in domain.splits:
                     raise DataError(f"domain {d.name!r} has no {split!r} split; its data gives {sorted(domain.splits)}.")
             self.data[d.name] = domain
+            if len(set(domain.splits["train"].labels.tolist())) < 2 and d.task == "classification":
+                logger.warning(
+                    "domain %r: its training split holds a single class (%s); the adapter learns nothing to tell "
+                    "classes apart and AUROC will be undefined (null) where the test split is one class too.",
+                    d.name, sorted(set(domain.splits["train"].labels.tolist())),
+                )
+        self.data_fingerprint = data_fingerprint(self.data, {d.name: d.data.get("path") for d in cfg.domains})
         self.model = build_base(cfg)
+        if cfg.quantization is not None:
+            prepare_quantized_base(self.model, cfg.train.gradient_checkpointing)
         set_seed(cfg.seed)  # peft draws LoRA init from the global torch RNG: same start on every run and rank
         names = [d.name for d in cfg.domains]
         self.plan: Plan = make_plan(cfg.paradigm, names, cfg.rehearsal.size > 0)
@@ -142,6 +171,9 @@ class ContinualTrainer:
             if kind == "shared":
                 self.model.add_shared_adapter(name, adapter=(cfg.shared_adapter or cfg.adapter).build(targets), seed=cfg.seed)
         self.model.to(self.accelerator.device)
+        self._broadcast_adapters()
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.store = PixelStore(self.model.preprocess)
         for name, domain in self.data.items():
             for split in ("train", "test"):
@@ -156,27 +188,66 @@ class ContinualTrainer:
             if folder is not None:
                 self._restore(folder)
 
+    def _broadcast_adapters(self) -> None:
+        """Copy every adapter's initial weights from rank 0 to the other processes (once, at setup)."""
+        if self.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import broadcast
+
+        params = [p for name in self.model.adapter_names() for p in self.model.adapter_parameters(name)]
+        if not params:
+            return
+        flat = broadcast(torch.cat([p.detach().flatten().float() for p in params]).to(self.accelerator.device), from_process=0)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype))
+                offset += p.numel()
+
     def _phases(self) -> list[tuple[int, Any]]:
         return [(i, p) for i, stage in enumerate(self.plan.stages) for p in stage.phases]
 
+    def _schedule(self, phase_index: int, phase: Any) -> BatchSchedule:
+        cfg, acc = self.config, self.accelerator
+        pool = [(d, i) for d in phase.domains for i in range(len(self.data[d].splits["train"]))]
+        return BatchSchedule(
+            pool, cfg.train.batch_size, cfg.train.epochs, cfg.seed, f"{phase_index}:{phase.adapter}",
+            acc.num_processes, acc.process_index, cfg.train.max_steps_per_stage,
+        )
+
+    def _phase_steps(self) -> list[int]:
+        return [self._schedule(i, phase).steps for i, (_, phase) in enumerate(self._phases())]
+
     def _restore(self, folder: Path) -> None:
-        """Load a verified checkpoint (adapters by name, loop state, buffer, optimizer, RNG)."""
+        """Load a verified checkpoint (adapters by name, loop state, buffer, optimizer, RNG, GradScaler)."""
         state = read_state(folder)
         if state.get("fingerprint") != self.config.fingerprint():
             raise ConfigError("checkpoint belongs to another configuration; cannot resume.")
+        check_loop_state(state, self._phase_steps(), len(self.plan.stages), self.config.train.lr, self.config.train.weight_decay, folder / STATE_NAME)
+        self.data_changes = check_same_data(state.get("data"), self.data_fingerprint, self.out, self.resume_anyway)
         restore_adapters(folder / MODEL_DIR, self.model)
-        self.state = LoopState(**{k: v for k, v in state["loop"].items()})
+        loop = dict(state["loop"])
+        loop["metrics"] = [_nan_for_null(m) for m in loop["metrics"]]
+        loop["rows"] = {view: [[float("nan") if v is None else v for v in row] for row in rows] for view, rows in loop["rows"].items()}
+        self.state = LoopState(**loop)
         if self.state.buffer:
             self.buffer.load_state_dict(self.state.buffer)
         self._resume_optimizer = (folder, state.get("optimizer") or {})
-        restore_rng(folder)
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng(folder, state.get("rng"))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, optimizer: Any) -> None:
         self.state.buffer = self.buffer.state_dict()
         self.state.elapsed = time.perf_counter() - self._started  # a resumed run's includes the interrupted part
         if self.accelerator.is_main_process:
-            state = {"fingerprint": self.config.fingerprint(), "loop": self.state.__dict__}
+            loop, _ = strict_json(dict(self.state.__dict__))  # NaN metrics (one-class AUROC) as null
+            state = {"fingerprint": self.config.fingerprint(), "loop": loop, "data": self.data_fingerprint}
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
             with storage_errors(f"cannot write a checkpoint into {self.out / CHECKPOINT_DIR}"):
                 save_checkpoint(self.out / CHECKPOINT_DIR, self.model, optimizer, state)
                 mark_checkpointed(self.out / RUN_FILE)
@@ -198,12 +269,9 @@ class ContinualTrainer:
     def _run_phase(self, stage_index: int, phase_index: int, phase: Any) -> None:
         cfg, acc = self.config, self.accelerator
         stage = self.plan.stages[stage_index]
-        pool = [(d, i) for d in phase.domains for i in range(len(self.data[d].splits["train"]))]
-        schedule = BatchSchedule(
-            pool, cfg.train.batch_size, cfg.train.epochs, cfg.seed, f"{phase_index}:{phase.adapter}",
-            acc.num_processes, acc.process_index, cfg.train.max_steps_per_stage,
-        )
+        schedule = self._schedule(phase_index, phase)
         params = self.model.set_trainable([phase.adapter])
+        fp32_master_weights(params)  # a bf16/fp16 base: the optimizer updates float32 adapter weights
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         start = self.state.step if self.state.phase == phase_index else 0
         if start and self._resume_optimizer:
@@ -212,16 +280,18 @@ class ContinualTrainer:
         optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
         self.objective.reset()
         self.model.train()
+        checkpointing_train_mode(self.model, True)
         bar = PhaseProgress(
             schedule.steps, start, f"stage {stage_index + 1}/{len(self.plan.stages)} {stage.name} [{phase.adapter}]",
             enabled=self.progress and acc.is_main_process,
         )
         buffer = self.buffer if phase.replay else None
         tick, seen = time.perf_counter(), 0
-        accum = cfg.train.grad_accum_steps
+        accum = self.launch.grad_accum_steps
         acc.gradient_accumulation_steps = accum  # acc.backward divides by it (accelerate keeps it process-global)
-        for step in range(start, schedule.steps):
-            batch = self.store.batch(schedule.refs(step, buffer, cfg.rehearsal.ratio))
+        first_step = sum(self._phase_steps()[:phase_index])  # trackers' step: counted over the whole run
+        batches = phase_batches(self.store, schedule, start, buffer, cfg.rehearsal.ratio, cfg.train.dataloader_workers)
+        for step, batch in zip(range(start, schedule.steps), batches):
             # accumulation boundaries follow the phase's own step count (not accelerate's global
             # counter), so a resumed run and every phase step exactly where an uninterrupted run does
             with acc.autocast():
@@ -237,13 +307,17 @@ class ContinualTrainer:
             rate = seen / max(time.perf_counter() - tick, 1e-9)
             bar.update(report["loss"], rate)
             if cfg.tracking.log_with:
-                acc.log({f"{phase.adapter}/loss": report["loss"], f"{phase.adapter}/acc": report["acc"]})
+                acc.log({f"{phase.adapter}/loss": report["loss"], f"{phase.adapter}/acc": report["acc"]}, step=first_step + step + 1)
             self.state.phase, self.state.step = phase_index, step + 1
             if (step + 1) % cfg.train.checkpoint_every == 0 and (step + 1) % accum == 0 and step + 1 < schedule.steps:
                 self._checkpoint(optimizer)
         bar.close()
+        checkpointing_train_mode(self.model, False)
         self.model.set_trainable([])
         self.state.phase, self.state.step = phase_index + 1, 0
+
+    def _last_phase(self, stage_index: int) -> int:
+        return max(i for i, (s, _) in enumerate(self._phases()) if s == stage_index)
 
     def _evaluate_stage(self, stage_index: int) -> None:
         stage = self.plan.stages[stage_index]
@@ -254,6 +328,8 @@ class ContinualTrainer:
             self.state.rows.setdefault(view, []).append([metrics[d]["accuracy"] for d in names])
             stage_metrics[view] = metrics
         self.state.metrics.append(stage_metrics)
+        if self.config.tracking.log_with:
+            log_stage(self.accelerator, self.plan, self.state.rows, stage_metrics, names, stage_index, sum(self._phase_steps()[: self._last_phase(stage_index) + 1]))
         for d in stage.memorise:
             self.buffer.add_stage(d, self.store.labels(d, "train"))
         digest = hashlib.sha256(json.dumps(self.buffer.state_dict(), sort_keys=True).encode()).hexdigest()
@@ -285,7 +361,7 @@ class ContinualTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             marker = {CHECKPOINTED_KEY: True} if latest_checkpoint(self.out / CHECKPOINT_DIR) else {}
             with storage_errors(f"cannot write into output_dir {self.out}"):
-                atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), **marker})
+                atomic_write_json(self.out / RUN_FILE, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "data": self.data_fingerprint, **marker})
         self._started = time.perf_counter() - self.state.elapsed
         phases = self._phases()
         for phase_index, (stage_index, phase) in enumerate(phases):
@@ -300,7 +376,7 @@ class ContinualTrainer:
                 self._checkpoint(None)
         results = self._results(time.perf_counter() - self._started)
         if acc.is_main_process:
-            self.model.extras["results"] = {k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")}
+            self.model.extras["results"] = strict_results({k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")})
             self.model.save_pretrained(self.out)
             with storage_errors(f"cannot write the results into {self.out}"):
                 write_outputs(self.out, results)
@@ -329,10 +405,26 @@ class ContinualTrainer:
             "buffer": {"size": cfg.rehearsal.size, "policy": cfg.rehearsal.policy, "items": len(self.buffer)},
             "buffer_consistent": buffers_agree(self.buffer, self._all_processes),
             "num_processes": self.accelerator.num_processes,
+            "launch": {
+                **self.launch.to_dict(),
+                "mixed_precision": str(self.accelerator.mixed_precision),  # a caller's accelerator may differ
+                "distributed_type": str(getattr(self.accelerator.distributed_type, "value", self.accelerator.distributed_type)),
+                "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                "dataloader_workers": cfg.train.dataloader_workers,
+            },
             "wall_time_s": wall,
             "config": cfg.to_dict(),
         }
+        if getattr(self, "data_changes", None):
+            results["resumed_on_changed_data"] = self.data_changes
         if primary != "specialists" and "specialists" in self.state.rows:
             results["specialist_accuracy_matrix"] = self.state.rows["specialists"]
         results.update(composition_results(self.model, self.store, plan, cfg.train.eval_batch_size, self.accelerator, self.state.metrics[-1]))
         return results
+
+
+def _nan_for_null(metrics: Any) -> Any:
+    """A checkpoint's stage metrics with JSON ``null`` back to NaN (how the loop keeps undefined values)."""
+    if isinstance(metrics, dict):
+        return {k: _nan_for_null(v) for k, v in metrics.items()}
+    return float("nan") if metrics is None else metrics
