@@ -73,3 +73,7 @@ class TrainingError(MedAdaptError, RuntimeError):
 
 class HubError(MedAdaptError, RuntimeError):
     """The Hugging Face Hub cannot be used for this operation (offline mode, unreachable)."""
+
+
+class ServingError(MedAdaptError, RuntimeError):
+    """A call conflicts with what another thread does with the same model (training while serving)."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .adapters import AdapterSet, adapter_kind
+from .adapters.gate import changes_adapters, served
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
@@ -187,6 +188,7 @@ class ContinualVLM(nn.Module):
             return adapter_kind("prompt").config_from_dict(adapter, "adapter") if adapter.get("adapter_type") == "prompt" else LoraConfig(**adapter)
         return adapter
 
+    @changes_adapters
     def add_stage(
         self,
         name: str,
@@ -260,6 +262,7 @@ class ContinualVLM(nn.Module):
         """Add an adapter not tied to one domain's labels (e.g. the generalist tuned with rehearsal)."""
         return self.add_stage(name, adapter=adapter, seed=seed)
 
+    @changes_adapters
     def remove_domain(self, name: str) -> None:
         """Drop a domain (or shared adapter) and its adapter weights."""
         if name not in self.domains and name not in self.shared:
@@ -317,6 +320,7 @@ class ContinualVLM(nn.Module):
         """The tensors of adapter ``name`` as its stage folder stores them."""
         return self.adapters.kind_of(name).state_dict(self.adapters, name)
 
+    @changes_adapters
     def load_adapter_weights(self, name: str, weights: dict[str, torch.Tensor]) -> None:
         """Load saved tensors into the existing adapter ``name`` (e.g. from a checkpoint)."""
         self.adapter_type(name)
@@ -347,11 +351,13 @@ class ContinualVLM(nn.Module):
         """PIL / numpy / torch / paths / bytes (grey, RGB or RGBA, any size) -> pixel values."""
         return self.backbone.preprocess(images)
 
+    @served
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageInput] | ImageInput, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised image embeddings through ``adapter`` (``"base"`` = frozen model)."""
         return self.scorer.image_features(self.preprocess(images), self._named_adapter(adapter))
 
+    @served
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str] | str, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised text embeddings through ``adapter``'s LoRA weights (``"base"`` = frozen model)."""
@@ -366,6 +372,7 @@ class ContinualVLM(nn.Module):
             self.adapter_type(n)
         return names[0] if len(names) == 1 else tuple(names)
 
+    @served
     @torch.no_grad()
     def predict_proba(
         self,
@@ -426,6 +433,7 @@ class ContinualVLM(nn.Module):
         logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served), questions)
         return [row.softmax(dim=-1).cpu() for row in logits]
 
+    @served
     @torch.no_grad()
     def generate(
         self,
