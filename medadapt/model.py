@@ -418,8 +418,13 @@ class ContinualVLM(nn.Module):
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
-        """Run the body in eval mode (no adapter dropout), restoring the previous mode after."""
+        """Run the body in eval mode (no adapter dropout), restoring the previous mode after.
+
+        A model already in eval mode is left alone: concurrent calls flip no module state."""
         was_training = self.training
+        if not was_training:
+            yield
+            return
         self.eval()
         try:
             yield
