@@ -15,6 +15,7 @@ from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
 from .errors import AdapterError, DomainError
+from .export.merged import export_merged
 from .hub.io import load_model, load_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
@@ -147,6 +148,11 @@ class ContinualVLM(nn.Module):
         ``commit_description``): see :func:`medadapt.hub.push.push_model`. Returns the ``CommitInfo``.
         """
         return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
+
+    def export_merged(self, domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> "os.PathLike":
+        """Write a standalone transformers checkpoint: the base with that domain's LoRA (or stack) merged, plus its
+        processor; it loads with ``AutoModel...from_pretrained`` alone. See :mod:`medadapt.export.merged`."""
+        return export_merged(self, domain_or_stack, out)
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
         """Bring one stage (a domain or shared adapter) from another save or Hub repo into this model.

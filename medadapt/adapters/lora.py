@@ -75,6 +75,10 @@ class LoraBank:
         """``"gathered"``, ``"peft"``, ``"partial"`` or ``"none"``: the path of the last mixed batch."""
         return self.last_mixed.path if self.last_mixed is not None else None
 
+    def lora_layers(self) -> dict[str, Any]:
+        """The peft LoRA layers of the base by module path (relative to the base model)."""
+        return dict(self._layers().layers)
+
     def _layers(self) -> LayerIndex:
         index = self._index
         if index is None:
