@@ -6,6 +6,11 @@
 ``show`` writes a PNG of IMAGE as the model receives it: DICOM rescale and window (or the one you
 give), MONOCHROME1 inversion, 16-bit scaling, NIfTI orientation, then the base model's own resize,
 crop and (undone) normalisation. Use it to check windowing and orientation before training.
+
+    medadapt export vllm SAVE OUT [--stages S ...] [--max-lora-rank 16] [--drop-non-language]
+
+``export vllm`` writes each generative stage of SAVE as a peft folder for vLLM and prints the
+``vllm serve ... --enable-lora --lora-modules ...`` command (see :mod:`medadapt.export.vllm`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from .errors import MedAdaptError
+from .export.cli import add_export_commands
 
 __all__ = ["main", "image_processor_for"]
 
@@ -105,17 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--model", default="tiny-clip", help="whose image processor to use: tiny-clip, a Hub id or a local folder")
     show.add_argument("--scale", type=int, default=8, help="enlarge the written PNG this many times (nearest neighbour; 1 = as is)")
     show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
+    add_export_commands(commands)  # export vllm (medadapt/export/cli.py)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` console script; returns the exit status (2 on a medadapt error)."""
     args = build_parser().parse_args(argv)
-    if args.scale < 1:
+    if args.command == "show" and args.scale < 1:
         print("error: --scale must be at least 1", file=sys.stderr)
         return 2
     try:
-        return _show(args)
+        return args.run(args) if hasattr(args, "run") else _show(args)
     except MedAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
