@@ -11,6 +11,10 @@ crop and (undone) normalisation. Use it to check windowing and orientation befor
 
 ``export vllm`` writes each generative stage of SAVE as a peft folder for vLLM and prints the
 ``vllm serve ... --enable-lora --lora-modules ...`` command (see :mod:`medadapt.export.vllm`).
+
+    medadapt demo SAVE_OR_HUB_ID [--host 127.0.0.1] [--port 7860] [--share]
+
+``demo`` serves a Gradio page for the model (the ``[demo]`` extra; see :mod:`medadapt.webdemo`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from PIL import Image
 
 from .errors import MedAdaptError
 from .export.cli import add_export_commands
+from .webdemo.cli import add_demo_command
 
 __all__ = ["main", "image_processor_for"]
 
@@ -112,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--scale", type=int, default=8, help="enlarge the written PNG this many times (nearest neighbour; 1 = as is)")
     show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
     add_export_commands(commands)  # export vllm (medadapt/export/cli.py)
+    add_demo_command(commands)  # demo (medadapt/webdemo/cli.py)
     return parser
 
 
