@@ -50,18 +50,20 @@ class Analysis:
     probabilities: dict[str, float] | None = None
     answer: str = ""
     error: str = ""
+    source: str = ""  # the uploaded file's name
 
     def probabilities_html(self) -> str:
         """An HTML table of every label's probability (``data-label`` / ``data-prob`` carry exact values)."""
+        source = html.escape(self.source, quote=True)
         if self.error:
-            return f'<div id="medadapt-error" class="error">{html.escape(self.error)}</div>'
+            return f'<div id="medadapt-error" class="error" data-source="{source}">{html.escape(self.error)}</div>'
         if not self.probabilities:
             return ""
         rows = "".join(
             f'<tr data-label="{html.escape(label, quote=True)}" data-prob="{p!r}"><td>{html.escape(label)}</td><td>{p:.4f}</td></tr>'
             for label, p in self.probabilities.items()
         )
-        return (f'<table id="medadapt-probabilities" data-domain="{html.escape(self.domain, quote=True)}">'
+        return (f'<table id="medadapt-probabilities" data-source="{source}" data-domain="{html.escape(self.domain, quote=True)}">'
                 f"<tr><th>label</th><th>probability</th></tr>{rows}</table>")
 
 
@@ -81,12 +83,13 @@ class DemoService:
         """Read the upload at ``path`` and run the model; every medadapt error becomes ``Analysis.error``."""
         if not path:
             return Analysis(error=f"Upload an image first ({ACCEPTED}).")
+        name = os.path.basename(str(path))
         try:
             upload = read_upload(path, window)
             image = upload.image
             choices = self.domain_choices()
             domain = domain or (choices[0] if choices else None)
-            out = Analysis(model_input=model_input_image(image, self.model.backbone.image_processor))
+            out = Analysis(model_input=model_input_image(image, self.model.backbone.image_processor), source=name)
             if domain == AUTO:
                 routed = self.model.predict_proba([image], domain=AUTO)[0]
                 out.domain = routed.domain
@@ -104,7 +107,7 @@ class DemoService:
                 out.answer = self.model.generate([image], questions=question.strip(), domain=out.domain or None)[0]
             return out
         except MedAdaptError as exc:
-            return Analysis(error=str(exc))
+            return Analysis(error=str(exc), source=name)
 
 
 def load_for_demo(source: "str | os.PathLike | ContinualVLM") -> "ContinualVLM":
