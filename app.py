@@ -9,9 +9,9 @@ same. Uploads above ``MEDADAPT_DEMO_MAX_MB`` (default 50) are refused on the pag
 
 import os
 
-from medadapt.webdemo import build_demo
+from medadapt.webdemo import MAX_UPLOAD_BYTES, build_demo
 
 demo = build_demo(os.environ.get("MEDADAPT_MODEL", "medadapt/demo-stages"), title=os.environ.get("MEDADAPT_TITLE", "medadapt demo"))
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(max_file_size=MAX_UPLOAD_BYTES)

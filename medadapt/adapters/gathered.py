@@ -20,6 +20,10 @@ or remove. Layers that cannot be gathered keep peft's path: other layer types (E
 DoRA and other LoRA variants, ``lora_bias``, active dropout (training mode), adapters of different
 ranks in one layer, merged weights. LoRA variants such as DoRA run one sub-batch per adapter
 through each variant's own ``forward`` (peft's ``adapter_names`` entry refuses DoRA).
+
+:func:`mixed_forwards` only builds each layer's forward for one call; the call hands them to the
+layers through call-local state (:mod:`.per_call`), so nothing on the shared modules changes and
+concurrent calls never see each other's rows.
 """
 
 from __future__ import annotations

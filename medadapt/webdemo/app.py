@@ -118,7 +118,10 @@ def load_for_demo(source: "str | os.PathLike | ContinualVLM") -> "ContinualVLM":
 
 
 def build_demo(source: "str | os.PathLike | ContinualVLM", title: str = "medadapt demo") -> Any:
-    """The Gradio ``Blocks`` page for a save folder, Hub repo id or model (call ``.launch()`` on it)."""
+    """The Gradio ``Blocks`` page for a save folder, Hub repo id or model.
+
+    Call ``.launch(max_file_size=MAX_UPLOAD_BYTES)`` on it (Gradio then refuses larger uploads before
+    storing them; the page refuses them too)."""
     try:
         import gradio as gr
     except ImportError as exc:
@@ -146,5 +149,4 @@ def build_demo(source: "str | os.PathLike | ContinualVLM", title: str = "medadap
                 table = gr.HTML(elem_id="medadapt-table")
                 answer = gr.Textbox(label="Answer", visible=service.generative, elem_id="medadapt-answer")
         button.click(run, [upload, window, domain, question], [seen, served, table, answer])
-    page.max_file_size = MAX_UPLOAD_BYTES
     return page

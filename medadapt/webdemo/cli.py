@@ -18,6 +18,7 @@ def add_demo_command(commands: Any) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .app import build_demo
+    from .inputs import MAX_UPLOAD_BYTES
 
-    build_demo(args.source).launch(server_name=args.host, server_port=args.port, share=args.share)
+    build_demo(args.source).launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES)
     return 0
