@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow
+
 KEYS = ("concurrent_wrong_results", "threads_4_throughput_ratio", "hot_load_during_serving_ms")
 
 
