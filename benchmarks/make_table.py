@@ -8,7 +8,8 @@ The JSON files are the source of truth; this script only formats them. Run from 
     python benchmarks/make_table.py --full --out benchmarks/results/paradigms.md paradigms.json  # re-render the full report
 
 ``paradigms.json`` (from ``benchmarks/paradigms.py``), ``speed.json`` (from
-``benchmarks/speed.py``) and ``gpu.json`` (from ``benchmarks/gpu.py``) have renderers; any other JSON file is listed as not rendered.
+``benchmarks/speed.py``), ``gpu.json`` (from ``benchmarks/gpu.py``), the generative ones and ``serving.json``
+(from ``benchmarks/serving.py``) have renderers; any other JSON file is listed as not rendered.
 ``benchmarks/paradigms.py`` writes ``paradigms.md`` with :func:`render_document` (``full=True``).
 """
 
@@ -358,6 +359,7 @@ def render_gpu(data: dict[str, Any], full: bool = True) -> str:
 
 RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed, "gpu": render_gpu}
 RENDERERS.update(GENERATIVE_RENDERERS)
+RENDERERS["serving"] = lambda data, full=True: render_speed(data, full).replace("## Speed (CPU)", "## Serving from threads (CPU)", 1)
 
 
 def kind_of(path: Path, data: dict[str, Any]) -> str:

@@ -10,6 +10,15 @@ crop and (undone) normalisation. Use it to check windowing and orientation befor
 
 ``recover`` finishes or undoes a save that was killed while it swapped folders in FOLDER (loading
 reports such a folder but never changes it). Run it only on a folder you own.
+
+    medadapt export vllm SAVE OUT [--stages S ...] [--max-lora-rank 16] [--drop-non-language]
+
+``export vllm`` writes each generative stage of SAVE as a peft folder for vLLM and prints the
+``vllm serve ... --enable-lora --lora-modules ...`` command (see :mod:`medadapt.export.vllm`).
+
+    medadapt demo SAVE_OR_HUB_ID [--host 127.0.0.1] [--port 7860] [--share]
+
+``demo`` serves a Gradio page for the model (the ``[demo]`` extra; see :mod:`medadapt.webdemo`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from PIL import Image
 
 from ._io import atomic_write_bytes, storage_errors
 from .errors import MedAdaptError
+from .export.cli import add_export_commands
+from .webdemo.cli import add_demo_command
 
 __all__ = ["main", "image_processor_for"]
 
@@ -122,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--original", action="store_true", help="write the windowed image at full resolution, before the model's resize/crop")
     recover = commands.add_parser("recover", help="finish or undo an interrupted save in a folder you own")
     recover.add_argument("folder", help="a medadapt save folder or training output_dir")
+    recover.set_defaults(run=_recover)
+    add_export_commands(commands)  # export vllm (medadapt/export/cli.py)
+    add_demo_command(commands)  # demo (medadapt/webdemo/cli.py)
     return parser
 
 
@@ -139,13 +153,11 @@ def _recover(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` console script; returns the exit status (2 on a medadapt error)."""
     args = build_parser().parse_args(argv)
-    if args.command == "recover":
-        return _recover(args)
-    if args.scale < 1:
+    if args.command == "show" and args.scale < 1:
         print("error: --scale must be at least 1", file=sys.stderr)
         return 2
     try:
-        return _show(args)
+        return args.run(args) if hasattr(args, "run") else _show(args)
     except MedAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

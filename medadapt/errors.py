@@ -87,3 +87,7 @@ class InterruptedSaveError(StageFileError):
 
 class InputError(MedAdaptError, ValueError):
     """An argument of a call (questions, max_new_tokens, ...) has the wrong type or value."""
+
+
+class ServingError(MedAdaptError, RuntimeError):
+    """A call conflicts with what another thread does with the same model (training while serving)."""

@@ -11,10 +11,12 @@ from torch import nn
 
 from .adapters import AdapterSet, adapter_kind
 from . import call_checks
+from .adapters.gate import changes_adapters, served
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain, validate_name
 from .errors import AdapterError, DomainError
+from .export.merged import export_merged
 from .hub.io import load_model, load_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
@@ -150,6 +152,11 @@ class ContinualVLM(nn.Module):
         """
         return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
 
+    def export_merged(self, domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> "os.PathLike":
+        """Write a standalone transformers checkpoint: the base with that domain's LoRA (or stack) merged, plus its
+        processor; it loads with ``AutoModel...from_pretrained`` alone. See :mod:`medadapt.export.merged`."""
+        return export_merged(self, domain_or_stack, out)
+
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
         """Bring one stage (a domain or shared adapter) from another save or Hub repo into this model.
 
@@ -190,6 +197,7 @@ class ContinualVLM(nn.Module):
             return adapter_kind("prompt").config_from_dict(adapter, "adapter") if adapter.get("adapter_type") == "prompt" else LoraConfig(**adapter)
         return adapter
 
+    @changes_adapters
     def add_stage(
         self,
         name: str,
@@ -263,6 +271,7 @@ class ContinualVLM(nn.Module):
         """Add an adapter not tied to one domain's labels (e.g. the generalist tuned with rehearsal)."""
         return self.add_stage(name, adapter=adapter, seed=seed)
 
+    @changes_adapters
     def remove_domain(self, name: str) -> None:
         """Drop a domain (or shared adapter) and its adapter weights."""
         if name not in self.domains and name not in self.shared:
@@ -320,6 +329,7 @@ class ContinualVLM(nn.Module):
         """The tensors of adapter ``name`` as its stage folder stores them."""
         return self.adapters.kind_of(name).state_dict(self.adapters, name)
 
+    @changes_adapters
     def load_adapter_weights(self, name: str, weights: dict[str, torch.Tensor]) -> None:
         """Load saved tensors into the existing adapter ``name`` (e.g. from a checkpoint)."""
         self.adapter_type(name)
@@ -350,11 +360,13 @@ class ContinualVLM(nn.Module):
         """PIL / numpy / torch / paths / bytes (grey, RGB or RGBA, any size) -> pixel values."""
         return self.backbone.preprocess(images)
 
+    @served
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageInput] | ImageInput, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised image embeddings through ``adapter`` (``"base"`` = frozen model)."""
         return self.scorer.image_features(self.preprocess(images), self._named_adapter(adapter))
 
+    @served
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str] | str, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised text embeddings through ``adapter``'s LoRA weights (``"base"`` = frozen model)."""
@@ -369,6 +381,7 @@ class ContinualVLM(nn.Module):
             self.adapter_type(n)
         return names[0] if len(names) == 1 else tuple(names)
 
+    @served
     @torch.no_grad()
     def predict_proba(
         self,
@@ -414,8 +427,13 @@ class ContinualVLM(nn.Module):
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
-        """Run the body in eval mode (no adapter dropout), restoring the previous mode after."""
+        """Run the body in eval mode (no adapter dropout), restoring the previous mode after.
+
+        A model already in eval mode is left alone: concurrent calls flip no module state."""
         was_training = self.training
+        if not was_training:
+            yield
+            return
         self.eval()
         try:
             yield
@@ -429,6 +447,7 @@ class ContinualVLM(nn.Module):
         logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served), questions)
         return [row.softmax(dim=-1).cpu() for row in logits]
 
+    @served
     @torch.no_grad()
     def generate(
         self,

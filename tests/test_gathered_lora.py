@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from medadapt import AdapterError
 from medadapt.adapters.lora import BASE, LoraBank
+from medadapt.adapters.per_call import has_dispatch
 from tests.conftest import make_image_list
 
 pytestmark = pytest.mark.usefixtures("core_single_thread")
@@ -276,6 +277,9 @@ def test_nested_mixed_batches_restore_the_enclosing_one():
     bank = toy_bank(3)
     ids = torch.randint(0, 50, (3, 4), generator=torch.Generator().manual_seed(5))
     outer_names, inner_names = ["a0", "a1", "a2"], ["a2", BASE, "a0"]
+    with bank.activate(None):  # (indexes the layers)
+        pass
+    attrs = {id(m): dict(m.__dict__) for m in bank.base.modules()}
     with bank.mixed(outer_names):
         before = bank.base(ids)
         with bank.mixed(inner_names):
@@ -283,4 +287,7 @@ def test_nested_mixed_batches_restore_the_enclosing_one():
         after = bank.base(ids)  # the outer batch's per-row adapters are back
     torch.testing.assert_close(inner, per_row(bank, ids, inner_names), atol=1e-5, rtol=0)
     torch.testing.assert_close(after, before, atol=0, rtol=0)
-    assert not any("forward" in m.__dict__ for m in bank.base.modules())
+    # no call changed any module's attributes: only the dispatching forward installed once per LoRA layer
+    assert all(m.__dict__.get("forward") is attrs[id(m)].get("forward") for m in bank.base.modules())
+    assert {name for name, m in bank.base.named_modules() if has_dispatch(m)} == {"q_proj", "v_proj", "out"}
+    assert not any("forward" in m.__dict__ and not has_dispatch(m) for m in bank.base.modules())

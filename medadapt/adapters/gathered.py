@@ -20,14 +20,18 @@ or remove. Layers that cannot be gathered keep peft's path: other layer types (E
 DoRA and other LoRA variants, ``lora_bias``, active dropout (training mode), adapters of different
 ranks in one layer, merged weights. LoRA variants such as DoRA run one sub-batch per adapter
 through each variant's own ``forward`` (peft's ``adapter_names`` entry refuses DoRA).
+
+:func:`mixed_forwards` only builds each layer's forward for one call; the call hands them to the
+layers through call-local state (:mod:`.per_call`), so nothing on the shared modules changes and
+concurrent calls never see each other's rows.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -35,6 +39,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from ..errors import AdapterError
+from .per_call import peft_state
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 
@@ -136,22 +141,31 @@ class GatherCache:
 
     def __init__(self) -> None:
         self._stacks: "weakref.WeakKeyDictionary[nn.Module, dict[int, _Stack]]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # concurrent calls fill the stacks: one at a time (bookkeeping only)
 
     def forget(self, name: str | None = None) -> None:
         """Drop adapter ``name`` from every stack (all adapters when ``None``)."""
-        if name is None:
-            self._stacks = weakref.WeakKeyDictionary()
-            return
-        for by_rank in self._stacks.values():
-            for stack in by_rank.values():
-                stack.drop(name)
+        with self._lock:
+            if name is None:
+                self._stacks = weakref.WeakKeyDictionary()
+                return
+            for by_rank in self._stacks.values():
+                for stack in by_rank.values():
+                    stack.drop(name)
 
     def nbytes(self) -> int:
         """Bytes held by the stacks (a second copy of the adapters that mixed batches used)."""
         return sum(s.nbytes() for by_rank in self._stacks.values() for s in by_rank.values())
 
     def slots_for(self, layer: LoraLinear, names: Sequence[str], rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Stacks of ``layer`` holding current copies of ``names`` (all of rank ``rank``) and their slots."""
+        """Stacks of ``layer`` holding current copies of ``names`` (all of rank ``rank``) and their slots.
+
+        A call keeps the tensors returned here for its whole duration: a slot is written in place
+        only while no adapter change can run (see :mod:`.gate`), and growing a stack makes new tensors."""
+        with self._lock:
+            return self._slots_for(layer, names, rank)
+
+    def _slots_for(self, layer: LoraLinear, names: Sequence[str], rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         by_rank = self._stacks.setdefault(layer, {})
         a0 = layer.lora_A[names[0]].weight
         stack = by_rank.get(rank)
@@ -278,27 +292,38 @@ def _gathered_forward(layer: LoraLinear, A: torch.Tensor, B: torch.Tensor, scale
     return forward
 
 
-@contextmanager
-def gathered_lora(
-    layers: dict[str, LoraLayer], adapter_names: Sequence[str], cache: GatherCache, peft_fallback: Callable[[dict[str, LoraLayer]], Any]
-) -> Iterator[MixedReport]:
-    """Serve one adapter per batch row in ``layers`` (path -> LoRA layer) for the duration of the body.
+def peft_rows(layer: LoraLayer, names: list[str]) -> Callable[..., torch.Tensor]:
+    """A forward running peft's own per-row ``adapter_names`` path on ``layer`` (other layer types,
+    different ranks, active dropout...), under the layer's own lock (see :func:`.per_call.peft_state`)."""
 
-    Gatherable layers get a gathered forward; the others are handed to ``peft_fallback`` (a context
-    manager factory that runs peft's ``adapter_names`` path on them). Yields the report.
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _check_rows(x, len(names))
+        with peft_state(layer, None):
+            return type(layer).forward(layer, x, *args, adapter_names=names, **kwargs)
+
+    return forward
+
+
+def mixed_forwards(
+    layers: dict[str, LoraLayer], adapter_names: Sequence[str], cache: GatherCache, gather: bool = True
+) -> tuple[dict[int, Callable[..., torch.Tensor]], MixedReport]:
+    """One forward per LoRA layer (by ``id``) serving one adapter per batch row, and the report.
+
+    Gatherable layers get a gathered forward; variants (DoRA) one sub-batch per adapter; the
+    others, or every layer with ``gather=False``, peft's ``adapter_names`` path. Nothing on the
+    layers changes: the caller hands the forwards to the call (see :mod:`.per_call`).
     """
     names = list(adapter_names)
     distinct = sorted({n for n in names if n != BASE})
-    swapped: list[LoraLayer] = []
-    outer = {id(layer): layer.__dict__["forward"] for layer in layers.values() if "forward" in layer.__dict__}
-    fallback: dict[str, LoraLayer] = {}
+    forwards: dict[int, Callable[..., torch.Tensor]] = {}
     report = MixedReport(path="none")
     for path, layer in layers.items():
         present = [n for n in distinct if n in layer.r]  # (Embedding layers keep theirs in lora_embedding_A)
         reason = fallback_reason(layer, present)
+        if not gather and not (reason or "").startswith(_VARIANT):
+            reason = "gathering turned off"
         if reason is None and not present:  # no row's adapter is in this layer: every row gets the base layer
-            layer.forward = _base_only(layer.base_layer)
-            swapped.append(layer)
+            forwards[id(layer)] = _base_only(layer.base_layer)
             continue
         if reason is None:
             try:
@@ -306,19 +331,17 @@ def gathered_lora(
             except _CannotGather as exc:
                 reason = str(exc)
         if reason is not None and reason.startswith(_VARIANT):
-            layer.forward = _variant_forward(layer, names)  # peft's adapter_names check refuses DoRA
-            swapped.append(layer)
+            forwards[id(layer)] = _variant_forward(layer, names)  # peft's adapter_names check refuses DoRA
             report.fallback[path] = reason
             continue
         if reason is not None:
-            fallback[path] = layer  # peft's path, which also serves rows whose adapter is not in the layer
+            forwards[id(layer)] = peft_rows(layer, names)  # also serves rows whose adapter is not in the layer
             if present:
                 report.fallback[path] = reason
             continue
         slot_of = dict(zip(present, slots))
         rows = torch.tensor([slot_of.get(n, 0) for n in names], dtype=torch.long, device=A.device)
-        layer.forward = _gathered_forward(layer, A, B, scale, rows, len(names))
-        swapped.append(layer)
+        forwards[id(layer)] = _gathered_forward(layer, A, B, scale, rows, len(names))
         report.gathered_layers += 1
     if report.gathered_layers and report.fallback:
         report.path = "partial"
@@ -326,12 +349,4 @@ def gathered_lora(
         report.path = "gathered"
     elif report.fallback:
         report.path = "peft"
-    try:
-        with peft_fallback(fallback):
-            yield report
-    finally:
-        for layer in swapped:  # an enclosing mixed batch's forward (nested contexts) comes back, else the class's
-            if id(layer) in outer:
-                layer.forward = outer[id(layer)]
-            else:
-                del layer.forward
+    return forwards, report

@@ -7,12 +7,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 from ..errors import AdapterError
-from .gathered import BASE, GatherCache, MixedReport, gathered_lora
+from .gathered import BASE, GatherCache, MixedReport, mixed_forwards
+from .per_call import CallAdapters, install, serving
 from .lora_layers import (
     STATE_PREFIX,
     LayerIndex,
@@ -23,7 +23,6 @@ from .lora_layers import (
     planned_shapes,
     wrapped_targets,
 )
-_UNKNOWN = object()  # peft's active/enabled state is not known (right after add/remove): always switch
 
 
 def lora_owner(param_name: str) -> str | None:
@@ -48,8 +47,12 @@ def default_lora_config(target_modules: Sequence[str] | str, r: int = 8) -> Lora
 class LoraBank:
     """Holds every LoRA adapter of a model in one peft model wrapped around the frozen base.
 
-    ``trainable`` names the adapters whose parameters receive gradients; peft toggles
-    ``requires_grad`` when the active adapter changes, so the bank re-applies it after every switch.
+    ``trainable`` names the adapters whose parameters receive gradients (re-applied after peft
+    injects an adapter, which makes it trainable).
+
+    Which adapters a forward applies is never switched on the shared layers (peft's active
+    adapter is left alone): :meth:`activate` and :meth:`mixed` state it for the running call only
+    (see :mod:`medadapt.adapters.per_call`), so calls from several threads do not mix.
 
     Adding or loading an adapter whose targets are already wrapped costs the same whatever the
     number of adapters (see :mod:`medadapt.adapters.lora_layers`); mixed batches gather each row's
@@ -61,8 +64,8 @@ class LoraBank:
         self.base = base
         self.peft_model = None
         self.trainable: set[str] = set()
-        self._active: object = _UNKNOWN
         self._index: LayerIndex | None = None  # LoRA layers by path; rebuilt when peft wraps modules
+        self._layer_ids: frozenset[int] = frozenset()
         self.gather = GatherCache()
         self.gather_mixed = True
         self.last_mixed: MixedReport | None = None
@@ -72,10 +75,19 @@ class LoraBank:
         """``"gathered"``, ``"peft"``, ``"partial"`` or ``"none"``: the path of the last mixed batch."""
         return self.last_mixed.path if self.last_mixed is not None else None
 
+    def lora_layers(self) -> dict[str, Any]:
+        """The peft LoRA layers of the base by module path (relative to the base model)."""
+        return dict(self._layers().layers)
+
     def _layers(self) -> LayerIndex:
-        if self._index is None:
-            self._index = LayerIndex(self.base)
-        return self._index
+        index = self._index
+        if index is None:
+            index = LayerIndex(self.base)
+            for layer in index.layers.values():
+                install(layer)  # the call-local dispatching forward, once per layer
+            self._layer_ids = frozenset(id(layer) for layer in index.layers.values())
+            self._index = index
+        return index
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -114,7 +126,6 @@ class LoraBank:
             raise AdapterError(f"adapter {name!r}: peft could not inject LoRA into the base model: {exc}") from exc
         finally:
             self._index = None  # peft may have wrapped new modules
-        self._active = _UNKNOWN  # peft left its own active adapter enabled
         self._apply_trainable()
 
     def load(self, name: str, config: LoraConfig, weights: dict[str, torch.Tensor]) -> None:
@@ -145,7 +156,6 @@ class LoraBank:
             self.peft_model = None
             self._index = None
             self.gather.forget()
-            self._active = _UNKNOWN
         else:
             self.remove(name)
 
@@ -171,7 +181,6 @@ class LoraBank:
             raise AdapterError(f"peft could not merge {list(sources)} into {name!r} with {combination_type!r}: {exc}") from exc
         finally:
             self._index = None
-        self._active = _UNKNOWN
         self._apply_trainable()
 
     def _reserved_names(self) -> set[str]:
@@ -193,7 +202,6 @@ class LoraBank:
         self.peft_model.delete_adapter(name)
         self.gather.forget(name)
         self.trainable.discard(name)
-        self._active = _UNKNOWN
 
     def parameters(self, name: str) -> list[nn.Parameter]:
         """The parameters that belong to adapter ``name`` (peft keys them ``...lora_A.<name>.weight``),
@@ -256,26 +264,21 @@ class LoraBank:
         return layers
 
     # -- activation --------------------------------------------------------------------------------
-    def _switch(self, target: object) -> None:
-        if self.peft_model is None or target == self._active:
-            return
-        lora_model = self.peft_model.base_model
-        if target is None:
-            lora_model.disable_adapter_layers()
-        else:
-            if not isinstance(self._active, (str, tuple)):  # disabled, or unknown
-                lora_model.enable_adapter_layers()
-            lora_model.set_adapter(list(target) if isinstance(target, tuple) else target)
-        self._active = target
-        self._apply_trainable()
-
     @contextmanager
     def activate(self, names: str | Sequence[str] | None) -> Iterator[None]:
-        """Run the body with adapter ``names`` active (several are summed, as peft does), or none."""
-        if isinstance(names, (list, tuple)):
-            names = tuple(names) if len(names) > 1 else names[0]
-        self._switch(names)
-        yield
+        """Run the body with adapter ``names`` on every row (several are summed, as peft does), or none.
+
+        Call-local: other threads' calls are not affected (see :mod:`medadapt.adapters.per_call`)."""
+        if names is None:
+            names = ()
+        elif isinstance(names, str):
+            names = (names,)
+        if self.peft_model is None:
+            yield
+            return
+        self._layers()
+        with serving(CallAdapters(self._layer_ids, names=tuple(names))):
+            yield
 
     @contextmanager
     def mixed(self, adapter_names: Sequence[str], gather: bool | None = None) -> Iterator[MixedReport]:
@@ -285,6 +288,7 @@ class LoraBank:
         ``self.gather_mixed``); other layers, or all with ``gather=False``, take peft's per-row
         ``adapter_names`` path. Works for any input with a leading batch dimension (``(N, T, d)``
         sequences and one-token decoding steps included) as long as it keeps ``len(adapter_names)`` rows.
+        Call-local, like :meth:`activate`.
         """
         names = list(adapter_names)
         if self.peft_model is None:
@@ -292,44 +296,7 @@ class LoraBank:
             yield self.last_mixed
             return
         layers = self._layers().layers
-        if not (self.gather_mixed if gather is None else gather):
-            used = sorted({n for n in names if n != BASE})
-            report = MixedReport(path="peft" if used else "none")
-            report.fallback = {p: "gathering turned off" for p, layer in layers.items() if any(n in layer.lora_A for n in used)}
-            self.last_mixed = report
-            with self._peft_mixed(names)(layers):
-                yield report
-            return
-        with gathered_lora(layers, names, self.gather, self._peft_mixed(names)) as report:
-            self.last_mixed = report
+        forwards, report = mixed_forwards(layers, names, self.gather, self.gather_mixed if gather is None else gather)
+        self.last_mixed = report
+        with serving(CallAdapters(self._layer_ids, rows=tuple(names), forwards=forwards)):
             yield report
-
-    def _peft_mixed(self, names: list[str]) -> Any:
-        """A context factory running peft's ``adapter_names`` path on the given layers."""
-
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-            x = args[0] if args else kwargs.get("x")
-            if x is not None and x.shape[0] != len(names):
-                raise AdapterError(
-                    f"mixed-adapter batch: {len(names)} adapter names were given but a LoRA layer received "
-                    f"{x.shape[0]} rows; give one adapter name per row of the batch."
-                )
-            kwargs["adapter_names"] = names
-            return args, kwargs
-
-        @contextmanager
-        def run(layers: dict[str, LoraLayer]) -> Iterator[None]:
-            if not layers:
-                yield
-                return
-            used = sorted({n for n in names if n != BASE})
-            if used:  # peft serves no adapter (not even per row) in layers whose adapters are disabled
-                self._switch(tuple(used) if len(used) > 1 else used[0])
-            handles = [layer.register_forward_pre_hook(pre_hook, with_kwargs=True) for layer in layers.values()]
-            try:
-                yield
-            finally:
-                for handle in handles:
-                    handle.remove()
-
-        return run

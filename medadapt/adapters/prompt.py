@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 import warnings
@@ -103,22 +104,24 @@ class PromptHooks:
     """Forward hooks on the text token embedding and vision embeddings of one backbone.
 
     They do nothing unless a context (``text`` / ``vision``) is open, so the base model is
-    untouched outside medadapt's own calls.
+    untouched outside medadapt's own calls. What a context sets is call-local (a ``ContextVar``):
+    calls from other threads do not see it.
     """
 
     def __init__(self, text_embedding: nn.Module, vision_embeddings: nn.Module | None, vision_has_cls: bool) -> None:
         """``vision_embeddings`` is ``None`` for an image tower without a patch sequence (a CNN): no VPT hook."""
-        self._text: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._vision: torch.Tensor | None = None
+        self._text: ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = ContextVar("medadapt_prompt_text", default=None)
+        self._vision: ContextVar[torch.Tensor | None] = ContextVar("medadapt_prompt_vision", default=None)
         self._has_cls = vision_has_cls
         self._handles = [text_embedding.register_forward_hook(self._text_hook)]
         if vision_embeddings is not None:
             self._handles.append(vision_embeddings.register_forward_hook(self._vision_hook))
 
     def _text_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self._text is None:
+        text = self._text.get()
+        if text is None:
             return None
-        positions, ctx = self._text
+        positions, ctx = text
         positions = positions.to(output.device)
         rows = torch.arange(output.shape[0], device=output.device).unsqueeze(1).expand_as(positions)
         output = output.clone()
@@ -126,27 +129,28 @@ class PromptHooks:
         return output
 
     def _vision_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self._vision is None:
+        vision = self._vision.get()
+        if vision is None:
             return None
-        tokens = self._vision.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
+        tokens = vision.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
         k = 1 if self._has_cls else 0
         return torch.cat([output[:, :k], tokens, output[:, k:]], dim=1)
 
     @contextmanager
     def text(self, positions: torch.Tensor, ctx: torch.Tensor) -> Iterator[None]:
-        self._text = (positions, ctx)
+        token = self._text.set((positions, ctx))
         try:
             yield
         finally:
-            self._text = None
+            self._text.reset(token)
 
     @contextmanager
     def vision(self, tokens: torch.Tensor | None) -> Iterator[None]:
-        self._vision = tokens
+        token = self._vision.set(tokens)
         try:
             yield
         finally:
-            self._vision = None
+            self._vision.reset(token)
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -25,6 +25,7 @@ from torch import nn
 from .._io import loads_json
 from ..errors import AdapterError, StageFileError
 from .checks import check_finite
+from .gate import AdapterGate
 from .lora import LoraBank
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,7 +161,9 @@ class AdapterSet:
     """Every adapter of one model: peft LoRAs on the frozen base plus prompt modules.
 
     ``prompts`` is the model's registered ``nn.ModuleDict`` (so ``.to()`` and ``parameters()`` see
-    them); ``trainable`` names the adapters whose parameters receive gradients.
+    them); ``trainable`` names the adapters whose parameters receive gradients. ``gate`` orders
+    concurrent calls and changes (see :mod:`.gate`): every change below goes through it, and making
+    adapters trainable marks the calling thread as training.
     """
 
     def __init__(self, base: nn.Module, prompts: nn.ModuleDict) -> None:
@@ -169,6 +172,7 @@ class AdapterSet:
         self.trainable: set[str] = set()
         self.version = 0  # bumped whenever an adapter is added, removed or its weights are loaded
         self.vision_tower: nn.Module | None = None  # the family's image tower (set by the model)
+        self.gate = AdapterGate()
 
     def kind_of(self, name: str) -> AdapterKind:
         """The kind of adapter ``name``; :class:`AdapterError` when there is none."""
@@ -185,37 +189,46 @@ class AdapterSet:
 
     def create(self, name: str, spec: Any, scorer: "Scorer", template: str = "{}", seed: int | None = None) -> AdapterKind:
         kind = kind_for_spec(spec)
-        kind.create(self, name, spec, scorer, template, seed)
-        self.version += 1
-        self.set_trainable(sorted(self.trainable))
+        with self.gate.changing():
+            kind.create(self, name, spec, scorer, template, seed)
+            self.version += 1
+            self.set_trainable(sorted(self.trainable))
         return kind
 
     def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> AdapterKind:
         """Create ``name`` from ``spec`` with saved ``weights`` (nothing is left behind when they do not fit)."""
         kind = kind_for_spec(spec)
-        try:
-            kind.install(self, name, spec, weights, scorer, what)
-        finally:
-            self.version += 1
+        with self.gate.changing():
+            try:
+                kind.install(self, name, spec, weights, scorer, what)
+            finally:
+                self.version += 1
         return kind
 
     def remove(self, name: str) -> None:
-        self.kind_of(name).remove(self, name)
-        self.trainable.discard(name)
-        self.version += 1
-        self.set_trainable(sorted(self.trainable))  # peft makes the adapter it activates instead trainable
+        with self.gate.changing():
+            self.kind_of(name).remove(self, name)
+            self.trainable.discard(name)
+            self.version += 1
+            self.set_trainable(sorted(self.trainable))  # peft makes the adapter it activates instead trainable
 
     def parameters(self, name: str) -> list[nn.Parameter]:
         return self.kind_of(name).parameters(self, name)
 
     def load_state_dict(self, name: str, weights: dict[str, torch.Tensor]) -> None:
-        self.kind_of(name).load_state_dict(self, name, weights)
-        self.version += 1
+        with self.gate.changing():
+            self.kind_of(name).load_state_dict(self, name, weights)
+            self.version += 1
 
     def set_trainable(self, names: Sequence[str]) -> None:
-        """Exactly the adapters ``names`` receive gradients."""
+        """Exactly the adapters ``names`` receive gradients.
+
+        A non-empty set marks this thread as training the model until it is emptied again (refused
+        while other threads serve it; see :mod:`.gate`)."""
         for n in names:
             self.kind_of(n)
+        if set(names) != self.trainable:
+            self.gate.set_training(bool(names))
         self.trainable = set(names)
         for kind in _KINDS.values():
             kind.set_trainable(self, names)
