@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from peft import LoraConfig
@@ -17,9 +17,6 @@ from torch import nn
 
 from ..errors import AdapterError, StageFileError
 from .registry import AdapterKind, AdapterSet, register_adapter_kind
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..families.base import Scorer
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -58,7 +55,7 @@ class LoraKind(AdapterKind):
         return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=list(targets) if not isinstance(targets, str) else targets)
 
-    def create(self, adapters: AdapterSet, name: str, spec: Any, scorer: "Scorer", template: str, seed: int | None) -> None:
+    def create(self, adapters: AdapterSet, name: str, spec: Any, module: nn.Module | None = None) -> None:
         if isinstance(spec, MergeSpec):
             adapters.lora.add_weighted(name, spec.sources, spec.weights, spec.method, **spec.options)
             return
@@ -91,7 +88,7 @@ class LoraKind(AdapterKind):
     def set_trainable(self, adapters: AdapterSet, names: Sequence[str]) -> None:
         adapters.lora.set_trainable([n for n in names if n in adapters.lora])
 
-    def install(self, adapters: AdapterSet, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
+    def install(self, adapters: AdapterSet, name: str, spec: Any, weights: dict[str, torch.Tensor], what: str) -> None:
         """Strict and constant-time (see ``LoraBank.load``): every key and shape is checked before
         anything is injected, and a refused stage leaves the model as it was."""
         spec.base_model_name_or_path = None  # the manifest names the base; else peft warns it was "renamed"

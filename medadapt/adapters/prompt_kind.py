@@ -1,14 +1,15 @@
 """The prompt adapter kind: learnable CoOp text context and VPT visual tokens (see :mod:`.prompt`).
 
 Which texts and image tokens a prompt adapter rewrites depends on the backbone family, so the
-family's scorer builds it (:meth:`~medadapt.families.base.Scorer.create_prompt_adapter`); a family
-without prompt support refuses with a clear error.
+family's scorer builds it (:meth:`~medadapt.families.base.Scorer.build_adapter`, called by the model)
+and this kind receives the module; a family without prompt support refuses with a clear error.
+At most one prompt adapter serves a row (``stacks = False``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +17,6 @@ from torch import nn
 from ..errors import AdapterError
 from .prompt import PROMPT_CONFIG_NAME, PROMPT_WEIGHTS_NAME, PromptAdapter, PromptConfig
 from .registry import AdapterKind, AdapterSet, register_adapter_kind
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..families.base import Scorer
 
 
 class PromptKind(AdapterKind):
@@ -29,6 +27,8 @@ class PromptKind(AdapterKind):
     display_name = "medadapt PromptConfig"
     card_name = "prompt"
     card_tags = ("prompt",)
+    stacks = False
+    built_by_family = True
 
     def accepts(self, spec: Any) -> bool:
         return isinstance(spec, PromptConfig)
@@ -39,13 +39,15 @@ class PromptKind(AdapterKind):
     def config_from_settings(self, settings: Any, default_targets: list[str] | str) -> PromptConfig:
         return PromptConfig(n_ctx=settings.n_ctx, ctx_init=settings.ctx_init, n_visual_tokens=settings.n_visual_tokens)
 
-    def create(self, adapters: AdapterSet, name: str, spec: Any, scorer: "Scorer", template: str, seed: int | None) -> None:
-        if spec.n_ctx_tokens is not None and spec.text_dim is not None and spec.vision_dim is not None:
+    def create(self, adapters: AdapterSet, name: str, spec: Any, module: nn.Module | None = None) -> None:
+        if module is not None:
+            prompt = module  # built by the family's scorer for this base and domain
+        elif spec.n_ctx_tokens is not None and spec.text_dim is not None and spec.vision_dim is not None:
             prompt = PromptAdapter(spec)  # a resolved config (read from a stage folder): weights follow
         else:
-            prompt = scorer.create_prompt_adapter(spec, template, seed)
+            raise AdapterError("a prompt adapter is built by the backbone family's scorer; add it through the model (add_domain).")
         prompt.requires_grad_(False)
-        adapters.prompts[name] = prompt.to(scorer.device)
+        adapters.prompts[name] = prompt.to(adapters.device)
 
     def owns(self, adapters: AdapterSet, name: str) -> bool:
         return name in adapters.prompts

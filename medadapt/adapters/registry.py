@@ -2,8 +2,10 @@
 
 An *adapter kind* (LoRA, prompt, ...) knows its config class, the files of its stage folder, and
 how to create, save, read, install, weigh and remove one adapter. Kinds register themselves with
-:func:`register_adapter_kind`; nothing else compares kind names, so a new kind is one module plus
-one registration.
+:func:`register_adapter_kind`, and what differs between them is asked through their capability
+flags (:attr:`AdapterKind.stacks`, :attr:`AdapterKind.built_by_family`), so a new kind is one module
+plus one registration. A kind whose module the backbone family builds (a prompt adapter) receives
+that module ready-made: nothing here imports the families.
 
 :class:`AdapterSet` holds every adapter of one model (the peft LoRA bank on the frozen base and the
 prompt modules) and answers "which kind is adapter ``name``" by asking each kind.
@@ -15,7 +17,7 @@ import json
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -24,9 +26,6 @@ from torch import nn
 
 from ..errors import AdapterError, StageFileError
 from .lora import LoraBank
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..families.base import Scorer
 
 
 class AdapterKind(ABC):
@@ -37,6 +36,8 @@ class AdapterKind(ABC):
     display_name: str = ""
     card_name: str = ""  # short name in model cards ("LoRA", "prompt")
     card_tags: tuple[str, ...] = ()
+    stacks: bool = True  # any number of adapters of this kind can serve a row together (False: at most one)
+    built_by_family: bool = False  # the family's scorer builds its module (Scorer.build_adapter); create receives it
 
     @abstractmethod
     def accepts(self, spec: Any) -> bool:
@@ -47,8 +48,9 @@ class AdapterKind(ABC):
         """The config object saved as ``data`` (unknown keys dropped)."""
 
     @abstractmethod
-    def create(self, adapters: "AdapterSet", name: str, spec: Any, scorer: "Scorer", template: str, seed: int | None) -> None:
-        """Create adapter ``name`` from ``spec`` (its weights start as the kind initialises them)."""
+    def create(self, adapters: "AdapterSet", name: str, spec: Any, module: nn.Module | None = None) -> None:
+        """Create adapter ``name`` from ``spec`` (its weights start as the kind initialises them);
+        ``module`` is the ready-made module of a kind the family builds."""
 
     @abstractmethod
     def config_from_settings(self, settings: Any, default_targets: list[str] | str) -> Any:
@@ -91,9 +93,9 @@ class AdapterKind(ABC):
         """Config object and weights of one stage folder of this kind."""
         return self.config_from_dict(read_json(folder / self.files[0], what), what), read_weights(folder / self.files[1], what)
 
-    def install(self, adapters: "AdapterSet", name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
+    def install(self, adapters: "AdapterSet", name: str, spec: Any, weights: dict[str, torch.Tensor], what: str) -> None:
         """Create ``name`` from ``spec`` and load ``weights``; on a mismatch nothing is left behind."""
-        self.create(adapters, name, spec, scorer, "{}", None)
+        self.create(adapters, name, spec)
         try:
             self.load_state_dict(adapters, name, weights)
         except (AdapterError, RuntimeError) as exc:
@@ -178,18 +180,24 @@ class AdapterSet:
     def names_of_kind(self, kind: AdapterKind) -> list[str]:
         return [n for n in self.lora.names() if kind.owns(self, n)] + [n for n in self.prompts if kind.owns(self, n)]
 
-    def create(self, name: str, spec: Any, scorer: "Scorer", template: str = "{}", seed: int | None = None) -> AdapterKind:
+    @property
+    def device(self) -> torch.device:
+        """Where the base's weights (and so new adapters) live."""
+        return next(self.lora.base.parameters()).device
+
+    def create(self, name: str, spec: Any, module: nn.Module | None = None) -> AdapterKind:
+        """Create adapter ``name`` from ``spec`` (``module``: built by the family, see :attr:`AdapterKind.built_by_family`)."""
         kind = kind_for_spec(spec)
-        kind.create(self, name, spec, scorer, template, seed)
+        kind.create(self, name, spec, module)
         self.version += 1
         self.set_trainable(sorted(self.trainable))
         return kind
 
-    def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> AdapterKind:
+    def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], what: str) -> AdapterKind:
         """Create ``name`` from ``spec`` with saved ``weights`` (nothing is left behind when they do not fit)."""
         kind = kind_for_spec(spec)
         try:
-            kind.install(self, name, spec, weights, scorer, what)
+            kind.install(self, name, spec, weights, what)
         finally:
             self.version += 1
         return kind
@@ -214,12 +222,6 @@ class AdapterSet:
         self.trainable = set(names)
         for kind in _KINDS.values():
             kind.set_trainable(self, names)
-
-    def split(self, adapter: str | Sequence[str] | None) -> tuple[list[str], str | None]:
-        """LoRA-like names (active together on the base) and the prompt adapter (at most one) of ``adapter``."""
-        names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)
-        prompts = [n for n in names if n in self.prompts]
-        return [n for n in names if n not in self.prompts], (prompts[0] if prompts else None)
 
     @contextmanager
     def active(self, names: str | Sequence[str] | None) -> Iterator[None]:
