@@ -14,7 +14,7 @@ from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain
 from .errors import DomainError, RoutingError
-from .hub.io import load_model, load_stage, save_model
+from .hub.io import ModelParts, SavedStage, load_save, read_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
 from .labels import check_label_prompts
@@ -118,7 +118,16 @@ class ContinualVLM(nn.Module):
         ``base`` overrides the base named in the manifest; its fingerprint must match the save.
         A folder or repo without ``manifest.json`` is loaded as a plain base model.
         """
-        return load_model(cls, path, base=base, revision=revision, **kwargs)
+        loaded = load_save(path, base=base, revision=revision, **kwargs)
+        model = cls(loaded.backbone)
+        for stage in loaded.stages:
+            model._add_saved(stage)
+        model.extras = loaded.extras
+        return model
+
+    def parts(self) -> ModelParts:
+        """The parts a save or a push is made of (base, adapters, stage table, extras): shared, not copied."""
+        return ModelParts(self.backbone, self.adapters, self.stages, self.extras)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_base: bool | None = None) -> None:
         """Write ``manifest.json`` and one peft-compatible folder per adapter, atomically.
@@ -126,7 +135,7 @@ class ContinualVLM(nn.Module):
         ``save_base`` also writes the base model into ``base/``; by default only when the base was
         built in memory and cannot be reloaded from a Hub id or folder.
         """
-        save_model(self, save_directory, save_base=save_base)
+        save_model(self.parts(), save_directory, save_base=save_base)
 
     def push_to_hub(
         self,
@@ -143,7 +152,7 @@ class ContinualVLM(nn.Module):
         Other options (``token``, ``results``, ``overwrite_card``, ``save_base``, ``license``,
         ``commit_description``): see :func:`medadapt.hub.push.push_model`. Returns the ``CommitInfo``.
         """
-        return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
+        return push_model(self.parts(), repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
         """Bring one stage (a domain or shared adapter) from another save or Hub repo into this model.
@@ -151,7 +160,12 @@ class ContinualVLM(nn.Module):
         ``name`` picks the adapter in that save (optional when it holds one); ``as_name`` renames
         it here. The save's base fingerprint must match this model's base. Returns the new name.
         """
-        return load_stage(self, path, name=name, as_name=as_name, **kwargs)
+        return self._add_saved(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, **kwargs))
+
+    def _add_saved(self, stage: SavedStage) -> str:
+        if stage.config is None:
+            return self.add_stage(stage.name, domain=stage.domain, adapter="none")
+        return self.add_stage(stage.name, domain=stage.domain, adapter=stage.config, weights=stage.weights, provenance=stage.provenance)
 
     # -- domains and adapters ------------------------------------------------------------------
     @property

@@ -131,7 +131,7 @@ def _datasets(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, li
 def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | None = None) -> ModelCardData:
     """Front matter: base_model, library_name, tags, datasets and a model-index with each domain's metrics."""
     family = _family(manifest["base"])
-    tags = [*TAGS, manifest["base"].get("model_type") or family.kind]
+    tags = [*TAGS, manifest["base"].get("model_type") or family.scoring]
     for kind in sorted({e["type"] for e in manifest["adapters"].values()}):
         tags += list(adapter_kind(kind).card_tags)
     datasets = _datasets(manifest, results)
@@ -248,7 +248,7 @@ def render_card(
         repo_id=repo_id,
         revision=rev,
         base={"family": base.get("family") or base.get("model_type") or _family(base).name,
-              "kind": _family(base).kind.replace("-", " "), "auto_class": _family(base).auto_class,
+              "kind": _family(base).scoring.replace("-", " "), "auto_class": _family(base).auto_class,
               "display": f"`{hub_id}`" if hub_id else ("saved in `base/`" if base.get("saved_in") else "(in-memory base)")},
         adapter_kinds=" / ".join(adapter_kind(t).card_name for t in sorted(types)) or "no",
         stages=stages,
