@@ -121,7 +121,7 @@ class ContinualVLM(nn.Module):
         loaded = load_save(path, base=base, revision=revision, **kwargs)
         model = cls(loaded.backbone)
         for stage in loaded.stages:
-            model._add_saved(stage)
+            model.add_saved_stage(stage)
         model.extras = loaded.extras
         return model
 
@@ -160,9 +160,10 @@ class ContinualVLM(nn.Module):
         ``name`` picks the adapter in that save (optional when it holds one); ``as_name`` renames
         it here. The save's base fingerprint must match this model's base. Returns the new name.
         """
-        return self._add_saved(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, **kwargs))
+        return self.add_saved_stage(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, **kwargs))
 
-    def _add_saved(self, stage: SavedStage) -> str:
+    def add_saved_stage(self, stage: SavedStage) -> str:
+        """Add a stage read from a save (see :func:`medadapt.hub.io.read_stage`); returns its name."""
         if stage.config is None:
             return self.add_stage(stage.name, domain=stage.domain, adapter="none")
         return self.add_stage(stage.name, domain=stage.domain, adapter=stage.config, weights=stage.weights, provenance=stage.provenance)

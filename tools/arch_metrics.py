@@ -5,7 +5,8 @@ Run from the repository root: ``PYTHONPATH=$PWD python tools/arch_metrics.py``.
 
 * **graph**: every ``import`` of a medadapt module anywhere in a file (functions and
   ``if TYPE_CHECKING`` blocks included: a type-only import is still a tie); a package's
-  ``__init__`` importing its submodules counts too.
+  ``__init__`` importing its submodules counts too. ``from pkg import sub`` is an edge to the
+  submodule ``pkg.sub``; ``from pkg import name`` (a name defined in ``pkg/__init__``) an edge to ``pkg``.
 * **circles**: strongly connected components of that graph with more than one module.
 * **floors**: from the *runtime* graph (TYPE_CHECKING blocks left out, circles condensed): a module
   importing nothing from medadapt is floor 0, every other one sits one floor above the highest it imports.
@@ -29,10 +30,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _modules() -> set[str]:
+    return {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
 def imports(path: Path, module: str, typing: bool) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
+    MODULES = _modules()
 
     def visit(node: ast.AST) -> None:
         if not typing and isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
@@ -45,8 +51,11 @@ def imports(path: Path, module: str, typing: bool) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("medadapt"):
-                found.add(target)
-                found.update(f"{target}.{a.name}" for a in node.names)
+                names = [f"{target}.{a.name}" for a in node.names]
+                subs = [n for n in names if n in MODULES]
+                found.update(subs)  # `from . import hub` imports the submodule
+                if len(subs) < len(names):  # names defined in the module (or package __init__) itself
+                    found.add(target)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("medadapt"))
         for child in ast.iter_child_nodes(node):

@@ -26,7 +26,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .. import __version__
+from ..version import __version__
 from ..adapters import LORA, adapter_kind
 from ..errors import UnsupportedBackboneError
 from ..families import BackboneFamily, family_by_name, family_for_model_type

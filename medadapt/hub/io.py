@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .. import __version__
+from ..version import __version__
 from .._io import storage_errors
 from ..adapters import AdapterKind, AdapterSet, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
