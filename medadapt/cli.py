@@ -21,15 +21,13 @@ from .errors import MedAdaptError
 
 __all__ = ["main", "image_processor_for"]
 
-TINY_MODELS = ("tiny-clip", "tiny-siglip")
-
 
 def image_processor_for(model: str) -> Any:
     """The image processor of ``model``: a built-in tiny model, a Hub id or a local folder (or its ``base/``)."""
-    if model in TINY_MODELS:
-        from .tiny import tiny_backbone
+    from .tiny import tiny_base, tiny_names
 
-        return tiny_backbone(model.split("-", 1)[1], seed=0).image_processor
+    if model in tiny_names():
+        return tiny_base(model, seed=0).image_processor
     from transformers import AutoImageProcessor
 
     candidates = [model]
@@ -42,7 +40,7 @@ def image_processor_for(model: str) -> Any:
         except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/HF errors
             errors.append(f"{source}: {exc}")
     raise MedAdaptError(
-        f"cannot load the image processor of {model!r}: it is neither a built-in name ({', '.join(TINY_MODELS)}), "
+        f"cannot load the image processor of {model!r}: it is neither a built-in name ({', '.join(tiny_names())}), "
         f"a local model folder, nor a Hub id reachable now. Details: {' | '.join(errors)}"
     )
 

@@ -8,7 +8,7 @@ class MedAdaptError(Exception):
 
 
 class UnsupportedBackboneError(MedAdaptError, ValueError):
-    """The model is not a dual encoder medadapt knows how to adapt."""
+    """The model (or a built-in tiny model name) is not one a registered backbone family can adapt."""
 
 
 class DomainError(MedAdaptError, ValueError):
@@ -73,3 +73,7 @@ class TrainingError(MedAdaptError, RuntimeError):
 
 class HubError(MedAdaptError, RuntimeError):
     """The Hugging Face Hub cannot be used for this operation (offline mode, unreachable)."""
+
+
+class MetricError(MedAdaptError, ValueError):
+    """Inputs a metric cannot score (accuracy matrix, labels and probabilities, VQA answers)."""

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import MetricError
+
 __all__ = [
     "accuracy",
     "auroc",
@@ -34,14 +36,14 @@ def _matrix(R: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     try:
         A = np.asarray(R, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"accuracy matrix must be numeric, got {type(R).__name__}: {e}") from e
+        raise MetricError(f"accuracy matrix must be numeric, got {type(R).__name__}: {e}") from e
     if A.ndim != 2:
-        raise ValueError(f"accuracy matrix must be 2-D (stages x domains), got shape {A.shape}")
+        raise MetricError(f"accuracy matrix must be 2-D (stages x domains), got shape {A.shape}")
     T, D = A.shape
     if T < 1:
-        raise ValueError("accuracy matrix has no rows (no training stages)")
+        raise MetricError("accuracy matrix has no rows (no training stages)")
     if D < T:
-        raise ValueError(
+        raise MetricError(
             f"accuracy matrix of shape {A.shape} has fewer domain columns ({D}) than stages ({T}); "
             "expected T x T or T x D with D >= T"
         )
@@ -49,7 +51,7 @@ def _matrix(R: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     bad = np.argwhere(lower & ~np.isfinite(A))
     if bad.size:
         i, j = bad[0]
-        raise ValueError(f"accuracy matrix cell R[{i}, {j}] (on/below the diagonal) is not finite: {A[i, j]}")
+        raise MetricError(f"accuracy matrix cell R[{i}, {j}] (on/below the diagonal) is not finite: {A[i, j]}")
     return A
 
 
@@ -58,7 +60,7 @@ def average_accuracy(R: np.ndarray) -> float:
     A = _matrix(R)
     last = A[-1]
     if not np.all(np.isfinite(last)):
-        raise ValueError(f"last row of the accuracy matrix has non-finite values: {last.tolist()}")
+        raise MetricError(f"last row of the accuracy matrix has non-finite values: {last.tolist()}")
     return float(last.mean())
 
 
@@ -96,13 +98,13 @@ def forward_transfer(R: np.ndarray, baseline: np.ndarray | Sequence[float]) -> f
     T = A.shape[0]
     b = np.asarray(baseline, dtype=np.float64).reshape(-1)
     if len(b) < T:
-        raise ValueError(f"baseline has {len(b)} values, need one per stage/domain (at least {T})")
+        raise MetricError(f"baseline has {len(b)} values, need one per stage/domain (at least {T})")
     if T == 1:
         return 0.0
     j = np.arange(1, T)
     vals = A[j - 1, j]
     if not np.all(np.isfinite(vals)):
-        raise ValueError("forward_transfer needs R[j-1, j] (accuracy on a domain just before training it) to be finite")
+        raise MetricError("forward_transfer needs R[j-1, j] (accuracy on a domain just before training it) to be finite")
     return float(np.mean(vals - b[j]))
 
 
@@ -123,9 +125,9 @@ def accuracy(y_true: np.ndarray | Sequence[int], y_pred: np.ndarray | Sequence[i
         p = p.argmax(axis=1)
     p = p.reshape(-1)
     if len(t) != len(p):
-        raise ValueError(f"y_true has {len(t)} items but y_pred has {len(p)}")
+        raise MetricError(f"y_true has {len(t)} items but y_pred has {len(p)}")
     if len(t) == 0:
-        raise ValueError("accuracy of an empty set is undefined")
+        raise MetricError("accuracy of an empty set is undefined")
     return float(np.mean(t == p))
 
 
@@ -166,11 +168,11 @@ def auroc(y_true: np.ndarray | Sequence[int], probs: np.ndarray | Sequence[float
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
     if p.shape[0] != len(t):
-        raise ValueError(f"y_true has {len(t)} items but probs has {p.shape[0]} rows")
+        raise MetricError(f"y_true has {len(t)} items but probs has {p.shape[0]} rows")
     if len(t) == 0:
-        raise ValueError("AUROC of an empty set is undefined")
+        raise MetricError("AUROC of an empty set is undefined")
     if not np.all(np.isfinite(p)):
-        raise ValueError("probs contains NaN or infinite values")
+        raise MetricError("probs contains NaN or infinite values")
     if np.unique(t).size < 2:
         warnings.warn(
             f"AUROC is undefined when y_true holds a single class ({np.unique(t).tolist()}); returning nan",
@@ -181,15 +183,15 @@ def auroc(y_true: np.ndarray | Sequence[int], probs: np.ndarray | Sequence[float
     if p.ndim == 1 or p.shape[1] == 2:
         bad = np.setdiff1d(np.unique(t), [0, 1])
         if bad.size:
-            raise ValueError(f"binary AUROC needs labels in {{0, 1}}, got {bad.tolist()}; pass (N, C) probs for multi-class")
+            raise MetricError(f"binary AUROC needs labels in {{0, 1}}, got {bad.tolist()}; pass (N, C) probs for multi-class")
         scores = p if p.ndim == 1 else p[:, 1]
         return _binary_auc(t == 1, scores)
     if p.ndim != 2:
-        raise ValueError(f"probs must be (N,) or (N, C), got shape {p.shape}")
+        raise MetricError(f"probs must be (N,) or (N, C), got shape {p.shape}")
     C = p.shape[1]
     bad = np.setdiff1d(np.unique(t), np.arange(C))
     if bad.size:
-        raise ValueError(f"labels {bad.tolist()} are outside [0, {C}) for probs with {C} columns")
+        raise MetricError(f"labels {bad.tolist()} are outside [0, {C}) for probs with {C} columns")
     aucs = [_binary_auc(t == c, p[:, c]) for c in np.unique(t)]
     return float(np.mean(aucs))
 
@@ -212,14 +214,14 @@ def plot_accuracy_matrix(
 
     A = np.asarray(R, dtype=np.float64)
     if A.ndim != 2 or A.shape[0] < 1 or A.shape[1] < A.shape[0]:
-        raise ValueError(f"accuracy matrix must be T x T or T x D with D >= T, got shape {A.shape}")
+        raise MetricError(f"accuracy matrix must be T x T or T x D with D >= T, got shape {A.shape}")
     T, D = A.shape
     domains = [str(d) for d in domains]
     if len(domains) != D:
-        raise ValueError(f"got {len(domains)} domain names for a matrix with {D} columns")
+        raise MetricError(f"got {len(domains)} domain names for a matrix with {D} columns")
     stage_names = [str(s) for s in (stages if stages is not None else domains[:T])]
     if len(stage_names) != T:
-        raise ValueError(f"got {len(stage_names)} stage names for a matrix with {T} rows")
+        raise MetricError(f"got {len(stage_names)} stage names for a matrix with {T} rows")
 
     fig = Figure(figsize=(2.5 + 1.1 * D, 1.5 + 0.7 * T), dpi=120)
     FigureCanvasAgg(fig)

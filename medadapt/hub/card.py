@@ -28,7 +28,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..version import __version__
 from ..adapters import LORA, adapter_kind
-from ..errors import UnsupportedBackboneError
+from ..errors import ConfigError, StorageError, UnsupportedBackboneError
 from ..families import BackboneFamily, family_by_name, family_for_model_type
 
 CARD_MARKER = "<!-- medadapt:model-card"
@@ -56,7 +56,7 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
     checkout = Path(__file__).resolve().parents[2] / "hub_cards" / name
     if checkout.is_file():
         return checkout
-    raise FileNotFoundError(f"model card template {name!r} not found in medadapt/hub_cards (is medadapt installed fully?).")
+    raise StorageError(f"model card template {name!r} not found in medadapt/hub_cards (is medadapt installed fully?).")
 
 
 def is_medadapt_card(text: str) -> bool:
@@ -72,9 +72,9 @@ def load_results(results: dict[str, Any] | str | os.PathLike | None, extras: dic
         try:
             results = json.loads(Path(results).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read results from {results}: {exc}") from exc
+            raise ConfigError(f"cannot read results from {results}: {exc}") from exc
     if not isinstance(results, dict):
-        raise ValueError(f"results must be a dict or a path to a JSON object, got {type(results).__name__}.")
+        raise ConfigError(f"results must be a dict or a path to a JSON object, got {type(results).__name__}.")
     return results
 
 
