@@ -9,14 +9,15 @@ them (``forward_transfer`` uses ``R[j-1, j]``).
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ._io import atomic_write_bytes
 from .errors import MetricError
 
 __all__ = [
@@ -206,7 +207,7 @@ def plot_accuracy_matrix(
     """Write a PNG heatmap of ``R`` (annotated cells; rows "after <stage>", columns domains).
 
     ``stages`` names the rows (default: ``domains[:T]``). NaN cells are left blank. The file
-    is written atomically (temporary file, then ``os.replace``); returns its path. Uses the
+    is written atomically (:func:`medadapt._io.atomic_write_bytes`); returns its path. Uses the
     Agg canvas directly, so the global matplotlib backend is untouched.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -245,13 +246,7 @@ def plot_accuracy_matrix(
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    atomic_write_bytes(out, png.getvalue())
     return out

@@ -1,4 +1,6 @@
-"""A tiny dual encoder built from config, for tests, the offline demo and benchmarks.
+"""Tiny bases built from config, for tests, the offline demo and benchmarks: dual encoders (CLIP,
+SigLIP, VisionTextDualEncoder with other image towers) here, generative VLMs in
+:mod:`medadapt.tiny_generative`; :func:`tiny_names` is the one list of built-in names.
 
 It downloads nothing: the tokenizer is byte-level (every string tokenises), the image processor
 resizes to 32x32, and the weights are randomly initialised from a seed. It is *not* a medical

@@ -209,7 +209,7 @@ def model_not_found(model: str, exc: BaseException) -> ConfigError:
 
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if os.path.isdir(model):
-        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a dual encoder: {reason}")
+        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a supported base model: {reason}")
     close = difflib.get_close_matches(model, BUILTIN_MODELS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(
