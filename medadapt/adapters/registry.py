@@ -32,16 +32,17 @@ class AdapterSet:
         self.trainable: set[str] = set()
         self.version = 0  # bumped whenever an adapter is added, removed or its weights are loaded
         self.vision_tower: nn.Module | None = None  # the family's image tower (set by the model)
+        self.kinds: dict[str, AdapterKind] = {}  # adapter name -> its kind, recorded when it is created
 
     def kind_of(self, name: str) -> AdapterKind:
         """The kind of adapter ``name``; :class:`AdapterError` when there is none."""
-        for kind in registered_kinds():
-            if kind.owns(self, name):
-                return kind
-        raise AdapterError(f"unknown adapter {name!r}.")
+        kind = self.kinds.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise AdapterError(f"unknown adapter {name!r}.")
+        return kind
 
     def __contains__(self, name: str) -> bool:
-        return any(kind.owns(self, name) for kind in registered_kinds())
+        return name in self.kinds
 
     def names_of_kind(self, kind: AdapterKind) -> list[str]:
         return [n for n in self.lora.names() if kind.owns(self, n)] + [n for n in self.prompts if kind.owns(self, n)]
@@ -55,6 +56,7 @@ class AdapterSet:
         """Create adapter ``name`` from ``spec`` (``module``: built by the family, see :attr:`AdapterKind.built_by_family`)."""
         kind = kind_for_spec(spec)
         kind.create(self, name, spec, module)
+        self.kinds[name] = kind
         self.version += 1
         self.set_trainable(sorted(self.trainable))
         return kind
@@ -64,12 +66,14 @@ class AdapterSet:
         kind = kind_for_spec(spec)
         try:
             kind.install(self, name, spec, weights, what)
+            self.kinds[name] = kind
         finally:
             self.version += 1
         return kind
 
     def remove(self, name: str) -> None:
         self.kind_of(name).remove(self, name)
+        del self.kinds[name]
         self.trainable.discard(name)
         self.version += 1
         self.set_trainable(sorted(self.trainable))  # peft makes the adapter it activates instead trainable

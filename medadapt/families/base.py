@@ -172,7 +172,7 @@ class Scorer(ABC):
     def served(self, adapter: ServedLike) -> Served:
         """``adapter`` as a :class:`Served` (a raw name, names or None read against this model's adapters;
         callers that take user input resolve it with :meth:`medadapt.stages.StageTable.serve` first)."""
-        return Served.of(adapter, self.adapters.prompts)
+        return adapter if isinstance(adapter, Served) else Served.of(adapter, self.adapters.prompts)
 
     @abstractmethod
     def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
