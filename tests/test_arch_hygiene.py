@@ -53,3 +53,56 @@ def test_served_is_a_hashable_value_and_the_table_is_the_one_resolver(tiny_clip)
         tiny_clip.serve("chest", "knee")
     with pytest.raises(AdapterError, match="at most one prompt adapter"):
         tiny_clip.serve("chest", ["derm", "fundus"])
+
+
+def test_services_take_parts_and_adapters_never_import_families():
+    from .test_families import _import_graph
+
+    graph = _import_graph()
+    for service in ("medadapt.routing", "medadapt.merging", "medadapt.hub.io", "medadapt.hub.push", "medadapt.hub.pull", "medadapt.stages"):
+        assert "medadapt.model" not in graph[service], service  # type-only imports count too
+    for module, targets in graph.items():
+        if module.startswith("medadapt.adapters"):
+            assert not any(t.startswith("medadapt.families") for t in targets), (module, targets)
+    assert "medadapt.backbones" not in {t for m, ts in graph.items() if m.startswith("medadapt.families") for t in ts}
+
+
+def test_stage_table_manifest_round_trip(tiny_clip):
+    from medadapt.stages import StageTable
+
+    sections = tiny_clip.stages.to_manifest()
+    assert sections["stage_order"] == tiny_clip.stage_order
+    restored = StageTable.from_manifest(sections)
+    assert restored.order == tiny_clip.stage_order and restored.shared == tiny_clip.shared
+    assert {n: d.to_dict() for n, d in restored.domains.items()} == {n: d.to_dict() for n, d in tiny_clip.domains.items()}
+    assert restored.serve("knee").is_base and restored.serve("derm").prompt == "derm"
+
+
+def test_training_and_evaluation_resolve_adapters_through_the_table(tiny_clip):
+    import torch
+
+    from medadapt.training.evaluate import predict_split
+    from medadapt.training.objectives import Batch, build_objective
+
+    batch = Batch(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]), ["chest", "chest"])
+    with pytest.raises(AdapterError, match="unknown adapter 'nope'"):
+        build_objective("classification")(tiny_clip, batch, "nope")
+    loss, report = build_objective("classification")(tiny_clip, batch, "chest")
+    assert loss.requires_grad is False and 0.0 <= report["acc"] <= 1.0  # nothing trainable: no graph
+
+    class Store:  # the two PixelStore calls predict_split makes
+        def labels(self, domain, split):
+            import numpy as np
+
+            return np.array([0, 1])
+
+        def questions(self, domain, split, chunk):
+            return None
+
+        def pixels(self, domain, split, chunk):
+            return torch.zeros(len(chunk), 3, 32, 32)
+
+    with pytest.raises(AdapterError, match="at most one prompt adapter"):
+        predict_split(tiny_clip, Store(), "chest", ("derm", "fundus"), batch_size=2)
+    probs, _ = predict_split(tiny_clip, Store(), "chest", ("chest", "generalist"), batch_size=2)
+    assert probs.shape == (2, 3)
