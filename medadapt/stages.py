@@ -6,8 +6,9 @@ Words, one meaning each (the rest of the package follows them):
   none) or a *shared* adapter. Stages are added in order; a save keeps one folder per stage.
   (A continual-learning step of a training plan is a *training stage* in :mod:`medadapt.training`.)
 * an adapter **kind** is how an adapter adapts the base (``"lora"``, ``"prompt"``; see
-  :mod:`medadapt.adapters.registry`). A backbone family's way of scoring labels is its *scoring*
-  (:attr:`medadapt.families.BackboneFamily.scoring`), not a kind.
+  :mod:`medadapt.adapters.kind`). A backbone family's way of scoring labels is its *scoring*
+  (:attr:`medadapt.families.BackboneFamily.scoring`) and an image tower's shape its *layout*
+  (:func:`medadapt.families.towers.tower_layout`), not kinds.
 
 :class:`Served` is *what serves a row*: the LoRA-like adapters active together on the base and at
 most one adapter of a kind that does not stack (a prompt adapter). It is frozen and hashable, so

@@ -23,7 +23,7 @@ from ..errors import AdapterError, UnsupportedBackboneError
 from ..images import preprocess as preprocess_images
 from ..stages import BASE_SERVED, Served
 from .base import Backbone, BackboneFamily, Preprocessing, Scorer, ServedLike, register_family
-from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_kind
+from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters.registry import AdapterSet
@@ -144,7 +144,7 @@ def _hf_input_embeddings(text_model: nn.Module) -> nn.Module:
 
 
 def _vtde_vision_embeddings(model: nn.Module) -> nn.Module | None:
-    return model.vision_model.embeddings if tower_kind(model.vision_model) == SEQUENCE else None
+    return model.vision_model.embeddings if tower_layout(model.vision_model) == SEQUENCE else None
 
 
 def _vtde_has_cls(model: nn.Module) -> bool:
@@ -164,7 +164,7 @@ _TEXT_TARGETS = ["query", "value", "q_proj", "v_proj"]
 def _vtde_lora_targets(model: nn.Module) -> list[str]:
     """Attention q/v of both towers for a ViT-like image tower; for a CNN or timm tower the text
     tower's q/v plus the image tower's last-stage layers and ``visual_projection`` (see :mod:`.towers`)."""
-    if tower_kind(model.vision_model) == SEQUENCE:
+    if tower_layout(model.vision_model) == SEQUENCE:
         return list(_TEXT_TARGETS)
     return list(_TEXT_TARGETS) + image_tower_lora_targets(model)
 
