@@ -316,7 +316,9 @@ class DualEncoderScorer(Scorer):
     # -- images ----------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, served: ServedLike = None) -> torch.Tensor:
         """L2-normalised image embeddings of a batch through one adapter (or a stack of them)."""
-        served = self.served(served)
+        return self._image(pixel_values, self.served(served))
+
+    def _image(self, pixel_values: torch.Tensor, served: Served) -> torch.Tensor:
         prompt = self._prompt(served)
         with ExitStack() as stack:
             stack.enter_context(self.adapters.active(served.loras))
@@ -344,11 +346,11 @@ class DualEncoderScorer(Scorer):
         for key, rows in groups.items():
             index = torch.tensor(rows, device=pixel_values.device)
             if key is not None:
-                out[rows] = self.image_features(pixel_values[index], key)
+                out[rows] = self._image(pixel_values[index], key)
                 continue
             row_names = [rows_served[i].loras[0] if rows_served[i].loras else BASE for i in rows]
             if len(set(row_names)) == 1:
-                out[rows] = self.image_features(pixel_values[index], BASE_SERVED if row_names[0] == BASE else Served((row_names[0],)))
+                out[rows] = self._image(pixel_values[index], BASE_SERVED if row_names[0] == BASE else Served((row_names[0],)))
                 continue
             with self.adapters.lora.mixed(row_names):
                 pv = pixel_values[index].to(self.device, dtype=self.dtype)
@@ -400,7 +402,7 @@ class DualEncoderScorer(Scorer):
         if missing:
             with torch.no_grad():
                 index = torch.tensor(missing, device=pixel_values.device)
-                computed = self.image_features(pixel_values[index], adapter)
+                computed = self._image(pixel_values[index], adapter)
             for j, i in enumerate(missing):
                 fresh[i] = computed[j]
                 size = computed[j].numel() * computed[j].element_size()
@@ -411,7 +413,9 @@ class DualEncoderScorer(Scorer):
 
     def text_side_params(self, served: ServedLike) -> list[nn.Parameter]:
         """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
-        served = self.served(served)
+        return self._text_params(self.served(served))
+
+    def _text_params(self, served: Served) -> list[nn.Parameter]:
         vision = self._vision_ids()
         params = [p for n in served.loras for p in self.adapters.parameters(n) if id(p) not in vision]
         prompt = self._prompt(served)
@@ -423,8 +427,10 @@ class DualEncoderScorer(Scorer):
         Differentiable when a text-side parameter of the adapter requires grad; otherwise served from
         the label cache (recomputed exactly when those weights, the labels or the prompt change).
         """
-        adapter = self.served(served)
-        params = self.text_side_params(adapter)
+        return self._label_embeddings(domain, self.served(served), cache)
+
+    def _label_embeddings(self, domain: "Domain", adapter: Served, cache: bool = True) -> torch.Tensor:
+        params = self._text_params(adapter)
         if not cache or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self._label_features(domain, adapter)
         key = (tuple(domain.labels), domain.prompt, adapter)
@@ -460,7 +466,7 @@ class DualEncoderScorer(Scorer):
     def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
         _no_questions(questions)
         served = self.served(served)
-        return self.logits_from_features(self.image_features(pixel_values, served), self.label_features(domain, served))
+        return self.logits_from_features(self._image(pixel_values, served), self._label_embeddings(domain, served))
 
     def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         _no_questions(questions)
@@ -469,7 +475,7 @@ class DualEncoderScorer(Scorer):
         label_feats: dict[tuple[str, Served], torch.Tensor] = {}
         for domain, adapter in zip(domains, rows):
             if (domain.name, adapter) not in label_feats:
-                label_feats[(domain.name, adapter)] = self.label_features(domain, adapter)
+                label_feats[(domain.name, adapter)] = self._label_embeddings(domain, adapter)
         return [
             self.logits_from_features(image_feats[i : i + 1], label_feats[(d.name, a)])[0]
             for i, (d, a) in enumerate(zip(domains, rows))
@@ -489,13 +495,13 @@ class DualEncoderScorer(Scorer):
         if cache and keys is not None and not any(p.requires_grad for p in self._image_side_params(adapter)):
             image_feats = self._cached_image_features(pixel_values, adapter, keys)
         else:
-            image_feats = self.image_features(pixel_values, adapter)
+            image_feats = self._image(pixel_values, adapter)
         out = []
         for name in dict.fromkeys(d.name for d in domains):
             rows = [i for i, d in enumerate(domains) if d.name == name]
             domain = domains[rows[0]]
             index = torch.tensor(rows, device=image_feats.device)
-            out.append((rows, self.logits_from_features(image_feats[index], self.label_features(domain, adapter, cache))))
+            out.append((rows, self.logits_from_features(image_feats[index], self._label_embeddings(domain, adapter, cache))))
         return out
 
     def loss(self, batch: "Batch", domains: Sequence["Domain"], served: Served, cache: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
