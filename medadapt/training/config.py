@@ -19,9 +19,10 @@ from typing import Any, Union, get_origin, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from ..tiny import tiny_names
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
-BUILTIN_MODELS = ("tiny-clip", "tiny-siglip", "tiny-llava", "tiny-gemma3", "tiny-paligemma", "tiny-idefics3")  # medadapt.tiny.tiny_names()
+BUILTIN_MODELS = tuple(tiny_names())  # the built-in tiny bases (one list: medadapt.tiny.tiny_names)
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
