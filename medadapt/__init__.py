@@ -1,6 +1,6 @@
 """medadapt: continual adaptation of frozen medical vision-language models with per-domain adapters."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .adapters import MergeSpec  # noqa: E402
 from .adapters.prompt import PromptConfig  # noqa: E402

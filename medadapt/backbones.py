@@ -1,15 +1,14 @@
-"""The frozen base model with its preprocessing: loading, wrapping, saving and fingerprints.
+"""Loading, wrapping and saving the frozen base model with its preprocessing.
 
 Which architectures are accepted, and how each one is reached, is decided by the registered backbone
 families (:mod:`medadapt.families`); this module only asks the family of a ``model_type``.
+:class:`Backbone` and its fingerprints live with the family base (:mod:`medadapt.families.base`)
+and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,108 +16,12 @@ from torch import nn
 
 from .base_files import require_safetensors
 from .errors import UnsupportedBackboneError
-from .families import BackboneFamily, Preprocessing, family_for_model, family_for_model_type, family_for_source, supported_families
+from .families import Preprocessing, family_for_model, family_for_model_type, family_for_source, supported_families
+from .families.base import Backbone, config_fingerprint, weights_fingerprint
+
+__all__ = ["Backbone", "backbone_from_model", "config_fingerprint", "load_backbone", "save_backbone", "weights_fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-
-_VOLATILE_CONFIG_KEYS = {
-    "_name_or_path",
-    "transformers_version",
-    "torch_dtype",
-    "dtype",
-    "_attn_implementation",
-    "_attn_implementation_autoset",
-    "_commit_hash",
-    "architectures",
-    "output_hidden_states",
-    "output_attentions",
-    "return_dict",
-    "use_cache",
-}
-
-
-def _clean_config(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean_config(v) for k, v in sorted(obj.items()) if k not in _VOLATILE_CONFIG_KEYS}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_config(v) for v in obj]
-    return obj
-
-
-def config_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model config with run-dependent keys (dtype, paths, versions) removed."""
-    cleaned = _clean_config(model.config.to_dict())
-    blob = json.dumps(cleaned, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def weights_fingerprint(model: nn.Module, n_tensors: int = 8, n_values: int = 64) -> str:
-    """sha256 of a deterministic sample of base weights, rounded to bfloat16.
-
-    Two checkpoints with the same config (e.g. CLIP and a CLIP fine-tuned on PubMed) differ here.
-    Rounding to bfloat16 keeps the print stable when the same weights are loaded in another dtype.
-    """
-    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point() and v.numel() > 0}
-    names = sorted(state)
-    step = max(1, len(names) // n_tensors)
-    digest = hashlib.sha256()
-    for name in names[::step][:n_tensors]:
-        values = state[name].detach().flatten()[:n_values].to("cpu", torch.float32)
-        values = values.to(torch.bfloat16).to(torch.float32)
-        digest.update(name.encode())
-        digest.update(values.numpy().tobytes())
-    return digest.hexdigest()
-
-
-@dataclass
-class Backbone:
-    """A frozen base model with its preprocessing and the family that serves it.
-
-    ``source`` is the Hub id or local folder it was loaded from (``None`` when it was built in
-    memory); ``revision`` the resolved revision when known.
-    """
-
-    model: nn.Module
-    preprocessing: Preprocessing
-    family: BackboneFamily
-    source: str | None = None
-    revision: str | None = None
-    fingerprints: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.model.eval()
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        if not self.fingerprints:
-            self.fingerprints = {
-                "config": config_fingerprint(self.model),
-                "weights": weights_fingerprint(self.model),
-            }
-
-    @property
-    def model_type(self) -> str:
-        return self.model.config.model_type
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.preprocessing.tokenizer
-
-    @property
-    def image_processor(self) -> Any:
-        return self.preprocessing.image_processor
-
-    @property
-    def processor(self) -> Any:
-        return self.preprocessing.processor
-
-    def text_max_length(self) -> int:
-        """Longest text the model accepts."""
-        return self.family.text_max_length(self)
-
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """User images -> the pixel tensor this family's scorer consumes."""
-        return self.family.preprocess(self, images)
 
 
 def backbone_from_model(

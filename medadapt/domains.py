@@ -86,6 +86,11 @@ class Domain:
         self.labels = validate_labels(self.name, self.labels)
         validate_prompt(self.prompt)
 
+    @property
+    def question(self) -> str:
+        """The question a generative base is asked for this domain: the prompt template's text before ``{}``."""
+        return self.prompt.split("{}", 1)[0].strip()
+
     def prompts(self) -> list[str]:
         """The label prompts, one per label, in label order."""
         return [self.prompt.format(label) for label in self.labels]

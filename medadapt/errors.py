@@ -8,7 +8,7 @@ class MedAdaptError(Exception):
 
 
 class UnsupportedBackboneError(MedAdaptError, ValueError):
-    """The model is not a dual encoder medadapt knows how to adapt."""
+    """The model (or a built-in tiny model name) is not one a registered backbone family can adapt."""
 
 
 class DomainError(MedAdaptError, ValueError):
@@ -91,3 +91,7 @@ class InputError(MedAdaptError, ValueError):
 
 class ServingError(MedAdaptError, RuntimeError):
     """A call conflicts with what another thread does with the same model (training while serving)."""
+
+
+class MetricError(MedAdaptError, ValueError):
+    """Inputs a metric cannot score (accuracy matrix, labels and probabilities, VQA answers)."""

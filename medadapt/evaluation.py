@@ -9,13 +9,16 @@ them (``forward_transfer`` uses ``R[j-1, j]``).
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ._io import atomic_write_bytes
+from .errors import MetricError
 
 __all__ = [
     "accuracy",
@@ -34,14 +37,14 @@ def _matrix(R: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     try:
         A = np.asarray(R, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"accuracy matrix must be numeric, got {type(R).__name__}: {e}") from e
+        raise MetricError(f"accuracy matrix must be numeric, got {type(R).__name__}: {e}") from e
     if A.ndim != 2:
-        raise ValueError(f"accuracy matrix must be 2-D (stages x domains), got shape {A.shape}")
+        raise MetricError(f"accuracy matrix must be 2-D (stages x domains), got shape {A.shape}")
     T, D = A.shape
     if T < 1:
-        raise ValueError("accuracy matrix has no rows (no training stages)")
+        raise MetricError("accuracy matrix has no rows (no training stages)")
     if D < T:
-        raise ValueError(
+        raise MetricError(
             f"accuracy matrix of shape {A.shape} has fewer domain columns ({D}) than stages ({T}); "
             "expected T x T or T x D with D >= T"
         )
@@ -49,7 +52,7 @@ def _matrix(R: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     bad = np.argwhere(lower & ~np.isfinite(A))
     if bad.size:
         i, j = bad[0]
-        raise ValueError(f"accuracy matrix cell R[{i}, {j}] (on/below the diagonal) is not finite: {A[i, j]}")
+        raise MetricError(f"accuracy matrix cell R[{i}, {j}] (on/below the diagonal) is not finite: {A[i, j]}")
     return A
 
 
@@ -58,7 +61,7 @@ def average_accuracy(R: np.ndarray) -> float:
     A = _matrix(R)
     last = A[-1]
     if not np.all(np.isfinite(last)):
-        raise ValueError(f"last row of the accuracy matrix has non-finite values: {last.tolist()}")
+        raise MetricError(f"last row of the accuracy matrix has non-finite values: {last.tolist()}")
     return float(last.mean())
 
 
@@ -96,13 +99,13 @@ def forward_transfer(R: np.ndarray, baseline: np.ndarray | Sequence[float]) -> f
     T = A.shape[0]
     b = np.asarray(baseline, dtype=np.float64).reshape(-1)
     if len(b) < T:
-        raise ValueError(f"baseline has {len(b)} values, need one per stage/domain (at least {T})")
+        raise MetricError(f"baseline has {len(b)} values, need one per stage/domain (at least {T})")
     if T == 1:
         return 0.0
     j = np.arange(1, T)
     vals = A[j - 1, j]
     if not np.all(np.isfinite(vals)):
-        raise ValueError("forward_transfer needs R[j-1, j] (accuracy on a domain just before training it) to be finite")
+        raise MetricError("forward_transfer needs R[j-1, j] (accuracy on a domain just before training it) to be finite")
     return float(np.mean(vals - b[j]))
 
 
@@ -123,9 +126,9 @@ def accuracy(y_true: np.ndarray | Sequence[int], y_pred: np.ndarray | Sequence[i
         p = p.argmax(axis=1)
     p = p.reshape(-1)
     if len(t) != len(p):
-        raise ValueError(f"y_true has {len(t)} items but y_pred has {len(p)}")
+        raise MetricError(f"y_true has {len(t)} items but y_pred has {len(p)}")
     if len(t) == 0:
-        raise ValueError("accuracy of an empty set is undefined")
+        raise MetricError("accuracy of an empty set is undefined")
     return float(np.mean(t == p))
 
 
@@ -166,11 +169,11 @@ def auroc(y_true: np.ndarray | Sequence[int], probs: np.ndarray | Sequence[float
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
     if p.shape[0] != len(t):
-        raise ValueError(f"y_true has {len(t)} items but probs has {p.shape[0]} rows")
+        raise MetricError(f"y_true has {len(t)} items but probs has {p.shape[0]} rows")
     if len(t) == 0:
-        raise ValueError("AUROC of an empty set is undefined")
+        raise MetricError("AUROC of an empty set is undefined")
     if not np.all(np.isfinite(p)):
-        raise ValueError("probs contains NaN or infinite values")
+        raise MetricError("probs contains NaN or infinite values")
     if np.unique(t).size < 2:
         warnings.warn(
             f"AUROC is undefined when y_true holds a single class ({np.unique(t).tolist()}); returning nan",
@@ -181,15 +184,15 @@ def auroc(y_true: np.ndarray | Sequence[int], probs: np.ndarray | Sequence[float
     if p.ndim == 1 or p.shape[1] == 2:
         bad = np.setdiff1d(np.unique(t), [0, 1])
         if bad.size:
-            raise ValueError(f"binary AUROC needs labels in {{0, 1}}, got {bad.tolist()}; pass (N, C) probs for multi-class")
+            raise MetricError(f"binary AUROC needs labels in {{0, 1}}, got {bad.tolist()}; pass (N, C) probs for multi-class")
         scores = p if p.ndim == 1 else p[:, 1]
         return _binary_auc(t == 1, scores)
     if p.ndim != 2:
-        raise ValueError(f"probs must be (N,) or (N, C), got shape {p.shape}")
+        raise MetricError(f"probs must be (N,) or (N, C), got shape {p.shape}")
     C = p.shape[1]
     bad = np.setdiff1d(np.unique(t), np.arange(C))
     if bad.size:
-        raise ValueError(f"labels {bad.tolist()} are outside [0, {C}) for probs with {C} columns")
+        raise MetricError(f"labels {bad.tolist()} are outside [0, {C}) for probs with {C} columns")
     aucs = [_binary_auc(t == c, p[:, c]) for c in np.unique(t)]
     return float(np.mean(aucs))
 
@@ -204,7 +207,7 @@ def plot_accuracy_matrix(
     """Write a PNG heatmap of ``R`` (annotated cells; rows "after <stage>", columns domains).
 
     ``stages`` names the rows (default: ``domains[:T]``). NaN cells are left blank. The file
-    is written atomically (temporary file, then ``os.replace``); returns its path. Uses the
+    is written atomically (:func:`medadapt._io.atomic_write_bytes`); returns its path. Uses the
     Agg canvas directly, so the global matplotlib backend is untouched.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -212,14 +215,14 @@ def plot_accuracy_matrix(
 
     A = np.asarray(R, dtype=np.float64)
     if A.ndim != 2 or A.shape[0] < 1 or A.shape[1] < A.shape[0]:
-        raise ValueError(f"accuracy matrix must be T x T or T x D with D >= T, got shape {A.shape}")
+        raise MetricError(f"accuracy matrix must be T x T or T x D with D >= T, got shape {A.shape}")
     T, D = A.shape
     domains = [str(d) for d in domains]
     if len(domains) != D:
-        raise ValueError(f"got {len(domains)} domain names for a matrix with {D} columns")
+        raise MetricError(f"got {len(domains)} domain names for a matrix with {D} columns")
     stage_names = [str(s) for s in (stages if stages is not None else domains[:T])]
     if len(stage_names) != T:
-        raise ValueError(f"got {len(stage_names)} stage names for a matrix with {T} rows")
+        raise MetricError(f"got {len(stage_names)} stage names for a matrix with {T} rows")
 
     fig = Figure(figsize=(2.5 + 1.1 * D, 1.5 + 0.7 * T), dpi=120)
     FigureCanvasAgg(fig)
@@ -243,13 +246,7 @@ def plot_accuracy_matrix(
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    atomic_write_bytes(out, png.getvalue())
     return out

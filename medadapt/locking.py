@@ -210,12 +210,6 @@ def _record_holder(fd: int, folder: Path, what: str) -> None:
         pass
 
 
-def holds_writer_lock(folder: str | os.PathLike) -> bool:
-    """Whether this thread holds ``folder``'s writer lock."""
-    held = _HELD.get(os.path.realpath(folder))
-    return held is not None and held[1] == threading.get_ident()
-
-
 @contextmanager
 def snapshot_lock(folder: str | os.PathLike, exclusive: bool) -> Iterator[None]:
     """Shared (readers) or exclusive (a writer swapping folders) hold on ``folder``'s snapshot lock.

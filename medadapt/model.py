@@ -9,21 +9,22 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .adapters import AdapterSet, adapter_kind
+from .adapters import AdapterSet, adapter_kind, kind_for_spec
 from . import call_checks
 from .adapters.gate import changes_adapters, served
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
-from .domains import Domain, validate_name
-from .errors import AdapterError, DomainError
+from .domains import Domain
+from .errors import DomainError, RoutingError
 from .export.merged import export_merged
-from .hub.io import load_model, load_stage, save_model
+from .hub.io import ModelParts, SavedStage, load_save, read_stage, save_model
 from .hub.push import push_model
 from .images import ImageInput
 from .labels import check_label_prompts
-from .merging import merge_adapters
+from .merging import MERGES_KEY, plan_merge
 from .quantization import quantization_config
-from .routing import DomainRouter, RoutedPrediction, fit_router, predict_routed
+from .routing import ROUTER_KEY, DomainRouter, FeatureSpec, RoutedPrediction, check_routable, check_threshold, load_router, router_features
+from .stages import DOMAIN, SHARED, Served, Stage, StageTable
 
 AdapterSpec = Any  # peft.LoraConfig | PromptConfig | MergeSpec | dict | "none" | None
 AUTO = "auto"  # predict_proba(domain=AUTO) routes each image to a domain (see medadapt.routing)
@@ -65,11 +66,8 @@ class ContinualVLM(nn.Module):
         self.adapters = AdapterSet(backbone.model, self.prompt_adapters)
         self.adapters.vision_tower = backbone.family.vision_tower(backbone.model)
         self.scorer = backbone.family.make_scorer(backbone, self.adapters)
-        self.domains: dict[str, Domain] = {}
-        self.shared: dict[str, str] = {}  # shared adapter name -> adapter kind
-        self.provenance: dict[str, dict[str, Any]] = {}  # adapter name -> where it was loaded from
+        self.stages = StageTable()  # the domains and shared adapters, in order (see medadapt.stages)
         self.extras: dict[str, Any] = {}  # JSON-able per-model state other modules save (e.g. routing)
-        self.stage_order: list[str] = []  # adapters (domains and shared) in the order they were added
 
     @property
     def lora(self) -> Any:
@@ -125,7 +123,16 @@ class ContinualVLM(nn.Module):
         changes the folder: a save interrupted mid-swap raises ``InterruptedSaveError`` unless the
         folder's owner passes ``recover=True`` (as ``medadapt recover FOLDER`` does).
         """
-        return load_model(cls, path, base=base, revision=revision, **kwargs)
+        loaded = load_save(path, base=base, revision=revision, **kwargs)
+        model = cls(loaded.backbone)
+        for stage in loaded.stages:
+            model.add_saved_stage(stage)
+        model.extras = loaded.extras
+        return model
+
+    def parts(self) -> ModelParts:
+        """The parts a save or a push is made of (base, adapters, stage table, extras): shared, not copied."""
+        return ModelParts(self.backbone, self.adapters, self.stages, self.extras)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_base: bool | None = None) -> None:
         """Write ``manifest.json`` and one peft-compatible folder per adapter, atomically.
@@ -133,7 +140,7 @@ class ContinualVLM(nn.Module):
         ``save_base`` also writes the base model into ``base/``; by default only when the base was
         built in memory and cannot be reloaded from a Hub id or folder.
         """
-        save_model(self, save_directory, save_base=save_base)
+        save_model(self.parts(), save_directory, save_base=save_base)
 
     def push_to_hub(
         self,
@@ -150,7 +157,7 @@ class ContinualVLM(nn.Module):
         Other options (``token``, ``results``, ``overwrite_card``, ``save_base``, ``license``,
         ``commit_description``): see :func:`medadapt.hub.push.push_model`. Returns the ``CommitInfo``.
         """
-        return push_model(self, repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
+        return push_model(self.parts(), repo_id, private=private, revision=revision, commit_message=commit_message, domains=domains, **kwargs)
 
     def export_merged(self, domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> "os.PathLike":
         """Write a standalone transformers checkpoint: the base with that domain's LoRA (or stack) merged, plus its
@@ -163,30 +170,50 @@ class ContinualVLM(nn.Module):
         ``name`` picks the adapter in that save (optional when it holds one); ``as_name`` renames
         it here. The save's base fingerprint must match this model's base. Returns the new name.
         """
-        return load_stage(self, path, name=name, as_name=as_name, **kwargs)
+        return self.add_saved_stage(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, **kwargs))
+
+    def add_saved_stage(self, stage: SavedStage) -> str:
+        """Add a stage read from a save (see :func:`medadapt.hub.io.read_stage`); returns its name."""
+        if stage.config is None:
+            return self.add_stage(stage.name, domain=stage.domain, adapter="none")
+        return self.add_stage(stage.name, domain=stage.domain, adapter=stage.config, weights=stage.weights, provenance=stage.provenance)
 
     # -- domains and adapters ------------------------------------------------------------------
+    @property
+    def domains(self) -> dict[str, Domain]:
+        """``{name: Domain}`` in the order the domains were added."""
+        return self.stages.domains
+
+    @property
+    def shared(self) -> dict[str, str]:
+        """``{shared adapter name: adapter kind}`` in the order they were added."""
+        return self.stages.shared
+
+    @property
+    def provenance(self) -> Any:
+        """``{stage name: where it was loaded from}`` (a live view: assignments reach the stages)."""
+        return self.stages.provenance
+
+    @property
+    def stage_order(self) -> list[str]:
+        """Every stage (domains and shared adapters) in the order they were added."""
+        return self.stages.order
+
     def adapter_names(self) -> list[str]:
         """All adapters in the order they were added (domains and shared)."""
-        return [n for n in self.stage_order if not (n in self.domains and self.domains[n].adapter_type == "none")]
+        return self.stages.names()
 
     def adapter_type(self, name: str) -> str:
         """The kind of adapter ``name`` (``"lora"``, ``"prompt"``, ...)."""
-        try:
-            return self.adapters.kind_of(name).name
-        except AdapterError:
-            raise AdapterError(f"unknown adapter {name!r}; known: {self.adapter_names() or 'none'}.") from None
+        return self.stages.kind(name)
 
     def has_stage(self, name: str) -> bool:
         """Whether ``name`` is a domain or a shared adapter of this model."""
-        return name in self.domains or name in self.shared
+        return name in self.stages
 
     def check_new_name(self, name: str, what: str = "domain") -> None:
         """Raise :class:`DomainError` unless ``name`` is a valid, unused stage name."""
-        validate_name(name, what)
-        if self.has_stage(name):
-            kind = "domain" if name in self.domains else "shared adapter"
-            raise DomainError(f"{what} {name!r} already exists (as a {kind}); remove it first or pick another name.")
+        self.stages.check_new_name(name, what)
 
     def _adapter_spec(self, adapter: AdapterSpec) -> Any:
         from peft import LoraConfig
@@ -214,27 +241,22 @@ class ContinualVLM(nn.Module):
         LoRA, or ``"none"`` (a domain served by the base or shared adapters). ``weights`` loads saved
         tensors into the new adapter (nothing is left behind when they do not fit).
         """
-        self.check_new_name(name, "domain" if domain is not None else "shared adapter")
-        if domain is not None and isinstance(adapter, str) and adapter == "none":
-            domain.adapter_type = "none"
-        else:
+        role = DOMAIN if domain is not None else SHARED
+        self.stages.check_new_name(name, "domain" if domain is not None else "shared adapter")
+        kind_name: str | None = None
+        if not (domain is not None and isinstance(adapter, str) and adapter == "none"):
             spec = self._adapter_spec(adapter)
-            template = domain.prompt if domain is not None else "{}"
+            kind = kind_for_spec(spec)
+            module = None
+            if kind.built_by_family and weights is None:  # the family's scorer builds it (e.g. a prompt adapter)
+                module = self.scorer.build_adapter(spec, domain.prompt if domain is not None else "{}", seed)
             if weights is None:
-                kind = self.adapters.create(name, spec, self.scorer, template, seed)
+                self.adapters.create(name, spec, module)
             else:
-                kind = self.adapters.install(name, spec, weights, self.scorer, f"adapter {name!r}")
-            if domain is not None:
-                domain.adapter_type = kind.name
-            else:
-                self.shared[name] = kind.name
-        if domain is not None:
-            self.domains[name] = domain
-        self.stage_order.append(name)
-        if provenance is not None:
-            self.provenance[name] = provenance
+                self.adapters.install(name, spec, weights, f"adapter {name!r}")
+            kind_name = kind.name
+        self.stages.add(Stage(name, role, kind_name, domain, provenance))
         return name
-
     def add_domain(
         self,
         name: str,
@@ -274,43 +296,26 @@ class ContinualVLM(nn.Module):
     @changes_adapters
     def remove_domain(self, name: str) -> None:
         """Drop a domain (or shared adapter) and its adapter weights."""
-        if name not in self.domains and name not in self.shared:
-            self._unknown_domain(name)
+        if name not in self.stages:
+            self.stages.unknown_domain(name)
         if name in self.adapters:
             self.adapters.remove(name)
-        self.domains.pop(name, None)
-        self.shared.pop(name, None)
-        self.provenance.pop(name, None)
-        self.stage_order.remove(name)
+        self.stages.remove(name)
 
     remove_adapter = remove_domain
 
-    def _unknown_domain(self, name: Any) -> None:
-        raise DomainError(f"unknown domain {name!r}; known domains: {list(self.domains) or 'none (add one with add_domain)'}.")
-
     def get_domain(self, name: str) -> Domain:
-        if not isinstance(name, str) or name not in self.domains:
-            self._unknown_domain(name)
-        return self.domains[name]
+        """The domain ``name`` (a :class:`DomainError` lists the known ones)."""
+        return self.stages.get_domain(name)
 
     def resolve_adapter(self, domain: str, adapter: str | Sequence[str] | None = None) -> str | tuple[str, ...] | None:
-        """Which adapter serves ``domain``: its own (default), ``"base"`` (None) or a named one."""
-        spec = self.get_domain(domain)
-        if adapter is None:
-            return domain if spec.adapter_type != "none" else None
-        if adapter == "base":
-            return None
-        names = [adapter] if isinstance(adapter, str) else list(adapter)
-        for n in names:
-            if n not in self.domains and n not in self.shared:
-                raise AdapterError(
-                    f"unknown adapter {n!r}; use 'base', a domain name {list(self.domains)} "
-                    f"or a shared adapter {list(self.shared)}."
-                )
-        prompts = [n for n in names if n in self.adapters and self.adapter_type(n) == "prompt"]
-        if len(prompts) > 1:
-            raise AdapterError(f"at most one prompt adapter can be stacked, got {prompts}.")
-        return names[0] if len(names) == 1 else tuple(names)
+        """Which adapter serves ``domain``: its own (default), ``"base"`` (None) or a named one
+        (the name, or a tuple of stacked names). :meth:`serve` gives the same as a :class:`Served`."""
+        return self.stages.serve(domain, adapter).ref()
+
+    def serve(self, domain: str, adapter: str | Sequence[str] | None = None) -> Served:
+        """What serves a row of ``domain`` (see :meth:`medadapt.stages.StageTable.serve`)."""
+        return self.stages.serve(domain, adapter)
 
     # -- training support ----------------------------------------------------------------------
     def set_trainable(self, names: Sequence[str]) -> list[nn.Parameter]:
@@ -338,7 +343,7 @@ class ContinualVLM(nn.Module):
     def text_tower_trainable(self, name: str) -> bool:
         """Whether training adapter ``name`` changes what the model computes from label texts."""
         self.adapter_type(name)
-        return bool(self.scorer.text_side_params(name))
+        return bool(self.scorer.text_side_params(self.stages.serve_named(name)))
 
     def train(self, mode: bool = True) -> "ContinualVLM":
         """Train mode for adapters only: the frozen base stays in eval mode (no base dropout),
@@ -353,7 +358,7 @@ class ContinualVLM(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, domain: str, adapter: str | Sequence[str] | None = None) -> torch.Tensor:
         """Class logits ``(N, num_labels)`` for a batch of preprocessed images of one domain."""
-        return self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter))
+        return self.scorer.logits(pixel_values, self.get_domain(domain), self.serve(domain, adapter))
 
     # -- inference -----------------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
@@ -364,22 +369,14 @@ class ContinualVLM(nn.Module):
     @torch.no_grad()
     def embed_images(self, images: Sequence[ImageInput] | ImageInput, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised image embeddings through ``adapter`` (``"base"`` = frozen model)."""
-        return self.scorer.image_features(self.preprocess(images), self._named_adapter(adapter))
+        return self.scorer.image_features(self.preprocess(images), self.stages.serve_named(adapter))
 
     @served
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str] | str, adapter: str | Sequence[str] | None = "base") -> torch.Tensor:
         """Normalised text embeddings through ``adapter``'s LoRA weights (``"base"`` = frozen model)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.scorer.text_features(texts, self._named_adapter(adapter))
-
-    def _named_adapter(self, adapter: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
-        if adapter is None or adapter == "base":
-            return None
-        names = [adapter] if isinstance(adapter, str) else list(adapter)
-        for n in names:
-            self.adapter_type(n)
-        return names[0] if len(names) == 1 else tuple(names)
+        return self.scorer.text_features(texts, self.stages.serve_named(adapter))
 
     @served
     @torch.no_grad()
@@ -407,14 +404,14 @@ class ContinualVLM(nn.Module):
         """
         with self.evaluating():
             if isinstance(domain, str) and domain == AUTO:
-                return predict_routed(self, self.preprocess(images), adapter)
+                return self.predict_routed(self.preprocess(images), adapter)
             pixel_values = self.preprocess(images)
             rows = call_checks.scoring_questions(self.scorer, pixel_values.shape[0], domain, self.get_domain, questions)
             if isinstance(domain, str):
-                logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.resolve_adapter(domain, adapter), rows)
+                logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.serve(domain, adapter), rows)
                 return logits.softmax(dim=-1).cpu()
             domains = self._per_image(list(domain), pixel_values.shape[0], "domain names")
-            return self.probs_mixed(pixel_values, domains, [self.resolve_adapter(d, adapter) for d in domains], rows)
+            return self._probs_mixed(pixel_values, domains, [self.serve(d, adapter) for d in domains], rows)
 
     @staticmethod
     def _per_image(values: Sequence[str] | str | None, n: int, what: str) -> list[str] | None:
@@ -441,11 +438,17 @@ class ContinualVLM(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Any], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
-        """Per-image probabilities of preprocessed images: image ``i`` over ``domains[i]``'s labels
-        through adapter ``served[i]`` (a name or None for the base), in batched forwards."""
+    def _probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Served], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         logits = self.scorer.logits_mixed(pixel_values, [self.get_domain(d) for d in domains], list(served), questions)
         return [row.softmax(dim=-1).cpu() for row in logits]
+
+    @served
+    @torch.no_grad()
+    def probs_mixed(self, pixel_values: torch.Tensor, domains: Sequence[str], served: Sequence[Any], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """Per-image probabilities of preprocessed images: image ``i`` over ``domains[i]``'s labels
+        through ``served[i]`` (an adapter name, names, a :class:`Served`, or None for the base), in batched forwards."""
+        rows = [Served.of(a) if a is None else self.serve(d, a) for d, a in zip(domains, served)]
+        return self._probs_mixed(pixel_values, domains, rows, questions)
 
     @served
     @torch.no_grad()
@@ -472,30 +475,74 @@ class ContinualVLM(nn.Module):
             if asked is None:
                 if domains is None:
                     raise DomainError("give the questions to answer, or domains whose question to ask.")
-                asked = [self.scorer.question_of(self.get_domain(d)) for d in domains]
+                asked = [self.get_domain(d).question for d in domains]
             if domains is None:
-                served = [None if adapter in (None, "base") else self._named_adapter(adapter)] * n
+                served = [self.stages.serve_named(adapter)] * n
             else:
-                served = [self.resolve_adapter(d, adapter) for d in domains]
+                served = [self.serve(d, adapter) for d in domains]
             max_new_tokens = call_checks.new_token_budget(self.scorer, asked, max_new_tokens)
             return self.scorer.generate(pixel_values, asked, served, max_new_tokens=max_new_tokens)
 
     # -- routing and composition ---------------------------------------------------------------
-    def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> "DomainRouter":
+    @torch.no_grad()
+    def router_features(self, pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec()) -> torch.Tensor:
+        """Routing features of preprocessed images through the frozen base (never an adapter)."""
+        with self.adapters.frozen_base():
+            return router_features(self.backbone, pixel_values, spec)
+
+    def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> DomainRouter:
         """Fit the router behind ``predict_proba(..., domain="auto")`` on ``{domain: training images}``.
 
         ``threshold`` (in [0, 1]) is the fraction of each domain's held-out images that must stay
         routed; images farther from every domain go to ``fallback`` (``"auto"``: the shared adapter
-        ``shared`` or the only one; ``None``: the frozen base) flagged unrouted. The router is
-        saved with the model (``extras["router"]``). See :mod:`medadapt.routing`.
+        ``shared`` or the only one; ``None``: the frozen base) flagged unrouted. ``images`` are
+        anything :meth:`preprocess` takes, or (``preprocessed=True``) pixel tensors already run
+        through it; ``options`` go to :meth:`DomainRouter.fit`. The router is saved with the model
+        (``extras["router"]``). See :mod:`medadapt.routing`.
         """
-        return fit_router(self, images, threshold=threshold, fallback=fallback, preprocessed=preprocessed, **options)
+        check_threshold(threshold)
+        check_routable(list(self.domains), images)
+        spec = options.pop("spec", FeatureSpec())
+        fallback = self.stages.fallback(fallback)
+        with self.evaluating():
+            feats = {name: self.router_features(x if preprocessed else self.preprocess(x), spec) for name, x in images.items()}
+        router = DomainRouter.fit(feats, threshold, fallback=fallback, spec=spec, base_fingerprint=self.backbone.fingerprints.get("weights"), **options)
+        self.extras[ROUTER_KEY] = router.to_dict()
+        return router
+
+    @torch.no_grad()
+    def predict_routed(self, pixel_values: torch.Tensor, adapter: str | None = None, serve: Mapping[str, str | None] | None = None, questions: Sequence[str] | None = None) -> list[RoutedPrediction]:
+        """Route preprocessed images and score each with the adapter it is routed to.
+
+        ``serve`` (domain -> adapter) overrides each routed domain's own adapter; unrouted images
+        always go to the router's fallback.
+        """
+        if adapter is not None and not isinstance(adapter, str):
+            raise RoutingError("stacked adapters cannot be used with domain='auto'; call predict_proba per domain.")
+        router = load_router(self.extras.get(ROUTER_KEY), list(self.domains), self.shared, self.backbone.fingerprints.get("weights"))
+        decision = router.route(self.router_features(pixel_values, router.features))
+        served = [
+            self.stages.serve_named(router.fallback) if unrouted
+            else self.stages.serve_named(serve[d]) if serve is not None
+            else self.stages.serve_routed(d, router.fallback, adapter)
+            for d, unrouted in zip(decision.domains, decision.unrouted)
+        ]
+        probs = self._probs_mixed(pixel_values, decision.domains, served, questions)
+        return [
+            RoutedPrediction(p, list(self.domains[d].labels), d, a.ref(), u, s)
+            for p, d, a, u, s in zip(probs, decision.domains, served, decision.unrouted, decision.scores)
+        ]
 
     def merge_adapters(self, names: Sequence[str], into: str = "merged", method: str = "linear", weights: Sequence[float] | None = None, **options: Any) -> str:
         """Build shared LoRA ``into`` from LoRAs ``names`` with peft's ``add_weighted_adapter``
         (``method``: ``linear``, ``ties``, ``dare_ties``, ...); saved as a normal stage. See
-        :func:`medadapt.merging.merge_adapters`."""
-        return merge_adapters(self, names, into=into, method=method, weights=weights, **options)
+        :func:`medadapt.merging.plan_merge` for the options."""
+        plan = plan_merge(names, self.stages.kind, self.lora.config, method=method, weights=weights, **options)
+        with torch.random.fork_rng():
+            torch.manual_seed(plan.seed)
+            self.add_stage(into, adapter=plan.spec)
+        self.extras.setdefault(MERGES_KEY, {})[into] = plan.record
+        return into
 
     def extra_repr(self) -> str:
         return f"base={self.backbone.source or 'in-memory'}, domains={list(self.domains)}, shared={list(self.shared)}"

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,11 +45,10 @@ import torch.nn.functional as F
 from .errors import RoutingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import ContinualVLM
+    from .families.base import Backbone
 
 ROUTER_KEY = "router"  # key of the router state in ``model.extras``
 FORMAT_VERSION = 1
-AUTO_FALLBACK = "auto"
 
 
 # -- features --------------------------------------------------------------------------------------
@@ -87,8 +86,8 @@ def detail_band(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values - F.interpolate(coarse, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _tower_blocks(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec) -> list[torch.Tensor]:
-    pooled, states = model.family.vision_states(model.base_model, pixel_values)
+def _tower_blocks(backbone: "Backbone", pixel_values: torch.Tensor, spec: FeatureSpec) -> list[torch.Tensor]:
+    pooled, states = backbone.family.vision_states(backbone.model, pixel_values)
     blocks = [pooled.flatten(1)]
     for layer in spec.layers(len(states)):
         blocks += _token_blocks(states[layer].float(), spec.channel_groups)
@@ -96,17 +95,21 @@ def _tower_blocks(model: "ContinualVLM", pixel_values: torch.Tensor, spec: Featu
 
 
 @torch.no_grad()
-def router_features(model: "ContinualVLM", pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec(), batch_size: int = 256) -> torch.Tensor:
-    """``(N, d)`` float64 routing features of preprocessed images through the frozen vision tower."""
-    dtype, device = model.scorer.dtype, model.scorer.device
-    pixel_values = model.family.vision_pixels(pixel_values)
+def router_features(backbone: "Backbone", pixel_values: torch.Tensor, spec: FeatureSpec = FeatureSpec(), batch_size: int = 256) -> torch.Tensor:
+    """``(N, d)`` float64 routing features of preprocessed images through the base's vision tower.
+
+    Call it with no adapter active (:meth:`medadapt.ContinualVLM.router_features` does)."""
+    device = next(backbone.model.parameters()).device
+    dtype = getattr(backbone.model, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        dtype = next((p.dtype for p in backbone.model.parameters() if p.is_floating_point()), torch.float32)
+    pixel_values = backbone.family.vision_pixels(pixel_values)
     out = []
-    with model.adapters.frozen_base():  # the frozen base, never an adapter
-        for start in range(0, pixel_values.shape[0], batch_size):
-            chunk = pixel_values[start : start + batch_size].to(device, dtype=torch.float32)
-            views = [chunk, detail_band(chunk)] if spec.detail else [chunk]
-            blocks = [b for view in views for b in _tower_blocks(model, view.to(dtype), spec)]
-            out.append(torch.cat([F.normalize(b.double(), dim=-1) for b in blocks], dim=1).cpu())
+    for start in range(0, pixel_values.shape[0], batch_size):
+        chunk = pixel_values[start : start + batch_size].to(device, dtype=torch.float32)
+        views = [chunk, detail_band(chunk)] if spec.detail else [chunk]
+        blocks = [b for view in views for b in _tower_blocks(backbone, view.to(dtype), spec)]
+        out.append(torch.cat([F.normalize(b.double(), dim=-1) for b in blocks], dim=1).cpu())
     return torch.cat(out)
 
 
@@ -272,7 +275,7 @@ def _calibrate(xs: Sequence[torch.Tensor], spreads: Sequence[torch.Tensor], inde
     return torch.quantile(torch.cat(held), coverage)
 
 
-# -- the model-facing API -------------------------------------------------------------------------
+# -- predictions and checks -------------------------------------------------------------------------
 @dataclass
 class RoutedPrediction:
     """One image's automatically routed prediction.
@@ -292,108 +295,41 @@ class RoutedPrediction:
     score: float
 
 
-def resolve_fallback(model: "ContinualVLM", fallback: str | None) -> str | None:
-    """The shared adapter serving unrouted images: ``"auto"`` picks ``shared`` or the only shared adapter."""
-    if fallback == AUTO_FALLBACK:
-        if "shared" in model.shared:
-            return "shared"
-        return next(iter(model.shared)) if len(model.shared) == 1 else None
-    if fallback is None or fallback == "base":
-        return None
-    if fallback not in model.shared:
-        raise RoutingError(f"fallback {fallback!r} is not a shared adapter of this model; shared adapters: {list(model.shared) or 'none'}.")
-    return fallback
-
-
-def fit_router(
-    model: "ContinualVLM",
-    images: Mapping[str, Any],
-    threshold: float = 0.99,
-    fallback: str | None = AUTO_FALLBACK,
-    preprocessed: bool = False,
-    **options: Any,
-) -> DomainRouter:
-    """Fit the router on ``{domain: images}`` and store it in ``model.extras["router"]``.
-
-    ``images`` are anything :meth:`ContinualVLM.preprocess` takes, or (``preprocessed=True``) pixel
-    value tensors already run through it. ``options`` go to :meth:`DomainRouter.fit`.
-    """
-    check_threshold(threshold)
-    if not model.domains:
+def check_routable(domains: Sequence[str], images: Mapping[str, Any]) -> None:
+    """Refuse to fit a router without domains, without images, or on images of unknown domains."""
+    if not domains:
         raise RoutingError("the model has no trained domains to route to; add and train domains first.")
     if not images:
-        raise RoutingError(f"no images given to fit the router; give some training images of each of {list(model.domains)}.")
-    unknown = [name for name in images if name not in model.domains]
+        raise RoutingError(f"no images given to fit the router; give some training images of each of {list(domains)}.")
+    unknown = [name for name in images if name not in domains]
     if unknown:
-        raise RoutingError(f"cannot route to {unknown}: not domains of this model (domains: {list(model.domains)}).")
-    spec = options.pop("spec", FeatureSpec())
-    fallback = resolve_fallback(model, fallback)
-    with model.evaluating():
-        feats = {name: router_features(model, x if preprocessed else model.preprocess(x), spec) for name, x in images.items()}
-    router = DomainRouter.fit(
-        feats, threshold, fallback=fallback, spec=spec,
-        base_fingerprint=model.backbone.fingerprints.get("weights"), **options,
-    )
-    model.extras[ROUTER_KEY] = router.to_dict()
-    return router
+        raise RoutingError(f"cannot route to {unknown}: not domains of this model (domains: {list(domains)}).")
 
 
-def load_router(model: "ContinualVLM") -> DomainRouter:
-    """The model's router, checked against its domains, adapters and base."""
-    if not model.domains:
+def load_router(state: Mapping[str, Any] | None, domains: Collection[str], shared: Collection[str], fingerprint: str | None) -> DomainRouter:
+    """The router saved as ``state``, checked against the model's ``domains``, ``shared`` adapters and
+    base weights ``fingerprint``."""
+    if not domains:
         raise RoutingError("cannot route: the model has no trained domains (add and train domains, then fit_router).")
-    state = model.extras.get(ROUTER_KEY)
     if not state:
         raise RoutingError(
             "cannot route: no router was fitted for this model; call model.fit_router({domain: images, ...}) "
             "or train with ContinualTrainer, which fits one after every stage."
         )
     router = DomainRouter.from_dict(state)
-    missing = [d for d in router.domains if d not in model.domains]
+    missing = [d for d in router.domains if d not in domains]
     if missing:
         raise RoutingError(f"the router routes to {missing}, which this model no longer has; fit the router again.")
-    if router.fallback is not None and router.fallback not in model.shared:
+    if router.fallback is not None and router.fallback not in shared:
         raise RoutingError(f"the router's fallback adapter {router.fallback!r} is not in this model; fit the router again.")
-    fingerprint = model.backbone.fingerprints.get("weights")
     if router.base_fingerprint and fingerprint and router.base_fingerprint != fingerprint:
         raise RoutingError("the router was fitted on another base model's features; fit it again on this base.")
     return router
 
 
-def serving_adapter(model: "ContinualVLM", domain: str, fallback: str | None, adapter: str | None = None) -> str | tuple[str, ...] | None:
-    """The adapter serving a routed image of ``domain``: ``adapter`` if given, else the domain's own
-    adapter, else (a domain without one, as in joint/continual training) the fallback."""
-    resolved = model.resolve_adapter(domain, adapter)
-    if adapter is None and resolved is None:
-        return fallback
-    return resolved
-
-
-@torch.no_grad()
-def predict_routed(model: "ContinualVLM", pixel_values: torch.Tensor, adapter: str | None = None, serve: Mapping[str, str | None] | None = None, questions: Sequence[str] | None = None) -> list[RoutedPrediction]:
-    """Route preprocessed images and score each with the adapter it is routed to.
-
-    ``serve`` (domain -> adapter) overrides :func:`serving_adapter` for routed images; unrouted
-    images always go to the router's fallback.
-    """
-    if adapter is not None and not isinstance(adapter, str):
-        raise RoutingError("stacked adapters cannot be used with domain='auto'; call predict_proba per domain.")
-    router = load_router(model)
-    decision = router.route(router_features(model, pixel_values, router.features))
-    served = [
-        router.fallback if unrouted else (serve[d] if serve is not None else serving_adapter(model, d, router.fallback, adapter))
-        for d, unrouted in zip(decision.domains, decision.unrouted)
-    ]
-    probs = model.probs_mixed(pixel_values, decision.domains, served, questions)
-    return [
-        RoutedPrediction(p, list(model.domains[d].labels), d, a, u, s)
-        for p, d, a, u, s in zip(probs, decision.domains, served, decision.unrouted, decision.scores)
-    ]
-
-
 @torch.no_grad()
 def evaluate_routing(
-    model: "ContinualVLM",
+    predict: Callable[..., list[RoutedPrediction]],
     pixels: Mapping[str, torch.Tensor],
     labels: Mapping[str, np.ndarray],
     serve: Mapping[str, str | None],
@@ -406,7 +342,8 @@ def evaluate_routing(
     (``routing_accuracy_per_domain`` per domain); ``domain_match_accuracy`` ignores the threshold;
     ``unrouted_rate``: in-domain images flagged unrouted; ``auto_routing_accuracy_per_domain``:
     classification accuracy end to end (routed, then scored by ``serve[routed domain]`` or the
-    fallback; a misrouted image counts as wrong).
+    fallback; a misrouted image counts as wrong). ``predict`` is
+    :meth:`medadapt.ContinualVLM.predict_routed`.
     """
     counts: dict[str, dict[str, int]] = {}
     for domain, pv in pixels.items():
@@ -415,7 +352,7 @@ def evaluate_routing(
         for start in range(0, pv.shape[0], batch_size):
             asked = (questions or {}).get(domain)
             chunk = asked[start : start + batch_size] if asked is not None else None
-            preds = predict_routed(model, pv[start : start + batch_size], serve=serve, questions=chunk)
+            preds = predict(pv[start : start + batch_size], serve=serve, questions=chunk)
             for p, y in zip(preds, truth[start : start + batch_size]):
                 c["n"] += 1
                 c["matched"] += p.domain == domain

@@ -1,4 +1,6 @@
-"""A tiny dual encoder built from config, for tests, the offline demo and benchmarks.
+"""Tiny bases built from config, for tests, the offline demo and benchmarks: dual encoders (CLIP,
+SigLIP, VisionTextDualEncoder with other image towers) here, generative VLMs in
+:mod:`medadapt.tiny_generative`; :func:`tiny_names` is the one list of built-in names.
 
 It downloads nothing: the tokenizer is byte-level (every string tokenises), the image processor
 resizes to 32x32, and the weights are randomly initialised from a seed. It is *not* a medical
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 
 from .backbones import Backbone, backbone_from_model
+from .errors import UnsupportedBackboneError
 
 TINY_SOURCE = {"clip": "medadapt/tiny-clip", "siglip": "medadapt/tiny-siglip"}
 
@@ -95,7 +98,7 @@ def tiny_backbone(family: str = "clip", seed: int = 0, image_size: int = 32, hid
             model = SiglipModel(config)
             image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
         else:
-            raise ValueError(f"tiny backbones exist for 'clip' and 'siglip', not {family!r}")
+            raise UnsupportedBackboneError(f"tiny backbones exist for 'clip' and 'siglip', not {family!r}")
     finally:
         torch.random.set_rng_state(generator_state)
     model.config._name_or_path = TINY_SOURCE[family]
@@ -119,7 +122,7 @@ def tiny_base(name: str, seed: int = 0) -> Backbone:
         return backbone_from_model(model, processor=processor, source=None)
     family = name.split("-", 1)[1] if name.startswith("tiny-") else name
     if family not in TINY_SOURCE:
-        raise ValueError(f"unknown tiny base {name!r}; built in: {tiny_names()}")
+        raise UnsupportedBackboneError(f"unknown tiny base {name!r}; built in: {tiny_names()}")
     return tiny_backbone(family, seed=seed)
 
 
@@ -159,7 +162,7 @@ def tiny_tower_dual_encoder(tower: str = "resnet", seed: int = 0, image_size: in
         "vit": lambda: ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=hidden * 2, image_size=image_size, patch_size=8),
     }
     if tower not in configs and tower != "timm-resnet":
-        raise ValueError(f"tiny towers: {TINY_TOWERS}, not {tower!r}")
+        raise UnsupportedBackboneError(f"tiny towers: {TINY_TOWERS}, not {tower!r}")
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import MetricError
+
 __all__ = [
     "MAIN_METRIC",
     "bleu1",
@@ -57,7 +59,7 @@ _PUNCTUATION = frozenset(string.punctuation)
 
 def _text(text: object) -> str:
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"an answer must be a string (or a number), got {type(text).__name__}: {text!r}")
+        raise MetricError(f"an answer must be a string (or a number), got {type(text).__name__}: {text!r}")
     return str(text)
 
 
@@ -84,12 +86,12 @@ def tokenize_answer(text: object) -> list[str]:
 
 def _pairs(predictions: Sequence[object], references: Sequence[object]) -> tuple[list[str], list[str]]:
     if isinstance(predictions, str) or isinstance(references, str):
-        raise ValueError("predictions and references must be sequences of answers, not a single string")
+        raise MetricError("predictions and references must be sequences of answers, not a single string")
     preds, refs = list(predictions), list(references)
     if len(preds) != len(refs):
-        raise ValueError(f"got {len(preds)} predictions for {len(refs)} references; give one prediction per reference")
+        raise MetricError(f"got {len(preds)} predictions for {len(refs)} references; give one prediction per reference")
     if not refs:
-        raise ValueError("cannot score an empty set of answers")
+        raise MetricError("cannot score an empty set of answers")
     return preds, refs
 
 
@@ -182,17 +184,17 @@ def score_vqa(
     """
     preds, refs = _pairs(predictions, references)
     if isinstance(answer_types, str):
-        raise ValueError("answer_types must be a sequence with one type per question, not a single string")
+        raise MetricError("answer_types must be a sequence with one type per question, not a single string")
     types = list(answer_types)
     if len(types) != len(refs):
-        raise ValueError(f"got {len(types)} answer types for {len(refs)} references; give one per question")
+        raise MetricError(f"got {len(types)} answer types for {len(refs)} references; give one per question")
     keys = []
     for t in types:
         if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"an answer type must be a non-empty string such as 'CLOSED' or 'OPEN', got {t!r}")
+            raise MetricError(f"an answer type must be a non-empty string such as 'CLOSED' or 'OPEN', got {t!r}")
         keys.append(t.strip().lower())
     if "overall" in keys:
-        raise ValueError("'overall' is reserved for the metrics over all questions; rename that answer type")
+        raise MetricError("'overall' is reserved for the metrics over all questions; rename that answer type")
     out: dict[str, dict[str, float]] = {}
     for key in sorted(set(keys)):
         idx = [i for i, k in enumerate(keys) if k == key]

@@ -23,15 +23,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_imports(path: Path, module: str) -> set[str]:
-    """medadapt modules imported anywhere in ``path`` (functions included), except under ``if TYPE_CHECKING``."""
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """medadapt modules imported anywhere in ``path``: functions and ``if TYPE_CHECKING`` blocks included
+    (a type-only import is still a tie between two modules).
+
+    ``from pkg import sub`` imports the submodule ``pkg.sub``; ``from pkg import name`` (a name that
+    ``pkg/__init__`` defines) imports ``pkg`` itself."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            return
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -40,53 +41,71 @@ def _runtime_imports(path: Path, module: str) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("medadapt"):
-                found.add(target)
-                for alias in node.names:  # `from . import hub` imports the submodule
-                    found.add(f"{target}.{alias.name}")
+                names = [f"{target}.{alias.name}" for alias in node.names]
+                found.update(n for n in names if n in modules)
+                if any(n not in modules for n in names):
+                    found.add(target)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("medadapt"))
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
     return found
 
 
-def test_no_import_cycles_between_modules():
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+def _import_graph() -> dict[str, set[str]]:
+    """Every medadapt module -> the medadapt modules it imports; a package's ``__init__`` importing its
+    own submodules counts like any other import."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
+    for name, path in paths.items():
         targets = set()
-        for target in _runtime_imports(path, name):
-            while target and target not in modules:  # `from medadapt.x import name` -> medadapt.x
+        for target in _imports(path, name, set(paths)):
+            while target and target not in paths:  # `import medadapt.x.name` -> medadapt.x
                 target = target.rsplit(".", 1)[0] if "." in target else ""
-            # a package's __init__ importing its own submodules is not a cycle with them
-            if target and target != name and not target.startswith(name + "."):
+            if target and target != name:
                 targets.add(target)
         graph[name] = targets
-    # the importing parent packages of a module run first: count edges into packages as edges into __init__
-    state: dict[str, int] = {}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
     stack: list[str] = []
-    cycles: list[str] = []
+    out: list[list[str]] = []
 
-    def dfs(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
-                if not all(c == nxt or c.startswith(nxt + ".") or nxt.startswith(c + ".") for c in cycle):
-                    cycles.append(" -> ".join(cycle))
-            elif nxt not in state:
-                dfs(nxt)
-        stack.pop()
-        state[node] = 2
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while comp[-1:] != [v]:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                out.append(sorted(comp))
 
-    for node in sorted(graph):
-        if node not in state:
-            dfs(node)
-    assert not cycles, cycles
-    assert "medadapt.hub.io" in graph["medadapt.model"]  # the check sees real edges
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles_between_modules():
+    graph = _import_graph()
+    assert not _circles(graph), _circles(graph)
+    # the check sees real edges, type-only and package-internal ones included
+    assert "medadapt.hub.io" in graph["medadapt.model"]
+    assert "medadapt.families.open_clip" in graph["medadapt.families"]
+    assert "medadapt.adapters.registry" in graph["medadapt.families.base"]  # under TYPE_CHECKING there
+    circle = {"medadapt.a": {"medadapt.b"}, "medadapt.b": {"medadapt.c"}, "medadapt.c": {"medadapt.a"}, "medadapt.d": set()}
+    assert _circles(circle) == [["medadapt.a", "medadapt.b", "medadapt.c"]]  # the check can fail
+    package_internal = {"medadapt.x": {"medadapt.x.y"}, "medadapt.x.y": {"medadapt.z"}, "medadapt.z": {"medadapt.x"}}
+    assert _circles(package_internal) == [["medadapt.x", "medadapt.x.y", "medadapt.z"]]
 
 
 def test_no_private_names_called_across_modules():

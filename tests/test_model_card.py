@@ -51,7 +51,7 @@ def build() -> ContinualVLM:
 @pytest.fixture
 def manifest(tmp_path) -> dict:
     """The manifest of :func:`build` as if its base were the Hub model openai/clip-vit-base-patch32."""
-    manifest = save_model(build(), tmp_path / "save")
+    manifest = save_model(build().parts(), tmp_path / "save")
     manifest["base"].update(source="openai/clip-vit-base-patch32", revision="a" * 40, saved_in=None, files={})
     return manifest
 
@@ -94,7 +94,7 @@ def test_body_lists_stages_in_order_with_labels_prompts_usage_and_limitations(ma
 
 
 def test_card_without_results_and_with_base_in_repo(tmp_path):
-    manifest = save_model(build(), tmp_path / "save")  # tiny base: built in memory, saved in base/
+    manifest = save_model(build().parts(), tmp_path / "save")  # tiny base: built in memory, saved in base/
     card = render_card(manifest, "org/tiny")
     assert card.data.base_model is None and card.data.eval_results is None  # not a real Hub model
     assert "## Results" not in card.text
@@ -115,7 +115,7 @@ def test_prompt_only_repo_and_hub_provenance(tmp_path):
     model = ContinualVLM(tiny_backbone("clip"))
     model.add_domain("fundus", ["healthy", "sick"], "a fundus image of {}.", adapter=PromptConfig(), seed=0)
     model.provenance["fundus"] = {"repo": "org-b/stages", "revision": "b" * 40, "adapter": "retina"}
-    manifest = save_model(model, tmp_path / "save")
+    manifest = save_model(model.parts(), tmp_path / "save")
     text = render_card(manifest, "org/fundus").text
     assert "prompt adapters only" in text and "PeftModel" not in text
     assert "`fundus`: `org-b/stages` at revision `" + "b" * 40 + "` (stage `retina` there)" in text

@@ -14,7 +14,7 @@ import torch
 
 from medadapt import ContinualVLM, MedAdaptError
 from medadapt.data import default_synthetic_domains, load_domain
-from medadapt.routing import ROUTER_KEY, DomainRouter, RoutedPrediction, RoutingError, router_features
+from medadapt.routing import ROUTER_KEY, DomainRouter, RoutedPrediction, RoutingError
 from medadapt.tiny import tiny_backbone
 from tests.conftest import core_lora_config
 
@@ -239,7 +239,7 @@ def test_routing_accuracy_on_real_data(family):
     router = model.fit_router({name: pixels[name, "train"] for name in REAL}, preprocessed=True)
     routed = {}
     for name in REAL:
-        decision = router.route(router_features(model, pixels[name, "test"], router.features))
+        decision = router.route(model.router_features(pixels[name, "test"], router.features))
         routed[name] = [d == name and not u for d, u in zip(decision.domains, decision.unrouted)]
     accuracy = np.mean([ok for oks in routed.values() for ok in oks])
     per_domain = {name: float(np.mean(oks)) for name, oks in routed.items()}

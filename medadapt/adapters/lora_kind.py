@@ -17,10 +17,10 @@ from torch import nn
 
 from ..errors import AdapterError, StageFileError
 from .checks import check_lora_dict, refuse_modules_to_save
-from .registry import AdapterKind, AdapterSet, register_adapter_kind
+from .kind import AdapterKind, register_adapter_kind
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..families.base import Scorer
+    from .registry import AdapterSet
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -60,32 +60,32 @@ class LoraKind(AdapterKind):
         return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=list(targets) if not isinstance(targets, str) else targets)
 
-    def create(self, adapters: AdapterSet, name: str, spec: Any, scorer: "Scorer", template: str, seed: int | None) -> None:
+    def create(self, adapters: "AdapterSet", name: str, spec: Any, module: nn.Module | None = None) -> None:
         if isinstance(spec, MergeSpec):
             adapters.lora.add_weighted(name, spec.sources, spec.weights, spec.method, **spec.options)
             return
         refuse_modules_to_save(spec, f"adapter {name!r}")
         adapters.lora.add(name, spec)
 
-    def owns(self, adapters: AdapterSet, name: str) -> bool:
+    def owns(self, adapters: "AdapterSet", name: str) -> bool:
         return name in adapters.lora
 
-    def remove(self, adapters: AdapterSet, name: str) -> None:
+    def remove(self, adapters: "AdapterSet", name: str) -> None:
         adapters.lora.remove(name)
 
-    def parameters(self, adapters: AdapterSet, name: str) -> list[nn.Parameter]:
+    def parameters(self, adapters: "AdapterSet", name: str) -> list[nn.Parameter]:
         return adapters.lora.parameters(name)
 
-    def config(self, adapters: AdapterSet, name: str) -> LoraConfig:
+    def config(self, adapters: "AdapterSet", name: str) -> LoraConfig:
         return adapters.lora.config(name)
 
-    def state_dict(self, adapters: AdapterSet, name: str) -> dict[str, torch.Tensor]:
+    def state_dict(self, adapters: "AdapterSet", name: str) -> dict[str, torch.Tensor]:
         return adapters.lora.state_dict(name)
 
-    def load_state_dict(self, adapters: AdapterSet, name: str, weights: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, adapters: "AdapterSet", name: str, weights: dict[str, torch.Tensor]) -> None:
         adapters.lora.load_state_dict(name, weights)
 
-    def write_config(self, adapters: AdapterSet, name: str, folder: Path, base_source: str | None, base_revision: str | None) -> None:
+    def write_config(self, adapters: "AdapterSet", name: str, folder: Path, base_source: str | None, base_revision: str | None) -> None:
         config = copy.deepcopy(adapters.lora.config(name))
         config.base_model_name_or_path = base_source
         config.revision = base_revision
@@ -94,10 +94,10 @@ class LoraKind(AdapterKind):
                 setattr(config, key, sorted(value))
         config.save_pretrained(str(folder))  # peft's own adapter_config.json
 
-    def set_trainable(self, adapters: AdapterSet, names: Sequence[str]) -> None:
+    def set_trainable(self, adapters: "AdapterSet", names: Sequence[str]) -> None:
         adapters.lora.set_trainable([n for n in names if n in adapters.lora])
 
-    def install(self, adapters: AdapterSet, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
+    def install(self, adapters: "AdapterSet", name: str, spec: Any, weights: dict[str, torch.Tensor], what: str) -> None:
         """Strict and constant-time (see ``LoraBank.load``): every key and shape is checked before
         anything is injected, and a refused stage leaves the model as it was."""
         refuse_modules_to_save(spec, what, StageFileError)

@@ -1,9 +1,4 @@
-"""Adapter kinds and the adapters of one model.
-
-An *adapter kind* (LoRA, prompt, ...) knows its config class, the files of its stage folder, and
-how to create, save, read, install, weigh and remove one adapter. Kinds register themselves with
-:func:`register_adapter_kind`; nothing else compares kind names, so a new kind is one module plus
-one registration.
+"""The adapters of one model, over the registered adapter kinds (:mod:`.kind`).
 
 :class:`AdapterSet` holds every adapter of one model (the peft LoRA bank on the frozen base and the
 prompt modules) and answers "which kind is adapter ``name``" by asking each kind.
@@ -11,150 +6,18 @@ prompt modules) and answers "which kind is adapter ``name``" by asking each kind
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from .._io import loads_json
-from ..errors import AdapterError, StageFileError
-from .checks import check_finite
+from ..errors import AdapterError
+from .kind import AdapterKind, adapter_kind, adapter_kinds, kind_for_spec, read_json, read_weights, register_adapter_kind, registered_kinds
 from .gate import AdapterGate
 from .lora import LoraBank
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..families.base import Scorer
-
-
-class AdapterKind(ABC):
-    """One way of adapting a frozen base (LoRA, learnable prompts...)."""
-
-    name: str = ""
-    files: tuple[str, str] = ("", "")  # (config file, weights file) of a stage folder
-    display_name: str = ""
-    card_name: str = ""  # short name in model cards ("LoRA", "prompt")
-    card_tags: tuple[str, ...] = ()
-
-    @abstractmethod
-    def accepts(self, spec: Any) -> bool:
-        """Whether ``spec`` (a config object) describes an adapter of this kind."""
-
-    @abstractmethod
-    def config_from_dict(self, data: dict[str, Any], what: str) -> Any:
-        """The config object saved as ``data`` (unknown keys dropped)."""
-
-    @abstractmethod
-    def create(self, adapters: "AdapterSet", name: str, spec: Any, scorer: "Scorer", template: str, seed: int | None) -> None:
-        """Create adapter ``name`` from ``spec`` (its weights start as the kind initialises them)."""
-
-    @abstractmethod
-    def config_from_settings(self, settings: Any, default_targets: list[str] | str) -> Any:
-        """The config object a run configuration's adapter settings (``AdapterSettings``) describe."""
-
-    @abstractmethod
-    def owns(self, adapters: "AdapterSet", name: str) -> bool:
-        """Whether ``adapters`` holds an adapter ``name`` of this kind."""
-
-    @abstractmethod
-    def remove(self, adapters: "AdapterSet", name: str) -> None: ...
-
-    @abstractmethod
-    def parameters(self, adapters: "AdapterSet", name: str) -> list[nn.Parameter]: ...
-
-    @abstractmethod
-    def config(self, adapters: "AdapterSet", name: str) -> Any:
-        """The config object of adapter ``name`` (what the stage folder's config file holds)."""
-
-    @abstractmethod
-    def state_dict(self, adapters: "AdapterSet", name: str) -> dict[str, torch.Tensor]:
-        """The tensors saved in the stage folder's weights file."""
-
-    @abstractmethod
-    def load_state_dict(self, adapters: "AdapterSet", name: str, weights: dict[str, torch.Tensor]) -> None:
-        """Load saved tensors into the existing adapter ``name``; raises :class:`AdapterError` on a mismatch."""
-
-    @abstractmethod
-    def write_config(self, adapters: "AdapterSet", name: str, folder: Path, base_source: str | None, base_revision: str | None) -> None:
-        """Write the stage folder's config file (``files[0]``) into ``folder``."""
-
-    def set_trainable(self, adapters: "AdapterSet", names: Sequence[str]) -> None:
-        """Make the adapters of this kind in ``names`` trainable and every other one frozen."""
-        for name in adapters.names_of_kind(self):
-            for param in self.parameters(adapters, name):
-                param.requires_grad_(name in names)
-
-    # -- stage folders -------------------------------------------------------------------------
-    def read(self, folder: Path, what: str) -> tuple[Any, dict[str, torch.Tensor]]:
-        """Config object and weights of one stage folder of this kind (weights must be finite)."""
-        config = self.config_from_dict(read_json(folder / self.files[0], what), what)
-        weights = read_weights(folder / self.files[1], what)
-        check_finite(weights, what)
-        return config, weights
-
-    def install(self, adapters: "AdapterSet", name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> None:
-        """Create ``name`` from ``spec`` and load ``weights``; on a mismatch nothing is left behind."""
-        self.create(adapters, name, spec, scorer, "{}", None)
-        try:
-            self.load_state_dict(adapters, name, weights)
-        except (AdapterError, RuntimeError) as exc:
-            self.remove(adapters, name)
-            raise StageFileError(f"{what}: weights do not fit this base model: {exc}") from exc
-        self.set_trainable(adapters, sorted(adapters.trainable))
-
-
-_KINDS: dict[str, AdapterKind] = {}
-
-
-def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
-    """Register an adapter kind under ``kind.name``."""
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def adapter_kind(name: str) -> AdapterKind:
-    """The registered kind called ``name``; a clear error lists the known ones."""
-    if name not in _KINDS:
-        raise AdapterError(f"unknown adapter kind {name!r}; known kinds: {sorted(_KINDS)}.")
-    return _KINDS[name]
-
-
-def adapter_kinds() -> list[str]:
-    """Names of the registered adapter kinds."""
-    return sorted(_KINDS)
-
-
-def kind_for_spec(spec: Any) -> AdapterKind:
-    """The kind whose config class ``spec`` is; a clear error otherwise."""
-    for kind in _KINDS.values():
-        if kind.accepts(spec):
-            return kind
-    names = " or a ".join(k.display_name or k.name for k in _KINDS.values())
-    raise AdapterError(f"an adapter must be a {names}, got {type(spec).__name__}.")
-
-
-def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, or a :class:`StageFileError` naming it."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from a file, or a :class:`StageFileError` naming it."""
-    try:
-        data = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StageFileError(f"{what}: cannot read {path.name}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise StageFileError(f"{what}: {path.name} does not hold a JSON object.")
-    return data
+__all__ = ["AdapterKind", "AdapterSet", "adapter_kind", "adapter_kinds", "kind_for_spec", "read_json", "read_weights", "register_adapter_kind"]
 
 
 class AdapterSet:
@@ -173,34 +36,43 @@ class AdapterSet:
         self.version = 0  # bumped whenever an adapter is added, removed or its weights are loaded
         self.vision_tower: nn.Module | None = None  # the family's image tower (set by the model)
         self.gate = AdapterGate()
+        self.kinds: dict[str, AdapterKind] = {}  # adapter name -> its kind, recorded when it is created
 
     def kind_of(self, name: str) -> AdapterKind:
         """The kind of adapter ``name``; :class:`AdapterError` when there is none."""
-        for kind in _KINDS.values():
-            if kind.owns(self, name):
-                return kind
-        raise AdapterError(f"unknown adapter {name!r}.")
+        kind = self.kinds.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise AdapterError(f"unknown adapter {name!r}.")
+        return kind
 
     def __contains__(self, name: str) -> bool:
-        return any(kind.owns(self, name) for kind in _KINDS.values())
+        return name in self.kinds
 
     def names_of_kind(self, kind: AdapterKind) -> list[str]:
         return [n for n in self.lora.names() if kind.owns(self, n)] + [n for n in self.prompts if kind.owns(self, n)]
 
-    def create(self, name: str, spec: Any, scorer: "Scorer", template: str = "{}", seed: int | None = None) -> AdapterKind:
+    @property
+    def device(self) -> torch.device:
+        """Where the base's weights (and so new adapters) live."""
+        return next(self.lora.base.parameters()).device
+
+    def create(self, name: str, spec: Any, module: nn.Module | None = None) -> AdapterKind:
+        """Create adapter ``name`` from ``spec`` (``module``: built by the family, see :attr:`AdapterKind.built_by_family`)."""
         kind = kind_for_spec(spec)
         with self.gate.changing():
-            kind.create(self, name, spec, scorer, template, seed)
+            kind.create(self, name, spec, module)
+            self.kinds[name] = kind
             self.version += 1
             self.set_trainable(sorted(self.trainable))
         return kind
 
-    def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], scorer: "Scorer", what: str) -> AdapterKind:
+    def install(self, name: str, spec: Any, weights: dict[str, torch.Tensor], what: str) -> AdapterKind:
         """Create ``name`` from ``spec`` with saved ``weights`` (nothing is left behind when they do not fit)."""
         kind = kind_for_spec(spec)
         with self.gate.changing():
             try:
-                kind.install(self, name, spec, weights, scorer, what)
+                kind.install(self, name, spec, weights, what)
+                self.kinds[name] = kind
             finally:
                 self.version += 1
         return kind
@@ -208,6 +80,7 @@ class AdapterSet:
     def remove(self, name: str) -> None:
         with self.gate.changing():
             self.kind_of(name).remove(self, name)
+            del self.kinds[name]
             self.trainable.discard(name)
             self.version += 1
             self.set_trainable(sorted(self.trainable))  # peft makes the adapter it activates instead trainable
@@ -230,14 +103,8 @@ class AdapterSet:
         if set(names) != self.trainable:
             self.gate.set_training(bool(names))
         self.trainable = set(names)
-        for kind in _KINDS.values():
+        for kind in registered_kinds():
             kind.set_trainable(self, names)
-
-    def split(self, adapter: str | Sequence[str] | None) -> tuple[list[str], str | None]:
-        """LoRA-like names (active together on the base) and the prompt adapter (at most one) of ``adapter``."""
-        names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)
-        prompts = [n for n in names if n in self.prompts]
-        return [n for n in names if n not in self.prompts], (prompts[0] if prompts else None)
 
     @contextmanager
     def active(self, names: str | Sequence[str] | None) -> Iterator[None]:

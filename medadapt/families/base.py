@@ -6,33 +6,36 @@ or Gemma 3) is one module that subclasses :class:`BackboneFamily` and registers 
 
 * loading and saving of the model's preprocessing (tokenizer, image processor, chat template);
 * a :class:`Scorer`: preprocessed images of a domain in, ``(N, num_labels)`` class logits out,
-  for one adapter or one adapter per row (mixed-domain batches);
-* the training objective name (see :mod:`medadapt.training.objectives`);
+  for what serves every row (a :class:`~medadapt.stages.Served`: one for all rows, or one per row
+  in mixed-domain batches), and the training loss of a batch (:meth:`Scorer.loss`);
 * the image tower (routing reads frozen features from it);
 * default LoRA targets and the Hub card's pipeline tag.
 
 The model, trainer, Hub code and router only talk to this interface, so they never ask which
-family they serve.
+family they serve. :class:`Backbone` (a frozen base with its preprocessing and family) and its
+fingerprints live here too, so families and the code that loads bases share one floor.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import AdapterError, UnsupportedBackboneError
+from ..stages import Served
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..adapters.prompt import PromptAdapter, PromptConfig
     from ..adapters.registry import AdapterSet
-    from ..backbones import Backbone
     from ..domains import Domain
+    from ..training.objectives import Batch
 
-AdapterRef = Any  # an adapter name, a tuple of stacked names, or None for the frozen base
+ServedLike = Any  # a Served; a raw adapter name, tuple of names or None is read with Served.of
 
 
 @dataclass
@@ -44,10 +47,109 @@ class Preprocessing:
     processor: Any = None
 
 
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "_commit_hash",
+    "architectures",
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "use_cache",
+}
+
+
+def _clean_config(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean_config(v) for k, v in sorted(obj.items()) if k not in _VOLATILE_CONFIG_KEYS}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_config(v) for v in obj]
+    return obj
+
+
+def config_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model config with run-dependent keys (dtype, paths, versions) removed."""
+    cleaned = _clean_config(model.config.to_dict())
+    blob = json.dumps(cleaned, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def weights_fingerprint(model: nn.Module, n_tensors: int = 8, n_values: int = 64) -> str:
+    """sha256 of a deterministic sample of base weights, rounded to bfloat16.
+
+    Two checkpoints with the same config (e.g. CLIP and a CLIP fine-tuned on PubMed) differ here.
+    Rounding to bfloat16 keeps the print stable when the same weights are loaded in another dtype.
+    """
+    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point() and v.numel() > 0}
+    names = sorted(state)
+    step = max(1, len(names) // n_tensors)
+    digest = hashlib.sha256()
+    for name in names[::step][:n_tensors]:
+        values = state[name].detach().flatten()[:n_values].to("cpu", torch.float32)
+        values = values.to(torch.bfloat16).to(torch.float32)
+        digest.update(name.encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Backbone:
+    """A frozen base model with its preprocessing and the family that serves it.
+
+    ``source`` is the Hub id or local folder it was loaded from (``None`` when it was built in
+    memory); ``revision`` the resolved revision when known.
+    """
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    family: "BackboneFamily"
+    source: str | None = None
+    revision: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        if not self.fingerprints:
+            self.fingerprints = {
+                "config": config_fingerprint(self.model),
+                "weights": weights_fingerprint(self.model),
+            }
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.preprocessing.tokenizer
+
+    @property
+    def image_processor(self) -> Any:
+        return self.preprocessing.image_processor
+
+    @property
+    def processor(self) -> Any:
+        return self.preprocessing.processor
+
+    def text_max_length(self) -> int:
+        """Longest text the model accepts."""
+        return self.family.text_max_length(self)
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """User images -> the pixel tensor this family's scorer consumes."""
+        return self.family.preprocess(self, images)
+
+
 class Scorer(ABC):
     """Class logits of preprocessed images against a domain's labels, through any adapter."""
 
-    def __init__(self, backbone: "Backbone", adapters: "AdapterSet") -> None:
+    def __init__(self, backbone: Backbone, adapters: "AdapterSet") -> None:
         self.backbone = backbone
         self.adapters = adapters
 
@@ -67,17 +169,28 @@ class Scorer(ABC):
             return dtype
         return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
+    def served(self, adapter: ServedLike) -> Served:
+        """``adapter`` as a :class:`Served` (a raw name, names or None read against this model's adapters;
+        callers that take user input resolve it with :meth:`medadapt.stages.StageTable.serve` first)."""
+        return adapter if isinstance(adapter, Served) else Served.of(adapter, self.adapters.prompts)
+
     @abstractmethod
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
-        """``(N, num_labels)`` logits of a batch of one domain through ``adapter``; differentiable.
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+        """``(N, num_labels)`` logits of a batch of one domain, every row served by ``served``; differentiable.
 
         ``questions`` (one per image) replace the domain's own question where the family asks one."""
 
     @abstractmethod
-    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
-        """Per-row logits (row ``i`` over ``domains[i]``'s labels through ``adapters[i]``), batched."""
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """Per-row logits (row ``i`` over ``domains[i]``'s labels, served by ``served[i]``), batched."""
 
-    def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], adapters: Sequence[AdapterRef], max_new_tokens: int = 32) -> list[str]:
+    @abstractmethod
+    def loss(self, batch: "Batch", domains: Sequence["Domain"], served: Served, cache: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of a (mixed-domain) batch, every row served by ``served``, and a report
+        (``{"loss", "acc"}``). ``domains`` holds each row's domain; ``cache`` lets the scorer reuse
+        what does not change between steps."""
+
+    def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], served: Sequence[ServedLike], max_new_tokens: int = 32) -> list[str]:
         """Free-text answers, one per image (generative families only)."""
         raise UnsupportedBackboneError(
             f"the {self.backbone.family.name!r} family scores labels but does not generate text; "
@@ -86,26 +199,26 @@ class Scorer(ABC):
 
     @staticmethod
     def question_of(domain: "Domain") -> str:
-        """A domain's question (generative families): its prompt template's text before ``{}``."""
-        return domain.prompt.split("{}", 1)[0].strip()
+        """A domain's question: :attr:`medadapt.domains.Domain.question`."""
+        return domain.question
 
-    def create_prompt_adapter(self, config: "PromptConfig", template: str, seed: int | None) -> "PromptAdapter":
-        """Build a prompt adapter for this family (families without prompt support refuse)."""
+    def build_adapter(self, config: Any, template: str, seed: int | None) -> nn.Module:
+        """Build the module of an adapter whose kind the family builds (``AdapterKind.built_by_family``:
+        a prompt adapter) for a domain with prompt ``template``; families without support refuse."""
         raise AdapterError(
             f"prompt adapters (PromptConfig) are not supported on the {self.backbone.family.name!r} family; "
             "use a peft LoraConfig."
         )
 
-    def text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+    def text_side_params(self, served: ServedLike) -> list[nn.Parameter]:
         """Adapter parameters that can change what the family computes from texts (all of them by default)."""
-        loras, prompt = self.adapters.split(adapter)
-        return [p for n in [*loras, *([prompt] if prompt else [])] for p in self.adapters.parameters(n)]
+        return [p for n in self.served(served).names for p in self.adapters.parameters(n)]
 
-    def image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef = None) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, served: ServedLike = None) -> torch.Tensor:
         """Normalised image embeddings (families with an embedding space only)."""
         raise UnsupportedBackboneError(f"the {self.backbone.family.name!r} family has no shared image-text embedding space.")
 
-    def text_features(self, texts: list[str], adapter: AdapterRef = None) -> torch.Tensor:
+    def text_features(self, texts: list[str], served: ServedLike = None) -> torch.Tensor:
         """Normalised text embeddings (families with an embedding space only)."""
         raise UnsupportedBackboneError(f"the {self.backbone.family.name!r} family has no shared image-text embedding space.")
 
@@ -116,10 +229,15 @@ class BackboneFamily(ABC):
     name: str = ""
     model_types: tuple[str, ...] = ()
     pipeline_tag: str = ""
-    objective: str = ""
-    kind: str = ""  # "dual-encoder" or "generative": a stage saved on one kind cannot serve the other
+    objective: str = ""  # the objective name the trainer builds; its loss is the scorer's (Scorer.loss)
+    scoring: str = ""  # "dual-encoder" (similarity) or "generative" (likelihood): a stage saved on one cannot serve the other
     auto_class: str = "AutoModel"  # the transformers auto class that loads the base (for model cards)
     tasks: tuple[str, ...] = ("classification",)  # domain tasks it serves ("vqa": free-text answers)
+
+    @property
+    def kind(self) -> str:
+        """The older name of :attr:`scoring`."""
+        return self.scoring
 
     @abstractmethod
     def model_class(self, model_type: str) -> type:
@@ -204,9 +322,6 @@ class BackboneFamily(ABC):
     def manifest_fields(self, backbone: "Backbone") -> dict[str, Any]:
         """Extra facts about the base recorded in a save's manifest (``base`` section)."""
         return {}
-
-    def attach(self, backbone: "Backbone") -> None:
-        """Hook into a freshly wrapped base (e.g. prompt hooks); called once per model."""
 
     def text_max_length(self, backbone: "Backbone") -> int:
         """Longest text the model accepts."""

@@ -21,13 +21,14 @@ from ..adapters.lora import BASE
 from ..adapters.prompt import PLACEHOLDER, PromptAdapter, PromptConfig, PromptHooks, split_template
 from ..errors import AdapterError, UnsupportedBackboneError
 from ..images import preprocess as preprocess_images
-from .base import AdapterRef, BackboneFamily, Preprocessing, Scorer, register_family
-from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_kind
+from ..stages import BASE_SERVED, Served
+from .base import Backbone, BackboneFamily, Preprocessing, Scorer, ServedLike, register_family
+from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters.registry import AdapterSet
-    from ..backbones import Backbone
     from ..domains import Domain
+    from ..training.objectives import Batch
 
 
 def _hf_image_embeds(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ class DualEncoderFamily(BackboneFamily):
 
     pipeline_tag = "zero-shot-image-classification"
     objective = "classification"
-    kind = "dual-encoder"
+    scoring = "dual-encoder"
 
     def __init__(self, name: str, model_types: tuple[str, ...], towers: TowerSpec) -> None:
         self.name = name
@@ -104,7 +105,7 @@ class DualEncoderFamily(BackboneFamily):
         pre.tokenizer.save_pretrained(folder)
         pre.image_processor.save_pretrained(folder)
 
-    def preprocess(self, backbone: "Backbone", images: Any) -> torch.Tensor:
+    def preprocess(self, backbone: Backbone, images: Any) -> torch.Tensor:
         return preprocess_images(images, backbone.image_processor)
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
@@ -114,7 +115,7 @@ class DualEncoderFamily(BackboneFamily):
         targets = self.towers.lora_targets(model)
         return targets if isinstance(targets, str) else list(targets)
 
-    def make_scorer(self, backbone: "Backbone", adapters: "AdapterSet") -> "DualEncoderScorer":
+    def make_scorer(self, backbone: Backbone, adapters: "AdapterSet") -> "DualEncoderScorer":
         return DualEncoderScorer(backbone, adapters, self)
 
 
@@ -143,7 +144,7 @@ def _hf_input_embeddings(text_model: nn.Module) -> nn.Module:
 
 
 def _vtde_vision_embeddings(model: nn.Module) -> nn.Module | None:
-    return model.vision_model.embeddings if tower_kind(model.vision_model) == SEQUENCE else None
+    return model.vision_model.embeddings if tower_layout(model.vision_model) == SEQUENCE else None
 
 
 def _vtde_has_cls(model: nn.Module) -> bool:
@@ -163,7 +164,7 @@ _TEXT_TARGETS = ["query", "value", "q_proj", "v_proj"]
 def _vtde_lora_targets(model: nn.Module) -> list[str]:
     """Attention q/v of both towers for a ViT-like image tower; for a CNN or timm tower the text
     tower's q/v plus the image tower's last-stage layers and ``visual_projection`` (see :mod:`.towers`)."""
-    if tower_kind(model.vision_model) == SEQUENCE:
+    if tower_layout(model.vision_model) == SEQUENCE:
         return list(_TEXT_TARGETS)
     return list(_TEXT_TARGETS) + image_tower_lora_targets(model)
 
@@ -197,7 +198,7 @@ VISION_TEXT_DUAL_ENCODER = register_family(DualEncoderFamily("vision-text-dual-e
 
 
 # -- text ------------------------------------------------------------------------------------------
-def tokenize_texts(backbone: "Backbone", texts: list[str], **extra: Any) -> dict[str, torch.Tensor]:
+def tokenize_texts(backbone: Backbone, texts: list[str], **extra: Any) -> dict[str, torch.Tensor]:
     """Tokenise like the backbone's processor does (SigLIP pads to max length)."""
     padding = "max_length" if backbone.family.towers.pad_to_max_length else True
     return backbone.tokenizer(
@@ -205,7 +206,7 @@ def tokenize_texts(backbone: "Backbone", texts: list[str], **extra: Any) -> dict
     )
 
 
-def tokenize_with_context(backbone: "Backbone", texts: list[str], ctx_text: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def tokenize_with_context(backbone: Backbone, texts: list[str], ctx_text: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Tokenise ``texts`` (each starting with ``ctx_text``) and find the context token positions.
 
     Returns the tokenizer output and a ``(len(texts), n_ctx_tokens)`` LongTensor of positions: the
@@ -246,7 +247,7 @@ class DualEncoderScorer(Scorer):
     _LABEL_CACHE_SIZE = 1024
     image_cache_bytes = 256 << 20  # frozen training-image features kept at most; beyond it they are recomputed
 
-    def __init__(self, backbone: "Backbone", adapters: "AdapterSet", family: DualEncoderFamily) -> None:
+    def __init__(self, backbone: Backbone, adapters: "AdapterSet", family: DualEncoderFamily) -> None:
         super().__init__(backbone, adapters)
         self.towers = family.towers
         model = backbone.model
@@ -264,7 +265,7 @@ class DualEncoderScorer(Scorer):
         self._vision_id_set: set[int] = set()
 
     # -- prompt adapters -------------------------------------------------------------------------
-    def create_prompt_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
+    def build_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
         """Resolve ``config`` against this backbone (context text, token count, dims) and initialise it."""
         cfg = PromptConfig.from_dict(config.to_dict())
         text_embedding = self.towers.text_token_embedding(self.model)
@@ -309,42 +310,47 @@ class DualEncoderScorer(Scorer):
             self._tokens[key] = out
         return out
 
-    def _prompt(self, name: str | None) -> PromptAdapter | None:
-        return self.adapters.prompts[name] if name is not None else None
+    def _prompt(self, served: Served) -> PromptAdapter | None:
+        return self.adapters.prompts[served.prompt] if served.prompt is not None else None
 
     # -- images ----------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef = None) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, served: ServedLike = None) -> torch.Tensor:
         """L2-normalised image embeddings of a batch through one adapter (or a stack of them)."""
-        loras, prompt_name = self.adapters.split(adapter)
-        prompt = self._prompt(prompt_name)
+        return self._image(pixel_values, self.served(served))
+
+    def _image(self, pixel_values: torch.Tensor, served: Served) -> torch.Tensor:
+        prompt = self._prompt(served)
         with ExitStack() as stack:
-            stack.enter_context(self.adapters.active(loras))
+            stack.enter_context(self.adapters.active(served.loras))
             stack.enter_context(self.hooks.vision(prompt.visual if prompt is not None else None))
             pixel_values = pixel_values.to(self.device, dtype=self.dtype)
             out = self.towers.image_embeds(self.model, pixel_values)
         return F.normalize(out.float(), dim=-1)
 
-    def image_features_mixed(self, pixel_values: torch.Tensor, adapters: Sequence[AdapterRef]) -> torch.Tensor:
+    def image_features_mixed(self, pixel_values: torch.Tensor, served: Sequence[ServedLike]) -> torch.Tensor:
         """Embeddings with one adapter per image, in batched forwards.
 
         Rows served by LoRA adapters, the base, or text-only prompt adapters go through a single
         forward using per-row ``adapter_names``; rows whose prompt adapter has visual tokens (a
         longer sequence) get one forward per such adapter.
         """
-        prompts = self.adapters.prompts
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(adapters):
-            visual = name in prompts and prompts[name].visual is not None
-            groups.setdefault(name if visual else "", []).append(i)
-        out = torch.empty(len(adapters), self._embed_dim(), device=self.device)
+        rows_served = [self.served(a) for a in served]
+        for a in rows_served:
+            if a.stacked:
+                raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
+        groups: dict[Served | None, list[int]] = {}
+        for i, a in enumerate(rows_served):
+            visual = self._prompt(a) is not None and self._prompt(a).visual is not None
+            groups.setdefault(a if visual else None, []).append(i)
+        out = torch.empty(len(rows_served), self._embed_dim(), device=self.device)
         for key, rows in groups.items():
             index = torch.tensor(rows, device=pixel_values.device)
-            if key:
-                out[rows] = self.image_features(pixel_values[index], key)
+            if key is not None:
+                out[rows] = self._image(pixel_values[index], key)
                 continue
-            row_names = [adapters[i] if adapters[i] is not None and adapters[i] not in prompts else BASE for i in rows]
+            row_names = [rows_served[i].loras[0] if rows_served[i].loras else BASE for i in rows]
             if len(set(row_names)) == 1:
-                out[rows] = self.image_features(pixel_values[index], None if row_names[0] == BASE else row_names[0])
+                out[rows] = self._image(pixel_values[index], BASE_SERVED if row_names[0] == BASE else Served((row_names[0],)))
                 continue
             with self.adapters.lora.mixed(row_names):
                 pv = pixel_values[index].to(self.device, dtype=self.dtype)
@@ -356,10 +362,9 @@ class DualEncoderScorer(Scorer):
         return self.towers.embed_dim(self.model)
 
     # -- texts -----------------------------------------------------------------------------------
-    def text_features(self, texts: list[str], adapter: AdapterRef = None) -> torch.Tensor:
+    def text_features(self, texts: list[str], served: ServedLike = None) -> torch.Tensor:
         """L2-normalised embeddings of free texts through LoRA adapters (prompt context is not applied)."""
-        loras, _ = self.adapters.split(adapter)
-        with self.adapters.active(loras):
+        with self.adapters.active(self.served(served).loras):
             return self._encode_text(tokenize_texts(self.backbone, texts))
 
     def _encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -377,16 +382,15 @@ class DualEncoderScorer(Scorer):
             self._vision_version = self.adapters.version
         return self._vision_id_set
 
-    def _image_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+    def _image_side_params(self, served: Served) -> list[nn.Parameter]:
         """Adapter parameters that can change image embeddings (the image tower's LoRA, VPT tokens)."""
-        loras, prompt_name = self.adapters.split(adapter)
         vision = self._vision_ids()
-        params = [p for n in loras for p in self.adapters.parameters(n) if id(p) in vision]
-        prompt = self._prompt(prompt_name)
+        params = [p for n in served.loras for p in self.adapters.parameters(n) if id(p) in vision]
+        prompt = self._prompt(served)
         return params + ([prompt.visual] if prompt is not None and prompt.visual is not None else [])
 
-    def _cached_image_features(self, pixel_values: torch.Tensor, adapter: AdapterRef, keys: Sequence[tuple[str, int]]) -> torch.Tensor:
-        ref = adapter if not isinstance(adapter, list) else tuple(adapter)
+    def _cached_image_features(self, pixel_values: torch.Tensor, served: ServedLike, keys: Sequence[tuple[str, int]]) -> torch.Tensor:
+        adapter = ref = self.served(served)
         stamp = (self.adapters.version, tuple((id(p), p._version) for p in self._image_side_params(adapter)))
         if self._images_stamp.get(ref) != stamp:  # image-side weights changed: drop what was made with the old ones
             self._images = {k: v for k, v in self._images.items() if k[0] != ref}
@@ -398,7 +402,7 @@ class DualEncoderScorer(Scorer):
         if missing:
             with torch.no_grad():
                 index = torch.tensor(missing, device=pixel_values.device)
-                computed = self.image_features(pixel_values[index], adapter)
+                computed = self._image(pixel_values[index], adapter)
             for j, i in enumerate(missing):
                 fresh[i] = computed[j]
                 size = computed[j].numel() * computed[j].element_size()
@@ -407,24 +411,29 @@ class DualEncoderScorer(Scorer):
                     self._image_bytes += size
         return torch.stack([fresh[i] if i in fresh else self._images[(ref, key)] for i, key in enumerate(keys)])
 
-    def text_side_params(self, adapter: AdapterRef) -> list[nn.Parameter]:
+    def text_side_params(self, served: ServedLike) -> list[nn.Parameter]:
         """Adapter parameters that can change label-prompt embeddings (not the image tower's, not VPT tokens)."""
-        loras, prompt_name = self.adapters.split(adapter)
+        return self._text_params(self.served(served))
+
+    def _text_params(self, served: Served) -> list[nn.Parameter]:
         vision = self._vision_ids()
-        params = [p for n in loras for p in self.adapters.parameters(n) if id(p) not in vision]
-        prompt = self._prompt(prompt_name)
+        params = [p for n in served.loras for p in self.adapters.parameters(n) if id(p) not in vision]
+        prompt = self._prompt(served)
         return params + ([prompt.ctx] if prompt is not None else [])
 
-    def label_features(self, domain: "Domain", adapter: AdapterRef = None, cache: bool = True) -> torch.Tensor:
+    def label_features(self, domain: "Domain", served: ServedLike = None, cache: bool = True) -> torch.Tensor:
         """``(num_labels, dim)`` embeddings of the domain's label prompts through ``adapter``.
 
         Differentiable when a text-side parameter of the adapter requires grad; otherwise served from
         the label cache (recomputed exactly when those weights, the labels or the prompt change).
         """
-        params = self.text_side_params(adapter)
+        return self._label_embeddings(domain, self.served(served), cache)
+
+    def _label_embeddings(self, domain: "Domain", adapter: Served, cache: bool = True) -> torch.Tensor:
+        params = self._text_params(adapter)
         if not cache or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self._label_features(domain, adapter)
-        key = (tuple(domain.labels), domain.prompt, adapter if not isinstance(adapter, list) else tuple(adapter))
+        key = (tuple(domain.labels), domain.prompt, adapter)
         stamp = (self.adapters.version, tuple((id(p), p._version) for p in params))
         hit = self._labels.get(key)
         if hit is not None and hit[0] == stamp:
@@ -437,10 +446,9 @@ class DualEncoderScorer(Scorer):
         self._labels[key] = (stamp, feats)
         return feats
 
-    def _label_features(self, domain: "Domain", adapter: AdapterRef) -> torch.Tensor:
-        loras, prompt_name = self.adapters.split(adapter)
-        prompt = self._prompt(prompt_name)
-        with self.adapters.active(loras):
+    def _label_features(self, domain: "Domain", served: Served) -> torch.Tensor:
+        prompt = self._prompt(served)
+        with self.adapters.active(served.loras):
             if prompt is None:
                 return self._encode_text(self._tokenize(domain.prompts()))
             tokens, positions = self._tokenize(prompt.texts(domain.labels, domain.prompt), prompt.config.ctx_text)
@@ -455,43 +463,55 @@ class DualEncoderScorer(Scorer):
         logits = scale * image_feats @ label_feats.t()
         return logits + bias.float() if bias is not None else logits
 
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
         _no_questions(questions)
-        return self.logits_from_features(self.image_features(pixel_values, adapter), self.label_features(domain, adapter))
+        served = self.served(served)
+        return self.logits_from_features(self._image(pixel_values, served), self._label_embeddings(domain, served))
 
-    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         _no_questions(questions)
-        for a in adapters:
-            if isinstance(a, tuple):
-                raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
-        image_feats = self.image_features_mixed(pixel_values, adapters)
-        label_feats: dict[tuple[str, Any], torch.Tensor] = {}
-        for domain, adapter in zip(domains, adapters):
+        rows = [self.served(a) for a in served]
+        image_feats = self.image_features_mixed(pixel_values, rows)
+        label_feats: dict[tuple[str, Served], torch.Tensor] = {}
+        for domain, adapter in zip(domains, rows):
             if (domain.name, adapter) not in label_feats:
-                label_feats[(domain.name, adapter)] = self.label_features(domain, adapter)
+                label_feats[(domain.name, adapter)] = self._label_embeddings(domain, adapter)
         return [
             self.logits_from_features(image_feats[i : i + 1], label_feats[(d.name, a)])[0]
-            for i, (d, a) in enumerate(zip(domains, adapters))
+            for i, (d, a) in enumerate(zip(domains, rows))
         ]
 
     def batch_logits(
-        self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapter: AdapterRef, cache: bool = True,
+        self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: ServedLike, cache: bool = True,
         keys: Sequence[tuple[str, int]] | None = None,
     ) -> list[tuple[list[int], torch.Tensor]]:
         """Training: one image forward for a (mixed-domain) batch through one adapter; per domain the
         rows and their ``(rows, num_labels)`` logits.
 
-        With ``keys`` (one per row) and nothing on the image side of ``adapter`` training (text-tower
+        With ``keys`` (one per row) and nothing on the image side of ``served`` training (text-tower
         LoRA, CoOp context without visual tokens), image features are computed once per training image
         and reused across epochs, until the image-side weights change or the cache is full."""
+        adapter = self.served(served)
         if cache and keys is not None and not any(p.requires_grad for p in self._image_side_params(adapter)):
             image_feats = self._cached_image_features(pixel_values, adapter, keys)
         else:
-            image_feats = self.image_features(pixel_values, adapter)
+            image_feats = self._image(pixel_values, adapter)
         out = []
         for name in dict.fromkeys(d.name for d in domains):
             rows = [i for i, d in enumerate(domains) if d.name == name]
             domain = domains[rows[0]]
             index = torch.tensor(rows, device=image_feats.device)
-            out.append((rows, self.logits_from_features(image_feats[index], self.label_features(domain, adapter, cache))))
+            out.append((rows, self.logits_from_features(image_feats[index], self._label_embeddings(domain, adapter, cache))))
         return out
+
+    def loss(self, batch: "Batch", domains: Sequence["Domain"], served: Served, cache: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy over each row's domain labels: the image side runs once for the whole
+        (mixed-domain) batch (see :meth:`batch_logits`)."""
+        total, correct = None, 0
+        for rows, logits in self.batch_logits(batch.pixel_values, domains, served, cache=cache, keys=batch.keys):
+            labels = batch.labels[rows].to(logits.device)
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            total = loss if total is None else total + loss
+            correct += int((logits.argmax(-1) == labels).sum())
+        loss = total / len(batch)
+        return loss, {"loss": float(loss.detach()), "acc": correct / len(batch)}

@@ -29,12 +29,13 @@ from torch import nn
 from ..adapters.lora import BASE
 from ..errors import AdapterError, DomainError, ImageError, UnsupportedBackboneError
 from ..images import to_rgb
-from .base import AdapterRef, BackboneFamily, Preprocessing, Scorer, register_family
+from ..stages import Served
+from .base import Backbone, BackboneFamily, Preprocessing, Scorer, ServedLike, register_family
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters.registry import AdapterSet
-    from ..backbones import Backbone
     from ..domains import Domain
+    from ..training.objectives import Batch
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class GenerativeFamily(BackboneFamily):
     name = "image-text-to-text"
     pipeline_tag = "image-text-to-text"
     objective = "causal_lm"
-    kind = "generative"
+    scoring = "generative"
     auto_class = "AutoModelForImageTextToText"
     tasks = ("classification", "vqa")
 
@@ -130,7 +131,7 @@ class GenerativeFamily(BackboneFamily):
     def save_preprocessing(self, pre: Preprocessing, folder: str) -> None:
         pre.processor.save_pretrained(folder)  # tokenizer, image processor and chat template
 
-    def preprocess(self, backbone: "Backbone", images: Any) -> torch.Tensor:
+    def preprocess(self, backbone: Backbone, images: Any) -> torch.Tensor:
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
@@ -151,10 +152,10 @@ class GenerativeFamily(BackboneFamily):
         prefix = re.escape(self.spec(model.config.model_type).language_model)
         return rf"^{prefix}\..*\.(q_proj|v_proj)$"
 
-    def make_scorer(self, backbone: "Backbone", adapters: "AdapterSet") -> "GenerativeScorer":
+    def make_scorer(self, backbone: Backbone, adapters: "AdapterSet") -> "GenerativeScorer":
         return GenerativeScorer(backbone, adapters, self.spec(backbone.model_type))
 
-    def text_max_length(self, backbone: "Backbone") -> int:
+    def text_max_length(self, backbone: Backbone) -> int:
         cfg = getattr(backbone.model.config, "text_config", None) or backbone.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
@@ -177,7 +178,7 @@ class GenerativeScorer(Scorer):
 
     _CACHE_SIZE = 4096
 
-    def __init__(self, backbone: "Backbone", adapters: "AdapterSet", spec: GenerativeSpec) -> None:
+    def __init__(self, backbone: Backbone, adapters: "AdapterSet", spec: GenerativeSpec) -> None:
         super().__init__(backbone, adapters)
         self.spec = spec
         self.processor = backbone.processor
@@ -264,20 +265,18 @@ class GenerativeScorer(Scorer):
             inputs["pixel_attention_mask"] = torch.ones(pv.shape[0], pv.shape[1], *pv.shape[-2:], dtype=torch.bool, device=self.device)
         return inputs
 
-    def _adapter_context(self, adapters: Sequence[AdapterRef]) -> Any:
+    def _adapter_context(self, served: Sequence[ServedLike]) -> Any:
         """Activate one adapter (or a stack) for all rows, or one per row (peft ``adapter_names``)."""
-        for a in adapters:
-            _, prompt = self.adapters.split(a)
-            if prompt is not None:
-                raise UnsupportedBackboneError("prompt adapters are not supported on a generative base.")
-        if len(set(adapters)) == 1:
-            loras, _ = self.adapters.split(adapters[0])
-            return self.adapters.active(loras)
-        if any(isinstance(a, tuple) for a in adapters):
+        rows = [self.served(a) for a in served]
+        if any(a.prompt is not None for a in rows):
+            raise UnsupportedBackboneError("prompt adapters are not supported on a generative base.")
+        if len(set(rows)) == 1:
+            return self.adapters.active(rows[0].loras)
+        if any(a.stacked for a in rows):
             raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
-        return self.adapters.lora.mixed([a if a is not None else BASE for a in adapters])
+        return self.adapters.lora.mixed([a.loras[0] if a.loras else BASE for a in rows])
 
-    def _answer_logprobs(self, pixel_values: torch.Tensor, encoded: Encoded, adapters: Sequence[AdapterRef]) -> torch.Tensor:
+    def _answer_logprobs(self, pixel_values: torch.Tensor, encoded: Encoded, adapters: Sequence[ServedLike]) -> torch.Tensor:
         """``(n, K)`` summed log-probabilities of each answer for ``n`` images sharing one context."""
         n, k = pixel_values.shape[0], len(encoded.answers)
         device = self.device
@@ -322,8 +321,9 @@ class GenerativeScorer(Scorer):
             groups.setdefault(q, []).append(i)
         return groups
 
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", adapter: AdapterRef = None, questions: Sequence[str] | None = None) -> torch.Tensor:
-        questions = list(questions) if questions is not None else [self.question_of(domain)] * pixel_values.shape[0]
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+        adapter = self.served(served)
+        questions = list(questions) if questions is not None else [domain.question] * pixel_values.shape[0]
         out: torch.Tensor | None = None
         for question, rows in self._groups(questions).items():
             index = torch.tensor(rows)
@@ -332,8 +332,9 @@ class GenerativeScorer(Scorer):
             out[index.to(out.device)] = scores
         return out
 
-    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], adapters: Sequence[AdapterRef], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
-        questions = list(questions) if questions is not None else [self.question_of(d) for d in domains]
+    def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
+        adapters = [self.served(a) for a in served]
+        questions = list(questions) if questions is not None else [d.question for d in domains]
         keyed: dict[tuple, list[int]] = {}
         for i, (d, q) in enumerate(zip(domains, questions)):
             keyed.setdefault((q, tuple(d.labels)), []).append(i)
@@ -346,7 +347,21 @@ class GenerativeScorer(Scorer):
         return out  # type: ignore[return-value]
 
     # -- training --------------------------------------------------------------------------------
-    def lm_loss(self, pixel_values: torch.Tensor, questions: Sequence[str], answers: Sequence[str], adapter: AdapterRef) -> tuple[torch.Tensor, float]:
+    def loss(self, batch: "Batch", domains: Sequence["Domain"], served: Served, cache: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Causal-LM loss on each row's answer tokens only (the image and question are masked).
+
+        A row's answer is its free-text answer, or its label's text; its question is its own, or its
+        domain's. The report's ``acc`` is the answer-token accuracy (teacher forcing)."""
+        questions, answers = [], []
+        for i, domain in enumerate(domains):
+            asked = batch.questions[i] if batch.questions is not None else None
+            given = batch.answers[i] if batch.answers is not None else None
+            questions.append(asked or domain.question)
+            answers.append(given if given is not None else domain.labels[int(batch.labels[i])])
+        loss, accuracy = self.lm_loss(batch.pixel_values, questions, answers, served)
+        return loss, {"loss": float(loss.detach()), "acc": accuracy}
+
+    def lm_loss(self, pixel_values: torch.Tensor, questions: Sequence[str], answers: Sequence[str], served: ServedLike) -> tuple[torch.Tensor, float]:
         """Mean causal-LM loss on the answer tokens (prompt and padding masked) and the token accuracy."""
         device = self.device
         seqs, types, labels = [], [], []
@@ -370,7 +385,7 @@ class GenerativeScorer(Scorer):
             if token_types is not None:
                 token_types[i, : len(s)] = types[i]
         extra = {"token_type_ids": token_types.to(device)} if token_types is not None else {}
-        with self._adapter_context([adapter]):
+        with self._adapter_context([served]):
             logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                 **self._image_inputs(pixel_values), **extra).logits
         shifted, goal = logits[:, :-1].float(), target[:, 1:].to(device)
@@ -381,7 +396,7 @@ class GenerativeScorer(Scorer):
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], adapters: Sequence[AdapterRef], max_new_tokens: int = 32) -> list[str]:
+    def generate(self, pixel_values: torch.Tensor, questions: Sequence[str], served: Sequence[ServedLike], max_new_tokens: int = 32) -> list[str]:
         """Greedy answers, one per image, each through its own adapter, in one batched ``generate`` call."""
         device = self.device
         encoded = [(enc.context, enc.context_types) for enc in (self.encode(q, []) for q in questions)]
@@ -397,7 +412,7 @@ class GenerativeScorer(Scorer):
                 token_types[i, longest - len(ids):] = types
         extra = {"token_type_ids": token_types.to(device)} if token_types is not None else {}
         eos = self.tokenizer.eos_token_id
-        with self._adapter_context(list(adapters)):
+        with self._adapter_context(list(served)):
             out = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), **self._image_inputs(pixel_values), **extra,
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,

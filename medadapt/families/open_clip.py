@@ -34,18 +34,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._io import atomic_write_bytes, sha256_file
 from ..errors import MissingExtraError, UnsupportedBackboneError
-from .base import Preprocessing, register_family
+from .base import Backbone, Preprocessing, register_family
 from .dual_encoder import DualEncoderFamily, TowerSpec
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..backbones import Backbone
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -189,9 +186,8 @@ class OpenClipFamily(DualEncoderFamily):
     def recognizes(self, model: nn.Module) -> bool:
         return type(model).__module__.startswith("open_clip.")
 
-    def load(self, source: str, revision: str | None = None, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any) -> "Backbone":
-        from ..backbones import Backbone
-
+    def load(self, source: str, revision: str | None = None, torch_dtype: torch.dtype | None = None, **hub_kwargs: Any) -> Backbone:
+    
         folder, resolved = _resolve(source, revision, hub_kwargs)
         model, pre, config = _build(folder, source)
         if torch_dtype is not None:
@@ -223,13 +219,13 @@ class OpenClipFamily(DualEncoderFamily):
         atomic_write_bytes(Path(folder) / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
 
-    def manifest_fields(self, backbone: "Backbone") -> dict[str, Any]:
+    def manifest_fields(self, backbone: Backbone) -> dict[str, Any]:
         return {"open_clip": {"model_name": backbone.source, "revision": backbone.revision}}
 
     def vision_states(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return _vision_states(model, pixel_values)
 
-    def text_max_length(self, backbone: "Backbone") -> int:
+    def text_max_length(self, backbone: Backbone) -> int:
         return backbone.model.config.context_length
 
 
@@ -299,10 +295,9 @@ def _build(folder: Path, source: str) -> tuple[nn.Module, Preprocessing, OpenCli
     return model, pre, config
 
 
-def open_clip_backbone(model: nn.Module, model_cfg: dict[str, Any], tokenizer: Any, preprocess: Any, preprocess_cfg: dict[str, Any] | None = None, source: str | None = None) -> "Backbone":
+def open_clip_backbone(model: nn.Module, model_cfg: dict[str, Any], tokenizer: Any, preprocess: Any, preprocess_cfg: dict[str, Any] | None = None, source: str | None = None) -> Backbone:
     """Wrap an open_clip model built in memory (``model_cfg``: its open_clip config dict; ``tokenizer``
     and ``preprocess``: open_clip's tokenizer and eval transform)."""
-    from ..backbones import Backbone
 
     config = OpenClipConfig(dict(model_cfg), dict(preprocess_cfg or {}), name_or_path=source)
     model.config = config

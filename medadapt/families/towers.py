@@ -8,7 +8,7 @@ is what medadapt knows about towers:
 * :func:`pooled_features`: the tower's pooled features, from its own output: ``pooler_output``
   (flattened, or averaged over any spatial map left in it), else a global average pool of the
   last ``(N, C, H, W)`` map, else the class token / token mean of a ``(N, T, C)`` sequence.
-* :func:`tower_kind`: ``"sequence"`` for a transformers ViT-like tower with patch embeddings
+* :func:`tower_layout`: ``"sequence"`` for a transformers ViT-like tower with patch embeddings
   (visual prompt tokens hook there), ``"spatial"`` for CNNs and ``TimmWrapperModel`` towers.
 * :func:`image_tower_lora_targets`: default LoRA targets inside the tower. ViT-like towers: their
   attention ``query``/``value`` (``q_proj``/``v_proj``) Linear layers, as before. Spatial towers:
@@ -38,7 +38,7 @@ SEQUENCE = "sequence"
 SPATIAL = "spatial"
 
 
-def tower_kind(tower: nn.Module) -> str:
+def tower_layout(tower: nn.Module) -> str:
     """``"sequence"`` (a ViT-like transformers tower with patch embeddings) or ``"spatial"`` (CNN, timm)."""
     config = getattr(tower, "config", None)
     if config is not None and getattr(config, "model_type", "") == "timm_wrapper":

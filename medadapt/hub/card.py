@@ -26,9 +26,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .. import __version__
+from ..version import __version__
 from ..adapters import LORA, adapter_kind
-from ..errors import UnsupportedBackboneError
+from ..errors import ConfigError, StorageError, UnsupportedBackboneError
 from ..families import BackboneFamily, family_by_name, family_for_model_type
 
 CARD_MARKER = "<!-- medadapt:model-card"
@@ -56,7 +56,7 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
     checkout = Path(__file__).resolve().parents[2] / "hub_cards" / name
     if checkout.is_file():
         return checkout
-    raise FileNotFoundError(f"model card template {name!r} not found in medadapt/hub_cards (is medadapt installed fully?).")
+    raise StorageError(f"model card template {name!r} not found in medadapt/hub_cards (is medadapt installed fully?).")
 
 
 def is_medadapt_card(text: str) -> bool:
@@ -72,9 +72,9 @@ def load_results(results: dict[str, Any] | str | os.PathLike | None, extras: dic
         try:
             results = json.loads(Path(results).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read results from {results}: {exc}") from exc
+            raise ConfigError(f"cannot read results from {results}: {exc}") from exc
     if not isinstance(results, dict):
-        raise ValueError(f"results must be a dict or a path to a JSON object, got {type(results).__name__}.")
+        raise ConfigError(f"results must be a dict or a path to a JSON object, got {type(results).__name__}.")
     return results
 
 
@@ -131,7 +131,7 @@ def _datasets(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, li
 def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | None = None) -> ModelCardData:
     """Front matter: base_model, library_name, tags, datasets and a model-index with each domain's metrics."""
     family = _family(manifest["base"])
-    tags = [*TAGS, manifest["base"].get("model_type") or family.kind]
+    tags = [*TAGS, manifest["base"].get("model_type") or family.scoring]
     for kind in sorted({e["type"] for e in manifest["adapters"].values()}):
         tags += list(adapter_kind(kind).card_tags)
     datasets = _datasets(manifest, results)
@@ -248,7 +248,7 @@ def render_card(
         repo_id=repo_id,
         revision=rev,
         base={"family": base.get("family") or base.get("model_type") or _family(base).name,
-              "kind": _family(base).kind.replace("-", " "), "auto_class": _family(base).auto_class,
+              "kind": _family(base).scoring.replace("-", " "), "auto_class": _family(base).auto_class,
               "display": f"`{hub_id}`" if hub_id else ("saved in `base/`" if base.get("saved_in") else "(in-memory base)")},
         adapter_kinds=" / ".join(adapter_kind(t).card_name for t in sorted(types)) or "no",
         stages=stages,

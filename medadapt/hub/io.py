@@ -1,4 +1,8 @@
-"""Save a ContinualVLM as composable stage folders, and load saves (whole or one stage at a time).
+"""Save a model's parts as composable stage folders, and read saves (whole or one stage at a time).
+
+A service over explicit parts (:class:`ModelParts`: base, adapters, stage table, extras): it never
+imports or changes the model. :meth:`medadapt.ContinualVLM.from_pretrained` / ``load_adapter`` add
+the stages :func:`load_save` / :func:`read_stage` return.
 
 Layout of a save::
 
@@ -18,51 +22,90 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from .. import __version__
+from ..version import __version__
 from .._io import read_json_file, storage_errors
-from ..adapters import AdapterKind, adapter_kind
+from ..adapters import AdapterKind, AdapterSet, adapter_kind
 from ..backbones import Backbone, backbone_from_model, load_backbone, save_backbone
 from ..base_files import quiet_weight_loading
 from ..domains import Domain
 from ..errors import AdapterError, BaseMismatchError, StageFileError
 from ..families import family_by_name
+from ..stages import StageTable
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, check_manifest_sha256, hash_folder, read_manifest, verify_files
 from .schema import check_domain_task
 from .transaction import SaveTransaction, read_snapshot
 from .weights_digest import base_weights_sha256, check_base_weights
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model import ContinualVLM
-
 BASE_FOLDER = "base"
 
 
+@dataclass
+class ModelParts:
+    """What a save is made of: the frozen base, its adapters, the stage table and the JSON-able extras.
+
+    ``anonymous_base``: the manifest and adapter configs name no base source (a base loaded from a
+    local folder is published as ``base/`` without its local path)."""
+
+    backbone: Backbone
+    adapters: AdapterSet
+    stages: StageTable
+    extras: dict[str, Any] = field(default_factory=dict)
+    anonymous_base: bool = False
+
+    @property
+    def source(self) -> tuple[str | None, str | None]:
+        """The base's ``(source, revision)`` as the save records them."""
+        return (None, None) if self.anonymous_base else (self.backbone.source, self.backbone.revision)
+
+
+@dataclass
+class SavedStage:
+    """One stage read from a save, ready to be added to a model (``config`` None: a domain without adapter)."""
+
+    name: str
+    domain: Domain | None
+    config: Any
+    weights: dict[str, torch.Tensor] | None
+    provenance: dict[str, Any] | None
+
+
+@dataclass
+class LoadedSave:
+    """A whole save: its base, its stages in order, and the extras."""
+
+    backbone: Backbone
+    stages: list[SavedStage]
+    extras: dict[str, Any]
+
+
 # -- saving ----------------------------------------------------------------------------------------
-def _write_adapter(model: "ContinualVLM", name: str, folder: Path) -> dict[str, str]:
+def _write_adapter(parts: ModelParts, name: str, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True)
-    kind = model.adapters.kind_of(name)
-    kind.write_config(model.adapters, name, folder, model.backbone.source, model.backbone.revision)
-    state = {k: v.detach().cpu().contiguous() for k, v in kind.state_dict(model.adapters, name).items()}
+    kind = parts.adapters.kind_of(name)
+    kind.write_config(parts.adapters, name, folder, *parts.source)
+    state = {k: v.detach().cpu().contiguous() for k, v in kind.state_dict(parts.adapters, name).items()}
     save_file(state, str(folder / kind.files[1]), metadata={"format": "pt"})
     return hash_folder(folder, kind.files)
 
 
-def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], base_files: dict[str, str] | None) -> dict[str, Any]:
-    """The manifest dict for ``model`` given each adapter's files entry."""
-    backbone = model.backbone
+def build_manifest(parts: ModelParts, adapters: dict[str, dict[str, Any]], base_files: dict[str, str] | None) -> dict[str, Any]:
+    """The manifest dict for ``parts`` given each adapter's files entry."""
+    backbone = parts.backbone
+    source, revision = parts.source
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "medadapt_version": __version__,
         "base": {
-            "source": backbone.source,
-            "revision": backbone.revision,
+            "source": source,
+            "revision": revision,
             "family": backbone.family.name,
             "model_type": backbone.model_type,
             "config_fingerprint": backbone.fingerprints["config"],
@@ -71,47 +114,46 @@ def build_manifest(model: "ContinualVLM", adapters: dict[str, dict[str, Any]], b
             "files": base_files or {},
             **backbone.family.manifest_fields(backbone),
         },
-        "domains": [model.domains[n].to_dict() for n in model.stage_order if n in model.domains],
-        "shared": [{"name": n, "adapter_type": model.shared[n]} for n in model.stage_order if n in model.shared],
-        "stage_order": list(model.stage_order),
+        **parts.stages.to_manifest(),
         "adapters": adapters,
-        "extras": model.extras,
+        "extras": parts.extras,
     }
 
 
-def base_needs_saving(model: "ContinualVLM") -> bool:
+def base_needs_saving(backbone: Backbone) -> bool:
     """Whether the base cannot be reloaded from its source (built in memory, or a built-in tiny model)."""
-    source = model.backbone.source
+    source = backbone.source
     return source is None or source.startswith("medadapt/tiny-")
 
 
-def save_model(model: "ContinualVLM", save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
-    """Write the model's stages into ``save_directory`` as one transaction (see :mod:`medadapt.hub.transaction`);
-    returns the manifest."""
+def save_model(parts: ModelParts, save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
+    """Write the stages of ``parts`` (see :meth:`medadapt.ContinualVLM.parts`) into ``save_directory`` as one
+    transaction (see :mod:`medadapt.hub.transaction`); returns the manifest."""
     target = Path(save_directory)
     with storage_errors(f"cannot save to {target}"):
         target.mkdir(parents=True, exist_ok=True)
         with SaveTransaction(target) as tx:
-            return _stage_and_commit(model, target, tx, save_base)
+            return _stage_and_commit(parts, target, tx, save_base)
 
 
-def _stage_and_commit(model: "ContinualVLM", target: Path, tx: SaveTransaction, save_base: bool | None) -> dict[str, Any]:
+def _stage_and_commit(parts: ModelParts, target: Path, tx: SaveTransaction, save_base: bool | None) -> dict[str, Any]:
     staging = tx.staging
     entries: dict[str, dict[str, Any]] = {}
-    for name in model.adapter_names():
-        files = _write_adapter(model, name, staging / name)
-        entry = {"type": model.adapter_type(name), "path": name, "files": files}
-        if name in model.provenance:
-            entry["source"] = model.provenance[name]
+    provenance = parts.stages.provenance
+    for name in parts.stages.names():
+        files = _write_adapter(parts, name, staging / name)
+        entry = {"type": parts.stages.kind(name), "path": name, "files": files}
+        if name in provenance:
+            entry["source"] = provenance[name]
         entries[name] = entry
     base_files: dict[str, str] | None = None
-    if save_base if save_base is not None else base_needs_saving(model):
-        save_backbone(model.backbone, str(staging / BASE_FOLDER))
+    if save_base if save_base is not None else base_needs_saving(parts.backbone):
+        save_backbone(parts.backbone, str(staging / BASE_FOLDER))
         names = sorted(p.name for p in (staging / BASE_FOLDER).iterdir() if p.is_file())
         base_files = hash_folder(staging / BASE_FOLDER, names)
-    manifest = build_manifest(model, entries, base_files)
+    manifest = build_manifest(parts, entries, base_files)
     if base_files:  # medadapt wrote the base: record a hash over all its tensors (the fingerprint samples a few)
-        manifest["base"]["weights_sha256"] = base_weights_sha256(model.backbone)
+        manifest["base"]["weights_sha256"] = base_weights_sha256(parts.backbone)
     try:  # serialise before touching the target, so a bad manifest (e.g. extras) keeps the old save
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
     except (TypeError, ValueError) as exc:
@@ -218,61 +260,64 @@ def check_family(backbone: Backbone, base_info: dict[str, Any], where: str) -> N
     if not saved or saved == backbone.family.name:
         return
     try:
-        saved_kind = family_by_name(saved).kind
+        saved_kind = family_by_name(saved).scoring
     except Exception:  # an unknown (newer) family: the fingerprints decide
         return
-    if saved_kind != backbone.family.kind:
+    if saved_kind != backbone.family.scoring:
         raise BaseMismatchError(
             f"{where} was saved on a {saved_kind} base (family {saved!r}), but this model is a "
-            f"{backbone.family.kind} ({backbone.family.name!r}): its stages cannot serve this base."
+            f"{backbone.family.scoring} ({backbone.family.name!r}): its stages cannot serve this base."
         )
 
 
-def _restore(model: "ContinualVLM", root: Path, manifest: dict[str, Any], name: str, new_name: str, provenance: dict[str, Any]) -> None:
+def _read_stage(backbone: Backbone, root: Path, manifest: dict[str, Any], name: str, new_name: str, provenance: dict[str, Any], stages: StageTable) -> SavedStage:
+    """Stage ``name`` of a save, renamed ``new_name`` (checked unused in ``stages`` before any file is read)."""
     entry = manifest["adapters"].get(name)
-    domains = {d["name"]: d for d in manifest["domains"]}
-    domain = Domain(**{**domains[name], "name": new_name}) if name in domains else None
+    saved = StageTable.from_manifest(manifest)
+    domain = saved[name].domain if name in saved else None
     if domain is not None:
-        check_domain_task(domain.task, model.family.name, model.family.tasks, f"domain {name!r} in {root}")
+        domain = Domain(**{**domain.to_dict(), "name": new_name})
+        check_domain_task(domain.task, backbone.family.name, backbone.family.tasks, f"domain {name!r} in {root}")
     if "repo" in provenance:  # pulled from the Hub: record that exact commit (and where the stage came from before)
         origin = {"origin": entry["source"]} if entry is not None and entry.get("source") else {}
         record = {**provenance, **origin}
     else:
         record = dict((entry or {}).get("source") or provenance)
-    model.check_new_name(new_name, "domain" if domain is not None else "shared adapter")
+    stages.check_new_name(new_name, "domain" if domain is not None else "shared adapter")
     if entry is None and domain is not None and domain.adapter_type == "none":
-        model.add_stage(new_name, domain=domain, adapter="none")
-        return
+        return SavedStage(new_name, domain, None, None, None)
     if entry is None:
         raise StageFileError(f"{root}: manifest lists no adapter {name!r}; it has {list(manifest['adapters'])}.")
     what = f"adapter {name!r} in {root}"
     folder = verify_files(root, entry["path"], entry["files"], what)
     _, config, weights = read_adapter(folder, entry["type"], what)
-    model.add_stage(new_name, domain=domain, adapter=config, weights=weights, provenance=record)
+    return SavedStage(new_name, domain, config, weights, record)
 
 
-def load_model(cls: type, path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> "ContinualVLM":
-    """Restore a save: base (given, saved or named), then every adapter in stage order."""
+def load_save(path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> LoadedSave:
+    """Read a save: base (given, saved or named), then every stage in order. A folder or repo without
+    ``manifest.json`` is read as a plain base model."""
     expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
     root, provenance = local_folder(path, revision=revision, include_base=base is None, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
     if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
-        model = cls.from_base(str(root), trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+        backbone = load_backbone(str(root), trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
         if "repo" in provenance:  # a plain base model pulled from the Hub: name it by repo id and commit
-            model.backbone.source, model.backbone.revision = provenance["repo"], provenance["revision"]
-        return model
+            backbone.source, backbone.revision = provenance["repo"], provenance["revision"]
+        return LoadedSave(backbone, [], {})
     with read_snapshot(root, recover=recover):
         check_manifest_sha256(root, expected)
         manifest = read_manifest(root)
-        model = cls(_load_base(root, manifest, base, **hub_kwargs))
+        backbone = _load_base(root, manifest, base, **hub_kwargs)
+        fresh = StageTable()
+        stages = []
         for name in manifest["stage_order"]:
-            _restore(model, root, manifest, name, name, {**provenance, "adapter": name})
-    model.extras = dict(manifest.get("extras") or {})
-    return model
+            stages.append(_read_stage(backbone, root, manifest, name, name, {**provenance, "adapter": name}, fresh))
+    return LoadedSave(backbone, stages, dict(manifest.get("extras") or {}))
 
 
-def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> str:
-    """Compose one stage of another save (local or Hub) into ``model``; returns its name here."""
+def read_stage(backbone: Backbone, stages: StageTable, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> SavedStage:
+    """One stage of another save (local or Hub), checked against ``backbone`` and named ``as_name`` (unused in ``stages``)."""
     expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
     hub = {"stages": [name] if name else None, "include_base": False}  # Hub: fetch only this stage
     root, provenance = local_folder(path, revision=revision, **hub, **kwargs)
@@ -282,12 +327,11 @@ def load_stage(model: "ContinualVLM", path: str | os.PathLike, name: str | None 
     with read_snapshot(root, recover=recover):
         check_manifest_sha256(root, expected)
         manifest = read_manifest(root)
-        check_family(model.backbone, manifest["base"], str(path))
-        check_base(model.backbone, manifest["base"], str(path))
-        check_base_weights(model.backbone, manifest["base"], str(path))
+        check_family(backbone, manifest["base"], str(path))
+        check_base(backbone, manifest["base"], str(path))
+        check_base_weights(backbone, manifest["base"], str(path))
         if name is None:
             if len(manifest["stage_order"]) != 1:
                 raise AdapterError(f"{path} holds {manifest['stage_order']}; say which one with `name=`.")
             name = manifest["stage_order"][0]
-        _restore(model, root, manifest, name, as_name or name, {**provenance, "adapter": name})
-    return as_name or name
+        return _read_stage(backbone, root, manifest, name, as_name or name, {**provenance, "adapter": name}, stages)

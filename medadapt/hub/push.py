@@ -1,6 +1,7 @@
 """Publish a ContinualVLM's stages to a Hugging Face Hub model repo, one commit per push.
 
-A push saves the model with :func:`medadapt.hub.io.save_model` into a temporary folder, merges its manifest
+A service over the model's parts (:class:`~medadapt.hub.io.ModelParts`): it never imports or changes
+the model. A push saves the parts with :func:`medadapt.hub.io.save_model` into a temporary folder, merges its manifest
 with the one already in the repo, and uploads the chosen adapter folders, ``manifest.json`` and a model card
 with ``HfApi.upload_folder``. The client skips files whose content the Hub already has, so pushing after each
 continual stage adds one adapter folder per commit and never re-uploads unchanged stages.
@@ -27,15 +28,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .._io import atomic_write_json
 from ..errors import AdapterError, BaseMismatchError, HubError, StageFileError
 from .card import is_medadapt_card, render_card
-from .io import BASE_FOLDER, base_needs_saving, save_model
+from .io import BASE_FOLDER, ModelParts, base_needs_saving, save_model
 from .pull import offline_mode
 from .repo_id import check_repo_id
 from .manifest import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi
-
-    from ..model import ContinualVLM
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +46,21 @@ OFFLINE_MESSAGE = (
 _SOURCE_KEYS = ("repo", "revision", "requested_revision", "adapter")
 
 
-def _needs_base(model: "ContinualVLM", save_base: bool | None) -> bool:
+def _needs_base(parts: ModelParts, save_base: bool | None) -> bool:
     """Publish ``base/`` unless the base can be reloaded by others from its Hub id."""
     if save_base is not None:
         return save_base
-    return base_needs_saving(model) or os.path.exists(model.backbone.source)
+    return base_needs_saving(parts.backbone) or os.path.exists(parts.backbone.source)
 
 
-def _save_for_publishing(model: "ContinualVLM", folder: Path, save_base: bool | None) -> dict[str, Any]:
+def _save_for_publishing(parts: ModelParts, folder: Path, save_base: bool | None) -> dict[str, Any]:
     """``save_model`` into ``folder``; a base loaded from a local folder is published as ``base/``, unnamed
     (its local path would otherwise land in the manifest and in each adapter_config.json)."""
-    backbone = model.backbone
-    local = backbone.source is not None and os.path.exists(backbone.source)
-    with_base = True if local else _needs_base(model, save_base)
-    original = backbone.source, backbone.revision
-    if local:
-        backbone.source, backbone.revision = None, None
-    try:
-        return save_model(model, folder, save_base=with_base)
-    finally:
-        backbone.source, backbone.revision = original
+    source = parts.backbone.source
+    local = source is not None and os.path.exists(source)
+    with_base = True if local else _needs_base(parts, save_base)
+    published = ModelParts(parts.backbone, parts.adapters, parts.stages, parts.extras, anonymous_base=local)
+    return save_model(published, folder, save_base=with_base)
 
 
 def public_source(source: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -171,20 +165,21 @@ def default_commit_message(manifest: dict[str, Any], old: dict[str, Any] | None,
     return "; ".join(parts) or "Update medadapt manifest and model card"
 
 
-def _stage_names(model: "ContinualVLM", domains: Sequence[str] | str | None) -> list[str]:
-    if not model.stage_order:
+def _stage_names(parts: ModelParts, domains: Sequence[str] | str | None) -> list[str]:
+    order = parts.stages.order
+    if not order:
         raise AdapterError("this model has no domains or shared adapters yet: nothing to push.")
     if domains is None:
-        return list(model.stage_order)
+        return order
     names = [domains] if isinstance(domains, str) else list(domains)
-    unknown = [n for n in names if n not in model.stage_order]
+    unknown = [n for n in names if n not in order]
     if unknown or not names:
-        raise AdapterError(f"cannot push {unknown or 'no stages'}: this model has {model.stage_order}.")
+        raise AdapterError(f"cannot push {unknown or 'no stages'}: this model has {order}.")
     return names
 
 
 def push_model(
-    model: "ContinualVLM",
+    parts: ModelParts,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -198,17 +193,17 @@ def push_model(
     save_base: bool | None = None,
     license: str | None = None,
 ) -> "CommitInfo":
-    """Upload stages of ``model`` (all, or ``domains``) plus manifest and model card as one commit.
+    """Upload stages of a model's ``parts`` (all, or ``domains``) plus manifest and model card as one commit.
 
     ``revision`` is the branch to commit to (created from main if missing). ``results`` (dict or
-    ``results.json`` path; default ``model.extras["results"]``) fills the card's metrics. A README.md in the repo
+    ``results.json`` path; default ``parts.extras["results"]``) fills the card's metrics. A README.md in the repo
     that medadapt did not write is kept unless ``overwrite_card=True``. Returns the ``CommitInfo``
     (``.oid`` is the commit sha to pin with ``from_pretrained(..., revision=...)``).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    names = _stage_names(model, domains)
+    names = _stage_names(parts, domains)
     check_repo_id(repo_id)
     if offline_mode():
         raise HubError(OFFLINE_MESSAGE)
@@ -223,7 +218,7 @@ def push_model(
     old, readme = _remote_state(api, repo_id, branch, token)
     with tempfile.TemporaryDirectory(prefix="medadapt-push-") as tmp:
         save_dir, upload = Path(tmp) / "save", Path(tmp) / "upload"
-        full = _save_for_publishing(model, save_dir, save_base)
+        full = _save_for_publishing(parts, save_dir, save_base)
         manifest, removed = merge_manifest(full, old, names, mirror=domains is None, repo_id=repo_id)
         upload.mkdir()
         for name in (n for n in names if n in full["adapters"]):

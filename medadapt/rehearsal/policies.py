@@ -65,9 +65,9 @@ def register_policy(name: str) -> Callable[[_P], _P]:
 
     def deco(cls: _P) -> _P:
         if not (isinstance(cls, type) and issubclass(cls, SelectionPolicy)):
-            raise TypeError(f"@register_policy({name!r}) must decorate a SelectionPolicy subclass")
+            raise RehearsalError(f"@register_policy({name!r}) must decorate a SelectionPolicy subclass")
         if name in _POLICIES and _POLICIES[name] is not cls:
-            raise ValueError(f"a rehearsal policy named {name!r} is already registered")
+            raise RehearsalError(f"a rehearsal policy named {name!r} is already registered")
         cls.name = name
         _POLICIES[name] = cls
         return cls

@@ -85,7 +85,7 @@ def _optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str
 def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
     """Atomically replace ``folder`` with the model's adapters, optimizer and loop ``state``."""
     with atomic_directory(folder) as tmp:
-        save_model(model, tmp / MODEL_DIR, save_base=False)  # the base is rebuilt on resume
+        save_model(model.parts(), tmp / MODEL_DIR, save_base=False)  # the base is rebuilt on resume
         meta: dict[str, Any] = {}
         if optimizer is not None:
             tensors, meta = _optimizer_to_safetensors(optimizer)

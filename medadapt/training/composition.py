@@ -21,8 +21,8 @@ import numpy as np
 
 from ..adapters import LORA
 from ..errors import AdapterError
-from ..merging import MERGES_KEY, merge_adapters
-from ..routing import ROUTER_KEY, DomainRouter, evaluate_routing, fit_router
+from ..merging import MERGES_KEY
+from ..routing import ROUTER_KEY, DomainRouter, evaluate_routing
 from .batches import PixelStore
 from .evaluate import evaluate_view
 from .paradigms import SHARED, Plan
@@ -49,7 +49,7 @@ def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap:
         n = len(store.labels(d, "train"))
         indices = range(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)).tolist()
         images[d] = store.pixels(d, "train", indices)
-    return fit_router(model, images, preprocessed=True) if images else None
+    return model.fit_router(images, preprocessed=True) if images else None
 
 
 def routable(model: Any, domains: Sequence[str]) -> list[str]:
@@ -92,7 +92,7 @@ def composition_results(model: Any, store: PixelStore, plan: Plan, batch_size: i
     with model.evaluating():
         pixels = {d: store.pixels(d, "test", _all_indices(store, d, "test")) for d in scored}
         questions = {d: store.questions(d, "test", _all_indices(store, d, "test")) for d in scored}
-        routing = evaluate_routing(model, pixels, {d: store.labels(d, "test") for d in scored}, oracle, batch_size, questions)
+        routing = evaluate_routing(model.predict_routed, pixels, {d: store.labels(d, "test") for d in scored}, oracle, batch_size, questions)
     auto = routing.pop("auto_routing_accuracy_per_domain")
     state = model.extras[ROUTER_KEY]
     results: dict[str, Any] = {
@@ -139,7 +139,7 @@ def _merging(model: Any, accuracy: _Accuracy, loras: list[str], domains: list[st
     name = next(f"merged{i or ''}" for i in range(len(model.stage_order) + 1) if f"merged{i or ''}" not in model.stage_order)
     for method in COMPARED_MERGES:
         try:
-            merge_adapters(model, loras, into=name, method=method)
+            model.merge_adapters(loras, into=name, method=method)
         except AdapterError as exc:
             out["methods"][method] = {"skipped": str(exc)}
             continue

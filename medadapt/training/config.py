@@ -19,9 +19,10 @@ from typing import Any, Union, get_origin, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from ..tiny import tiny_names
 
 PARADIGMS = ("specialized", "joint", "continual", "rehearsal")
-BUILTIN_MODELS = ("tiny-clip", "tiny-siglip", "tiny-llava", "tiny-gemma3", "tiny-paligemma", "tiny-idefics3")  # medadapt.tiny.tiny_names()
+BUILTIN_MODELS = tuple(tiny_names())  # the built-in tiny bases (one list: medadapt.tiny.tiny_names)
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -215,7 +216,7 @@ def model_not_found(model: str, exc: BaseException) -> ConfigError:
 
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if os.path.isdir(model):
-        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a dual encoder: {reason}")
+        return ConfigError(f"model {model!r} is a local folder but could not be loaded as a supported base model: {reason}")
     close = difflib.get_close_matches(model, BUILTIN_MODELS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(

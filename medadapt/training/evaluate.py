@@ -21,18 +21,25 @@ from .batches import PixelStore
 GENERATE_TOKENS = 16  # longest generated answer when evaluating open-ended domains
 
 
+def _served(model: Any, domain: str, adapter: str | tuple[str, ...] | None) -> Any:
+    """What serves ``domain``'s rows when a view names ``adapter`` (``None``: the frozen base), checked
+    by the model's stage table like a user's call."""
+    return model.serve(domain, "base" if adapter is None else adapter)
+
+
 @torch.no_grad()
 def predict_split(model: Any, store: PixelStore, domain: str, adapter: str | None, batch_size: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels for this process's shard of ``domain``'s test split (each sample
     asked its own question when the data carries one)."""
     spec = model.get_domain(domain)
+    served = _served(model, domain, adapter)
     labels = store.labels(domain, "test")
     indices = list(range(rank, len(labels), world))
     probs = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         questions = store.questions(domain, "test", chunk)
-        probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, adapter, questions).softmax(-1).cpu())
+        probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, served, questions).softmax(-1).cpu())
     stacked = torch.cat(probs).numpy() if probs else np.zeros((0, len(spec.labels)))
     return stacked, labels[indices]
 
@@ -41,12 +48,13 @@ def predict_split(model: Any, store: PixelStore, domain: str, adapter: str | Non
 def generate_split(model: Any, store: PixelStore, domain: str, adapter: str | None, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[str, str]]:
     """``(prediction, reference)`` answers for this process's shard of an open-ended domain's test split."""
     spec = model.get_domain(domain)
+    served = _served(model, domain, adapter)
     indices = list(range(rank, len(store.labels(domain, "test")), world))
     pairs = []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        questions = [store.question(domain, "test", i) or model.scorer.question_of(spec) for i in chunk]
-        answers = model.scorer.generate(store.pixels(domain, "test", chunk), questions, [adapter] * len(chunk), max_new_tokens=GENERATE_TOKENS)
+        questions = [store.question(domain, "test", i) or spec.question for i in chunk]
+        answers = model.scorer.generate(store.pixels(domain, "test", chunk), questions, [served] * len(chunk), max_new_tokens=GENERATE_TOKENS)
         pairs += list(zip(answers, [store.answer(domain, "test", i) or "" for i in chunk]))
     return pairs
 

@@ -1,9 +1,9 @@
 """Objectives turn a batch into ``(loss, report)`` so the loop never cares what it trains.
 
-Each backbone family names its objective (``family.objective``) and registers it with
-:func:`register_objective`; the trainer builds the one its model's family names. The generic
-``classification`` objective is cross-entropy over each row's domain labels through the family
-scorer's ``batch_logits``.
+The loss itself is on the family's scorer (:meth:`medadapt.families.Scorer.loss`: cross-entropy
+over label logits for a dual encoder, the answer-token LM loss for a generative base), beside the
+model that computes it. The trainer builds the objective its family names (``family.objective``);
+both built-in names give :class:`ScorerObjective`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MedAdaptError
 
@@ -57,13 +56,12 @@ def build_objective(name: str, **kwargs: Any) -> Objective:
     return _OBJECTIVES[name](**kwargs)
 
 
-@register_objective("classification")
-class ClassificationObjective:
-    """Cross-entropy over each row's domain labels, through one adapter.
+class ScorerObjective:
+    """The loss of the model's scorer (:meth:`medadapt.families.Scorer.loss`) through one adapter.
 
-    The family scorer's ``batch_logits`` runs the image side once for the whole (mixed-domain)
-    batch and gives each domain's rows their logits; what it can reuse between steps (e.g. label
-    embeddings of a frozen text side) it caches itself, unless ``cache_text=False``.
+    The adapter is resolved by the model's stage table like a user's, so a misspelt or unknown
+    adapter fails with the same clear error. ``cache_text=False`` stops the scorer reusing what it
+    can between steps (e.g. label embeddings of a frozen text side).
     """
 
     def __init__(self, cache_text: bool = True) -> None:
@@ -74,34 +72,8 @@ class ClassificationObjective:
 
     def __call__(self, model: Any, batch: Batch, adapter: str) -> tuple[torch.Tensor, dict[str, float]]:
         domains = [model.get_domain(d) for d in batch.domains]
-        total, correct = None, 0
-        for rows, logits in model.scorer.batch_logits(batch.pixel_values, domains, adapter, cache=self.cache_text, keys=batch.keys):
-            labels = batch.labels[rows].to(logits.device)
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            total = loss if total is None else total + loss
-            correct += int((logits.argmax(-1) == labels).sum())
-        loss = total / len(batch)
-        return loss, {"loss": float(loss.detach()), "acc": correct / len(batch)}
+        return model.scorer.loss(batch, domains, model.stages.serve_named(adapter), cache=self.cache_text)
 
 
-@register_objective("causal_lm")
-class CausalLMObjective:
-    """Causal-LM loss on each row's answer tokens only (the image and question are masked).
-
-    A row's answer is its free-text answer, or its label's text; its question is its own, or its
-    domain's. The report's ``acc`` is the answer-token accuracy (teacher forcing).
-    """
-
-    def reset(self) -> None:
-        """Nothing is kept between phases."""
-
-    def __call__(self, model: Any, batch: Batch, adapter: str) -> tuple[torch.Tensor, dict[str, float]]:
-        questions, answers = [], []
-        for i, name in enumerate(batch.domains):
-            domain = model.get_domain(name)
-            asked = batch.questions[i] if batch.questions is not None else None
-            given = batch.answers[i] if batch.answers is not None else None
-            questions.append(asked or model.scorer.question_of(domain))
-            answers.append(given if given is not None else domain.labels[int(batch.labels[i])])
-        loss, accuracy = model.scorer.lm_loss(batch.pixel_values, questions, answers, adapter)
-        return loss, {"loss": float(loss.detach()), "acc": accuracy}
+ClassificationObjective = register_objective("classification")(ScorerObjective)  # dual encoders: cross-entropy over labels
+CausalLMObjective = register_objective("causal_lm")(ScorerObjective)  # generative bases: answer-token LM loss

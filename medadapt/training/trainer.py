@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_json, storage_errors
-from ..errors import SaveLockedError
+from ..errors import SaveLockedError, TrainingError
 from ..data import DataError, load_domain
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
@@ -339,9 +339,9 @@ class ContinualTrainer:
                 weights.update(param.detach().float().cpu().numpy().tobytes())
         digests = self._all_processes([(digest, weights.hexdigest())])
         if len({d for d, _ in digests}) != 1:
-            raise RuntimeError("rehearsal buffers differ across processes; refusing to continue.")
+            raise TrainingError("rehearsal buffers differ across processes; refusing to continue.")
         if len({w for _, w in digests}) != 1:
-            raise RuntimeError("adapter weights differ across processes (gradients out of sync); refusing to continue.")
+            raise TrainingError("adapter weights differ across processes (gradients out of sync); refusing to continue.")
         fit_stage_router(self.model, self.store, trained_domains(self.plan, stage_index))  # saved with the stage
 
     def run(self) -> dict[str, Any]:
