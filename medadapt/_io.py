@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import StorageError
+
 MAX_JSON_DEPTH = 64  # no medadapt file nests deeper than ~6 levels; deeper means a hostile or broken file
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
@@ -60,8 +62,8 @@ def read_json_file(path: str | os.PathLike, max_depth: int = MAX_JSON_DEPTH) -> 
 def open_regular_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
     """Open ``path`` without following a symlink and without blocking (a FIFO), and only if it is a regular file.
 
-    Returns the file descriptor; raises ``OSError`` (``ELOOP`` for a symlink, ``EINVAL`` for a FIFO,
-    device, socket or folder). ``O_NONBLOCK`` is dropped again once the file is known to be regular.
+    Returns the file descriptor; raises ``OSError`` (``ELOOP`` for a symlink; :class:`StorageError`, an
+    ``OSError`` with ``EINVAL``, for a FIFO, device, socket or folder). ``O_NONBLOCK`` is dropped again once the file is known to be regular.
     """
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     nonblock = getattr(os, "O_NONBLOCK", 0)
@@ -69,7 +71,7 @@ def open_regular_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a folder, FIFO, device or socket)", str(path))
+            raise StorageError(errno.EINVAL, "not a regular file (a folder, FIFO, device or socket)", str(path))
         if nonblock and hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:
@@ -87,7 +89,7 @@ def read_small_json_nofollow(path: str | os.PathLike, max_bytes: int = 1 << 20) 
     fd = open_regular_nofollow(path, os.O_RDONLY)
     try:
         if os.fstat(fd).st_size > max_bytes:
-            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+            raise StorageError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
         data = os.read(fd, max_bytes + 1)
     finally:
         os.close(fd)

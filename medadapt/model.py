@@ -162,7 +162,7 @@ class ContinualVLM(nn.Module):
     def export_merged(self, domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> "os.PathLike":
         """Write a standalone transformers checkpoint: the base with that domain's LoRA (or stack) merged, plus its
         processor; it loads with ``AutoModel...from_pretrained`` alone. See :mod:`medadapt.export.merged`."""
-        return export_merged(self, domain_or_stack, out)
+        return export_merged(self.parts(), domain_or_stack, out)
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, **kwargs: Any) -> str:
         """Bring one stage (a domain or shared adapter) from another save or Hub repo into this model.

@@ -23,45 +23,42 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from .._io import atomic_directory, storage_errors
 from ..errors import AdapterError
+from ..stages import Served
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model import ContinualVLM
+    from ..hub.io import ModelParts
 
 EXPORT_INFO = "medadapt_export.json"
 
 
-def merge_names(model: "ContinualVLM", domain_or_stack: str | Sequence[str]) -> list[str]:
+def merge_served(parts: "ModelParts", domain_or_stack: str | Sequence[str]) -> Served:
     """The adapters a merged export folds in: a domain's own adapter, a shared adapter, or a stack of names."""
+    stages = parts.stages
     if isinstance(domain_or_stack, str):
-        if domain_or_stack in model.shared:
-            return [domain_or_stack]
-        served = model.resolve_adapter(domain_or_stack)  # unknown domains raise DomainError here
-        return [] if served is None else [served] if isinstance(served, str) else list(served)
-    names = list(domain_or_stack)
-    for name in names:
-        if not model.has_stage(name):
-            raise AdapterError(f"unknown adapter {name!r}; use domain names {list(model.domains)} or shared adapters {list(model.shared)}.")
-    return names
+        if domain_or_stack in stages.shared:
+            return stages.serve_named(domain_or_stack)
+        return stages.serve(domain_or_stack)  # unknown domains raise DomainError here
+    return stages.serve_named(list(domain_or_stack))
 
 
-def merged_state(model: "ContinualVLM", names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The base's state dict (peft's wrapping undone) with the LoRA adapters ``names`` added in."""
-    loras, prompt = model.adapters.split(list(names))
+def merged_state(parts: "ModelParts", served: Served) -> dict[str, torch.Tensor]:
+    """The base's state dict (peft's wrapping undone) with the LoRA adapters of ``served`` added in."""
+    loras, prompt = served.loras, served.prompt
     if prompt is not None:
         raise AdapterError(
             f"{prompt!r} is a prompt adapter: its learned context vectors and visual tokens are extra inputs to the "
             "towers, not a change of weights, so no plain transformers checkpoint can hold it. Export a LoRA domain, "
             "or serve prompt domains with medadapt."
         )
-    base = model.backbone.model
+    base = parts.backbone.model
     if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
         raise AdapterError("the base is quantized (bitsandbytes): load it in full precision to export merged weights.")
     state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
     with torch.no_grad():
-        for path, layer in model.lora.lora_layers().items():
+        for path, layer in parts.adapters.lora.lora_layers().items():
             for name in loras:
                 if name not in layer.r:
                     continue
@@ -76,16 +73,17 @@ def merged_state(model: "ContinualVLM", names: Sequence[str]) -> dict[str, torch
     return state
 
 
-def export_merged(model: "ContinualVLM", domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> Path:
+def export_merged(parts: "ModelParts", domain_or_stack: str | Sequence[str], out: str | os.PathLike) -> Path:
     """Write the base with ``domain_or_stack``'s LoRA merged in, plus its processor, into ``out`` (atomically).
 
     ``domain_or_stack``: a domain (its own adapter; a domain served by the base exports the base), a
     shared adapter, or a list of adapter names merged together. Returns ``out``.
     """
-    names = merge_names(model, domain_or_stack)
-    backbone = model.backbone
-    with model.adapters.gate.serving():  # no adapter change while the weights are read
-        state = merged_state(model, names)
+    served = merge_served(parts, domain_or_stack)
+    names = list(served.names)
+    backbone = parts.backbone
+    with parts.adapters.gate.serving():  # no adapter change while the weights are read
+        state = merged_state(parts, served)
     info = {
         "format": "medadapt merged export",
         "medadapt_version": __version__,
