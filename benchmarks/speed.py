@@ -565,7 +565,7 @@ def memory_probe(save: str, hidden: int, image_size: int, use_rss: bool = True) 
     from safetensors.torch import load_file
 
     from medadapt import ContinualVLM
-    from medadapt.hub.manifest import read_manifest
+    from medadapt.saves.manifest import read_manifest
     from medadapt.tiny import tiny_backbone
 
     names = read_manifest(save)["stage_order"]

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from .hub.transaction import recover_folder
+    from .saves.transaction import recover_folder
 
     try:
         print(f"{args.folder}: {recover_folder(args.folder)}")

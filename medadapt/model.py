@@ -17,7 +17,8 @@ from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain
 from .errors import DomainError, RoutingError
 from .export.merged import export_merged
-from .hub.io import ModelParts, SavedStage, load_save, read_stage, save_model
+from .saves.io import ModelParts, SavedStage, load_save, read_stage, save_model
+from .hub.pull import locate_save
 from .hub.push import push_model
 from .images import ImageInput
 from .labels import check_label_prompts
@@ -123,7 +124,7 @@ class ContinualVLM(nn.Module):
         changes the folder: a save interrupted mid-swap raises ``InterruptedSaveError`` unless the
         folder's owner passes ``recover=True`` (as ``medadapt recover FOLDER`` does).
         """
-        loaded = load_save(path, base=base, revision=revision, **kwargs)
+        loaded = load_save(path, base=base, revision=revision, locate=locate_save, **kwargs)
         model = cls(loaded.backbone)
         for stage in loaded.stages:
             model.add_saved_stage(stage)
@@ -170,10 +171,10 @@ class ContinualVLM(nn.Module):
         ``name`` picks the adapter in that save (optional when it holds one); ``as_name`` renames
         it here. The save's base fingerprint must match this model's base. Returns the new name.
         """
-        return self.add_saved_stage(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, **kwargs))
+        return self.add_saved_stage(read_stage(self.backbone, self.stages, path, name=name, as_name=as_name, locate=locate_save, **kwargs))
 
     def add_saved_stage(self, stage: SavedStage) -> str:
-        """Add a stage read from a save (see :func:`medadapt.hub.io.read_stage`); returns its name."""
+        """Add a stage read from a save (see :func:`medadapt.saves.io.read_stage`); returns its name."""
         if stage.config is None:
             return self.add_stage(stage.name, domain=stage.domain, adapter="none")
         return self.add_stage(stage.name, domain=stage.domain, adapter=stage.config, weights=stage.weights, provenance=stage.provenance)

@@ -59,12 +59,22 @@ def test_services_take_parts_and_adapters_never_import_families():
     from .test_families import _import_graph
 
     graph = _import_graph()
-    for service in ("medadapt.routing", "medadapt.merging", "medadapt.hub.io", "medadapt.hub.push", "medadapt.hub.pull", "medadapt.stages"):
+    for service in ("medadapt.routing", "medadapt.merging", "medadapt.saves.io", "medadapt.hub.push", "medadapt.hub.pull", "medadapt.stages"):
         assert "medadapt.model" not in graph[service], service  # type-only imports count too
     for module, targets in graph.items():
         if module.startswith("medadapt.adapters"):
             assert not any(t.startswith("medadapt.families") for t in targets), (module, targets)
     assert "medadapt.backbones" not in {t for m, ts in graph.items() if m.startswith("medadapt.families") for t in ts}
+
+
+def test_the_save_format_never_reaches_into_the_hub_client():
+    from .test_families import _import_graph
+
+    graph = _import_graph()
+    saves = {m: ts for m, ts in graph.items() if m.startswith("medadapt.saves")}
+    assert {"medadapt.saves.io", "medadapt.saves.manifest", "medadapt.saves.transaction"} <= set(saves)
+    assert not {(m, t) for m, ts in saves.items() for t in ts if t.startswith("medadapt.hub")}
+    assert "medadapt.saves.manifest" in graph["medadapt.hub.pull"]  # the client builds on the format
 
 
 def test_stage_table_manifest_round_trip(tiny_clip):

@@ -11,7 +11,7 @@ import pytest
 from medadapt.locking import LOCK_FILES
 import torch
 
-import medadapt.hub.io as hub_io
+import medadapt.saves.io as hub_io
 from medadapt import (
     AdapterError,
     BaseMismatchError,
@@ -295,7 +295,7 @@ def test_failed_load_adapter_keeps_existing_domains(core_saved):
 
 # -- interrupted and refused saves ---------------------------------------------------------------
 def _fail_on_call(monkeypatch, attribute: str, n: int) -> None:
-    """Make ``medadapt.hub.io.<attribute>`` raise on its n-th call (1-based)."""
+    """Make ``medadapt.saves.io.<attribute>`` raise on its n-th call (1-based)."""
     original = getattr(hub_io, attribute)
     calls = {"n": 0}
 
@@ -331,7 +331,7 @@ def test_crash_while_writing_adapters_keeps_the_old_save(core_saved, monkeypatch
 def test_crash_while_swapping_folders_keeps_the_previous_save(core_saved, monkeypatch):
     """A crash halfway through swapping folders in is rolled back: the previous save loads unchanged
     (issue 13: the old design removed the manifest first and lost the previous save)."""
-    from medadapt.hub import transaction
+    from medadapt.saves import transaction
 
     model, root = core_saved
     expected = _snapshot(model)
@@ -365,7 +365,7 @@ def test_crash_during_a_first_save_leaves_no_manifest(tmp_path, monkeypatch):
     with pytest.raises(StageFileError, match="not a complete medadapt save"):
         ContinualVLM.from_pretrained(tmp_path / "fresh")
     monkeypatch.undo()
-    from medadapt.hub import transaction
+    from medadapt.saves import transaction
 
     def crash(step):
         if step == "manifest":  # the manifest is written last

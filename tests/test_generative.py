@@ -315,7 +315,7 @@ def test_a_stage_of_one_family_is_refused_by_the_other(tmp_path):
 
 def test_model_card_carries_the_image_text_to_text_tag(tmp_path):
     from medadapt.hub.card import render_card
-    from medadapt.hub.manifest import read_manifest
+    from medadapt.saves.manifest import read_manifest
 
     model = _model("tiny-llava")
     model.save_pretrained(tmp_path / "save")

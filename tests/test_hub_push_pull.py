@@ -14,7 +14,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from medadapt import AdapterError, BaseMismatchError, ContinualVLM, PromptConfig, StageFileError
-from medadapt.hub.manifest import MANIFEST_NAME
+from medadapt.saves.manifest import MANIFEST_NAME
 from medadapt.tiny import tiny_backbone
 from tests.hub_server import TOKEN
 from tests.hub_server import fake_hub  # noqa: F401  (pytest fixture)

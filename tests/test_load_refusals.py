@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from medadapt import ContinualVLM
 from medadapt._io import sha256_file
 from medadapt.errors import AdapterError, CheckpointError, HubError, StageFileError
-from medadapt.hub.manifest import manifest_sha256
+from medadapt.saves.manifest import manifest_sha256
 from medadapt.locking import LOCK_NAME, describe_holder
 from medadapt.tiny import tiny_backbone
 from tests.conftest import core_lora_config
@@ -117,7 +117,7 @@ _SAVE_SCRIPT = textwrap.dedent(
     import sys, torch
     from peft import LoraConfig
     from medadapt import ContinualVLM
-    from medadapt.hub.manifest import manifest_sha256
+    from medadapt.saves.manifest import manifest_sha256
     from medadapt.tiny import tiny_backbone
     torch.set_num_threads(1)
     model = ContinualVLM(tiny_backbone("clip"))

@@ -93,7 +93,7 @@ def test_malformed_manifests_end_in_a_clear_stage_file_error(saved, tmp_path, ed
 
 def test_manifest_sha256_pins_labels_prompts_and_hashes(saved, tmp_path):
     model, root = saved
-    from medadapt.hub.manifest import manifest_sha256
+    from medadapt.saves.manifest import manifest_sha256
 
     copy = _copy(root, tmp_path)
     pinned = manifest_sha256(copy)

@@ -20,7 +20,7 @@ from peft import LoraConfig
 import medadapt
 from medadapt import ContinualVLM, PromptConfig
 from medadapt.hub.card import is_medadapt_card, render_card, template_path
-from medadapt.hub.io import save_model
+from medadapt.saves.io import save_model
 from medadapt.tiny import tiny_backbone
 from tests.hub_server import fake_hub  # noqa: F401  (pytest fixture)
 

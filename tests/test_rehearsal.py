@@ -7,11 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from medadapt.data import ImageLabelDataset
 from medadapt.rehearsal import (
     RehearsalBuffer,
     RehearsalError,
-    ReplayDataset,
     available_policies,
     get_policy,
     replay_count,
@@ -141,26 +139,6 @@ def test_errors() -> None:
         buf.add_stage("b", [])
     with pytest.raises(RehearsalError, match="missing keys"):
         buf.load_state_dict({"size": 3})
-
-
-def test_replay_dataset() -> None:
-    rng = np.random.default_rng(0)
-    data = {
-        d: ImageLabelDataset(rng.integers(0, 255, (len(y), 8, 8), dtype=np.uint8), y) for d, y in STAGES
-    }
-    buf = _fill(RehearsalBuffer(12, seed=0))
-    ds = ReplayDataset(buf, data)
-    assert len(ds) == 12
-    for k, (d, i, lab) in enumerate(buf.items()):
-        img, y, dom = ds[k]
-        assert dom == d and y == lab
-        np.testing.assert_array_equal(img, data[d].images[i])
-    with pytest.raises(RehearsalError, match="no dataset was given"):
-        ReplayDataset(buf, {"a": data["a"]})
-    shuffled = dict(data)
-    shuffled["b"] = ImageLabelDataset(data["b"].images, (data["b"].labels + 1) % 3)
-    with pytest.raises(RehearsalError, match="data changed"):
-        ReplayDataset(buf, shuffled)
 
 
 def test_replay_count() -> None:

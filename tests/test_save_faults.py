@@ -18,7 +18,7 @@ import torch
 
 from medadapt import ContinualVLM, PromptConfig
 from medadapt.errors import SaveLockedError, StorageError
-from medadapt.hub import transaction
+from medadapt.saves import transaction
 from medadapt.locking import LOCK_FILES, writer_lock
 from medadapt.tiny import tiny_backbone
 from tests.conftest import core_lora_config, perturb_prompt
@@ -116,7 +116,7 @@ def test_a_write_error_at_every_step_keeps_a_complete_save(models, tmp_path):
 
 
 def test_a_write_error_while_staging_files_keeps_the_previous_save(models, tmp_path, monkeypatch):
-    import medadapt.hub.io as hub_io
+    import medadapt.saves.io as hub_io
 
     root = tmp_path / "save"
     models[0].save_pretrained(root)

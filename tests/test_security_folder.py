@@ -20,7 +20,7 @@ import pytest
 from medadapt import ContinualVLM
 from medadapt.cli import main as cli_main
 from medadapt.errors import InterruptedSaveError, MedAdaptError, UnsafeFolderError
-from medadapt.hub import transaction
+from medadapt.saves import transaction
 from medadapt.locking import LOCK_NAME, SNAPSHOT_LOCK_NAME
 from medadapt.tiny import tiny_backbone
 

@@ -29,7 +29,7 @@ from ..errors import AdapterError
 from ..stages import Served
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..hub.io import ModelParts
+    from ..saves.io import ModelParts
 
 EXPORT_INFO = "medadapt_export.json"
 

@@ -36,8 +36,8 @@ from .._io import atomic_directory, sha256_file, storage_errors
 from ..errors import AdapterError, StageFileError
 from ..families.base import family_by_name
 from ..families.generative import GENERATIVE
-from ..hub.manifest import read_manifest
-from ..hub.transaction import read_snapshot
+from ..saves.manifest import read_manifest
+from ..saves.transaction import read_snapshot
 
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 STATE_PREFIX = "base_model.model."

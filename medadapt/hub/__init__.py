@@ -1,1 +1,1 @@
-"""Stage files: the manifest, local save/load, and (in push/pull/card) the Hugging Face Hub."""
+"""The Hugging Face Hub client over the local save format (:mod:`medadapt.saves`): push, pull, model card."""

@@ -3,7 +3,7 @@
 :func:`download_save` resolves the requested revision to a commit sha, fetches ``manifest.json`` at that commit,
 validates it (relative paths only, safetensors/JSON only) and then downloads exactly the files the manifest lists
 for the stages needed, pinned to the same commit. sha256 checks happen when the stages are loaded
-(:func:`medadapt.hub.manifest.verify_files`). With ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) everything is
+(:func:`medadapt.saves.manifest.verify_files`). With ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) everything is
 resolved from the local cache and a missing file raises :class:`~medadapt.errors.StageFileError` naming the repo
 and the file. Pickled files are never downloaded, and a repo that only offers pickles is refused.
 """
@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from ..errors import StageFileError
-from .manifest import MANIFEST_NAME, check_allowed_file, read_manifest, safe_relative
+from ..saves.manifest import MANIFEST_NAME, check_allowed_file, read_manifest, safe_relative
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +167,13 @@ def download_save(
         )
     logger.info("resolved %s@%s to commit %s", repo_id, requested, sha)
     return folder, provenance
+
+
+def locate_save(path: str | os.PathLike, revision: str | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+    """A local folder for ``path``; a Hub repo id is downloaded with :func:`download_save`.
+
+    Returns the folder and a provenance dict (``{"path": ...}`` or ``{"repo": ..., "revision": ...}``).
+    """
+    if os.path.isdir(path):
+        return Path(path), {"path": str(Path(path).resolve())}
+    return download_save(str(path), revision=revision, **kwargs)

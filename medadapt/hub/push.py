@@ -1,7 +1,7 @@
 """Publish a ContinualVLM's stages to a Hugging Face Hub model repo, one commit per push.
 
-A service over the model's parts (:class:`~medadapt.hub.io.ModelParts`): it never imports or changes
-the model. A push saves the parts with :func:`medadapt.hub.io.save_model` into a temporary folder, merges its manifest
+A service over the model's parts (:class:`~medadapt.saves.io.ModelParts`): it never imports or changes
+the model. A push saves the parts with :func:`medadapt.saves.io.save_model` into a temporary folder, merges its manifest
 with the one already in the repo, and uploads the chosen adapter folders, ``manifest.json`` and a model card
 with ``HfApi.upload_folder``. The client skips files whose content the Hub already has, so pushing after each
 continual stage adds one adapter folder per commit and never re-uploads unchanged stages.
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .._io import atomic_write_json
 from ..errors import AdapterError, BaseMismatchError, HubError, StageFileError
 from .card import is_medadapt_card, render_card
-from .io import BASE_FOLDER, ModelParts, base_needs_saving, save_model
+from ..saves.io import BASE_FOLDER, ModelParts, base_needs_saving, save_model
 from .pull import offline_mode
 from .repo_id import check_repo_id
-from .manifest import MANIFEST_NAME, read_manifest
+from ..saves.manifest import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo, HfApi

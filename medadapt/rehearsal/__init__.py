@@ -1,6 +1,6 @@
 """Rehearsal (replay) memory for continual training of the shared adapter."""
 
-from .buffer import RehearsalBuffer, ReplayDataset, replay_count
+from .buffer import RehearsalBuffer, replay_count
 from .policies import (
     Ref,
     RehearsalError,
@@ -14,7 +14,6 @@ __all__ = [
     "Ref",
     "RehearsalBuffer",
     "RehearsalError",
-    "ReplayDataset",
     "SelectionPolicy",
     "available_policies",
     "get_policy",

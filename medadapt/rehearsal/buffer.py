@@ -1,14 +1,14 @@
 """Bounded rehearsal memory of references to earlier domains' training samples.
 
-The buffer stores ``(domain, index, label)`` references, never image copies; a
-:class:`ReplayDataset` turns them back into samples given the domains' datasets.
+The buffer stores ``(domain, index, label)`` references, never image copies; the
+trainer (:mod:`medadapt.training`) turns them back into samples from the domains' datasets.
 
 Multi-process (distributed) use: :meth:`RehearsalBuffer.add_stage` takes the *full* list
 of a stage's train labels (sample ``i`` has label ``labels[i]``), and all randomness comes
 from the buffer's own seeded generator. Every process that builds a buffer with the same
 ``(size, policy, seed)`` and calls ``add_stage`` with the same inputs in the same order
 therefore computes the identical memory, with no communication. Give each rank its own
-``rng`` only for :meth:`RehearsalBuffer.sample` (or shard the :class:`ReplayDataset`).
+``rng`` only for :meth:`RehearsalBuffer.sample` (or shard the references of :meth:`RehearsalBuffer.items`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
-import torch.utils.data
 
 from .policies import Ref, RehearsalError, get_policy
 
-__all__ = ["RehearsalBuffer", "ReplayDataset", "replay_count"]
+__all__ = ["RehearsalBuffer", "replay_count"]
 
 _STATE_VERSION = 1
 _STATE_KEYS = ("version", "size", "policy", "seed", "memory", "rng_state", "stages", "policy_state")
@@ -180,43 +179,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return [_jsonable(v) for v in x.tolist()]
     return x
-
-
-class ReplayDataset(torch.utils.data.Dataset):
-    """Map-style dataset over a snapshot of a buffer's references.
-
-    ``datasets`` maps each domain name to its train :class:`ImageLabelDataset` (anything
-    with ``labels`` and ``__getitem__ -> (image, label)``). Item ``i`` is
-    ``(image, label, domain)``. References are checked up front: unknown domain, index out
-    of range, or a label that disagrees with the dataset (data changed since the buffer was
-    filled) raise :class:`RehearsalError`.
-    """
-
-    def __init__(self, buffer: RehearsalBuffer, datasets: Mapping[str, Any]) -> None:
-        self.refs: list[Ref] = buffer.items()
-        self.datasets = dict(datasets)
-        for d, i, y in self.refs:
-            if d not in self.datasets:
-                raise RehearsalError(
-                    f"rehearsal memory references domain {d!r}, but no dataset was given for it "
-                    f"(given: {sorted(self.datasets)})"
-                )
-            ds = self.datasets[d]
-            if not 0 <= i < len(ds):
-                raise RehearsalError(f"rehearsal reference ({d!r}, {i}) is out of range for a dataset of {len(ds)} samples")
-            if int(ds.labels[i]) != y:
-                raise RehearsalError(
-                    f"rehearsal reference ({d!r}, {i}) has label {y} but the dataset says {int(ds.labels[i])}: "
-                    "the data changed since the buffer was filled"
-                )
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> tuple[Any, int, str]:
-        d, idx, y = self.refs[i]
-        image, _ = self.datasets[d][idx]
-        return image, y, d
 
 
 def replay_count(batch_size: int, ratio: float) -> int:

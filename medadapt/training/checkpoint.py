@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_directory, loads_json, sha256_file
 from ..errors import StageFileError
-from ..hub.io import read_adapter, save_model
-from ..hub.manifest import read_manifest, verify_files
+from ..saves.io import read_adapter, save_model
+from ..saves.manifest import read_manifest, verify_files
 
 STATE_NAME = "state.json"
 OPTIM_NAME = "optimizer.safetensors"

@@ -33,7 +33,7 @@ def _advice(out: Path) -> str:
 
 def verify_checkpoint(folder: Path, out: Path) -> dict[str, Any]:
     """Check that ``folder`` is a complete checkpoint whose files match their recorded hashes; returns its state."""
-    from ..hub.manifest import read_manifest, verify_files
+    from ..saves.manifest import read_manifest, verify_files
 
     path = folder / STATE_NAME
     try:

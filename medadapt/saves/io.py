@@ -11,7 +11,7 @@ Layout of a save::
     <adapter>/prompt_config.json  + prompt_model.safetensors       (prompt adapter)
     base/...                      (only when the base cannot be reloaded from a Hub id or folder)
 
-Saves are transactions (:mod:`medadapt.hub.transaction`): new folders are staged, a journal records
+Saves are transactions (:mod:`medadapt.saves.transaction`): new folders are staged, a journal records
 the swap, and the new manifest is the commit point, so a failed or killed save leaves the folder
 loading as the complete previous save or the complete new one; the writer holds the folder's lock
 (:mod:`medadapt.locking`) and readers load a consistent snapshot. Unchanged adapter folders are
@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
@@ -128,7 +128,7 @@ def base_needs_saving(backbone: Backbone) -> bool:
 
 def save_model(parts: ModelParts, save_directory: str | os.PathLike, save_base: bool | None = None) -> dict[str, Any]:
     """Write the stages of ``parts`` (see :meth:`medadapt.ContinualVLM.parts`) into ``save_directory`` as one
-    transaction (see :mod:`medadapt.hub.transaction`); returns the manifest."""
+    transaction (see :mod:`medadapt.saves.transaction`); returns the manifest."""
     target = Path(save_directory)
     with storage_errors(f"cannot save to {target}"):
         target.mkdir(parents=True, exist_ok=True)
@@ -184,16 +184,15 @@ def _old_manifest(target: Path) -> dict[str, Any]:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def local_folder(path: str | os.PathLike, revision: str | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
-    """A local folder for ``path``; a Hub repo id is downloaded (see :mod:`medadapt.hub.pull`).
+Locate = Callable[..., "tuple[Path, dict[str, Any]]"]  # (path, revision=..., **options) -> (folder, provenance)
 
-    Returns the folder and a provenance dict (``{"path": ...}`` or ``{"repo": ..., "revision": ...}``).
-    """
-    if os.path.isdir(path):
-        return Path(path), {"path": str(Path(path).resolve())}
-    from .pull import download_save  # network / cache access lives there
 
-    return download_save(str(path), revision=revision, **kwargs)
+def local_only(path: str | os.PathLike, revision: str | None = None, **options: Any) -> tuple[Path, dict[str, Any]]:
+    """The default :data:`Locate`: ``path`` must be a local folder (the Hub client,
+    :func:`medadapt.hub.pull.locate_save`, also downloads repo ids)."""
+    if not os.path.isdir(path):
+        raise StageFileError(f"{path}: no such folder (to load from the Hub, use ContinualVLM.from_pretrained).")
+    return Path(path), {"path": str(Path(path).resolve())}
 
 
 def check_base(backbone: Backbone, base_info: dict[str, Any], where: str) -> None:
@@ -294,11 +293,12 @@ def _read_stage(backbone: Backbone, root: Path, manifest: dict[str, Any], name: 
     return SavedStage(new_name, domain, config, weights, record)
 
 
-def load_save(path: str | os.PathLike, base: Any = None, revision: str | None = None, **kwargs: Any) -> LoadedSave:
+def load_save(path: str | os.PathLike, base: Any = None, revision: str | None = None, locate: Locate = local_only, **kwargs: Any) -> LoadedSave:
     """Read a save: base (given, saved or named), then every stage in order. A folder or repo without
-    ``manifest.json`` is read as a plain base model."""
+    ``manifest.json`` is read as a plain base model. ``locate`` turns ``path`` into a local folder
+    (the model passes the Hub client's :func:`medadapt.hub.pull.locate_save`)."""
     expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
-    root, provenance = local_folder(path, revision=revision, include_base=base is None, **kwargs)
+    root, provenance = locate(path, revision=revision, include_base=base is None, **kwargs)
     hub_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "token", "cache_dir")}
     if not (root / MANIFEST_NAME).exists() and base is None and (root / "config.json").exists():
         backbone = load_backbone(str(root), trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
@@ -316,11 +316,11 @@ def load_save(path: str | os.PathLike, base: Any = None, revision: str | None = 
     return LoadedSave(backbone, stages, dict(manifest.get("extras") or {}))
 
 
-def read_stage(backbone: Backbone, stages: StageTable, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, **kwargs: Any) -> SavedStage:
+def read_stage(backbone: Backbone, stages: StageTable, path: str | os.PathLike, name: str | None = None, as_name: str | None = None, revision: str | None = None, locate: Locate = local_only, **kwargs: Any) -> SavedStage:
     """One stage of another save (local or Hub), checked against ``backbone`` and named ``as_name`` (unused in ``stages``)."""
     expected, recover = kwargs.pop("manifest_sha256", None), kwargs.pop("recover", False)
     hub = {"stages": [name] if name else None, "include_base": False}  # Hub: fetch only this stage
-    root, provenance = local_folder(path, revision=revision, **hub, **kwargs)
+    root, provenance = locate(path, revision=revision, **hub, **kwargs)
     if not (root / MANIFEST_NAME).exists() and (root.parent / MANIFEST_NAME).exists():
         name = name or root.name
         root = root.parent
