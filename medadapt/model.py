@@ -69,6 +69,7 @@ class ContinualVLM(nn.Module):
         self.scorer = backbone.family.make_scorer(backbone, self.adapters)
         self.stages = StageTable()  # the domains and shared adapters, in order (see medadapt.stages)
         self.extras: dict[str, Any] = {}  # JSON-able per-model state other modules save (e.g. routing)
+        self.eval()  # like transformers' from_pretrained: served calls then flip no module state
 
     @property
     def lora(self) -> Any:
@@ -348,7 +349,10 @@ class ContinualVLM(nn.Module):
 
     def train(self, mode: bool = True) -> "ContinualVLM":
         """Train mode for adapters only: the frozen base stays in eval mode (no base dropout),
-        while LoRA dropout follows ``mode``."""
+        while LoRA dropout follows ``mode``. Switching to train mode is refused (:class:`ServingError`)
+        while other threads serve the model: their calls would run with adapter dropout on."""
+        if mode and not self.training:
+            self.adapters.gate.refuse_while_others_serve("switch the model to train mode")
         super().train(mode)
         self.base_model.eval()
         for module in self.base_model.modules():
@@ -491,6 +495,7 @@ class ContinualVLM(nn.Module):
         with self.adapters.frozen_base():
             return router_features(self.backbone, pixel_values, spec)
 
+    @changes_adapters
     def fit_router(self, images: Mapping[str, Any], threshold: float = 0.99, fallback: str | None = "auto", preprocessed: bool = False, **options: Any) -> DomainRouter:
         """Fit the router behind ``predict_proba(..., domain="auto")`` on ``{domain: training images}``.
 
@@ -499,7 +504,8 @@ class ContinualVLM(nn.Module):
         ``shared`` or the only one; ``None``: the frozen base) flagged unrouted. ``images`` are
         anything :meth:`preprocess` takes, or (``preprocessed=True``) pixel tensors already run
         through it; ``options`` go to :meth:`DomainRouter.fit`. The router is saved with the model
-        (``extras["router"]``). See :mod:`medadapt.routing`.
+        (``extras["router"]``). See :mod:`medadapt.routing`. Like an adapter change, it waits for the
+        calls in flight and runs alone, so a ``domain="auto"`` call sees the old router or the new one.
         """
         check_threshold(threshold)
         check_routable(list(self.domains), images)

@@ -248,3 +248,35 @@ def test_changing_adapters_inside_a_served_call_is_a_clear_error():
         model.predict_proba(make_image_list(1), "chest")
     handle.remove()
     assert "histo" in model.domains
+
+
+def test_train_mode_is_refused_while_other_threads_serve_and_models_start_in_eval_mode():
+    model = build_tiny_vlm("clip")
+    assert not model.training  # served calls never flip module state on a fresh model
+    thread, release, out = _paused_call(model, "chest")
+    try:
+        with pytest.raises(ServingError, match="switch the model to train mode"):
+            model.train()
+        assert not model.training
+        model.eval()  # eval mode is what serving reads: allowed
+    finally:
+        release.set()
+        thread.join(30)
+    assert "error" not in out
+    model.train()  # nobody serves now
+    assert model.training and not model.base_model.training
+
+
+def test_fit_router_waits_for_calls_in_flight_and_runs_alone():
+    model = build_tiny_vlm("clip")
+    rng = np.random.RandomState(0)
+    train = {d: [rng.randint(40 * k, 40 * k + 30, (32, 32, 3), dtype=np.uint8) for _ in range(8)] for k, d in enumerate(CLIP_DOMAINS)}
+    thread, release, out = _paused_call(model, "chest")
+    fitter = threading.Thread(target=lambda: model.fit_router(train, fallback=None))
+    fitter.start()
+    time.sleep(0.3)
+    assert fitter.is_alive() and "router" not in model.extras  # waits for the call in flight
+    release.set()
+    thread.join(30)
+    fitter.join(60)
+    assert "error" not in out and "router" in model.extras

@@ -279,3 +279,38 @@ def test_readers_get_a_consistent_snapshot_while_saves_run_back_to_back(models, 
         status = code if done else None
     assert os.waitstatus_to_exitcode(status) == 0
     assert loads >= 2  # loads overlapped the writer's saves; each one above was a complete save
+
+
+def test_two_threads_saving_to_one_folder_give_one_complete_save_and_a_clear_error(models, tmp_path):
+    import threading
+
+    root = tmp_path / "save"
+    inside, release = threading.Event(), threading.Event()
+
+    def hook(step):
+        if step == "journal" and threading.current_thread().name == "first":
+            inside.set()
+            release.wait(30)
+
+    outcome: dict = {}
+
+    def save(i: int) -> None:
+        try:
+            models[i].save_pretrained(root)
+            outcome[i] = "saved"
+        except SaveLockedError as exc:
+            outcome[i] = exc
+
+    transaction.FAULT_HOOK = hook
+    try:
+        first = threading.Thread(target=save, args=(1,), name="first")
+        first.start()
+        assert inside.wait(30)  # the first thread is inside its save, holding the folder's lock
+        save(0)  # the same process, another thread, the same folder
+        release.set()
+        first.join(30)
+    finally:
+        transaction.FAULT_HOOK = None
+    assert outcome[1] == "saved"
+    assert isinstance(outcome[0], SaveLockedError) and "another thread of this process" in str(outcome[0])
+    assert _which(root, models, recover=False) == 1 and not _leftovers(root)

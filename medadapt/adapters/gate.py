@@ -100,6 +100,18 @@ class AdapterGate:
                     self._writer = None
                     self._cond.notify_all()
 
+    def refuse_while_others_serve(self, what: str) -> None:
+        """Raise :class:`ServingError` if a thread other than this one runs a served call now."""
+        me = threading.get_ident()
+        with self._cond:
+            busy = [t for t in self._readers if t != me]
+            if busy:
+                raise ServingError(
+                    f"cannot {what} while {len(busy)} other thread(s) serve this model: it flips module state "
+                    "that their calls read (dropout on). Do it before serving starts, or on a separate copy "
+                    "(ContinualVLM.from_pretrained)."
+                )
+
     def set_training(self, training: bool) -> None:
         """Mark this thread as training the model (``True``) or done (``False``).
 
