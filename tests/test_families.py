@@ -13,86 +13,22 @@ from medadapt.adapters import adapter_kind, adapter_kinds, kind_for_spec
 from medadapt.errors import AdapterError, UnsupportedBackboneError
 from medadapt.families import family_by_name, family_for_model_type, supported_families
 
+from tools.arch_metrics import components, graph as import_graph
+
 from .conftest import build_tiny_vlm, core_lora_config, perturb_prompt
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medadapt"
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
-    """medadapt modules imported anywhere in ``path``: functions and ``if TYPE_CHECKING`` blocks included
-    (a type-only import is still a tie between two modules).
-
-    ``from pkg import sub`` imports the submodule ``pkg.sub``; ``from pkg import name`` (a name that
-    ``pkg/__init__`` defines) imports ``pkg`` itself."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if target.startswith("medadapt"):
-                names = [f"{target}.{alias.name}" for alias in node.names]
-                found.update(n for n in names if n in modules)
-                if any(n not in modules for n in names):
-                    found.add(target)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("medadapt"))
-    return found
-
-
 def _import_graph() -> dict[str, set[str]]:
-    """Every medadapt module -> the medadapt modules it imports; a package's ``__init__`` importing its
-    own submodules counts like any other import."""
-    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        targets = set()
-        for target in _imports(path, name, set(paths)):
-            while target and target not in paths:  # `import medadapt.x.name` -> medadapt.x
-                target = target.rsplit(".", 1)[0] if "." in target else ""
-            if target and target != name:
-                targets.add(target)
-        graph[name] = targets
-    return graph
+    """Every medadapt module -> the medadapt modules it imports, type-only and package-internal imports
+    included (the same graph ``tools/arch_metrics.py`` measures)."""
+    return import_graph(typing=True)
 
 
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    out: list[list[str]] = []
-
-    def strong(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                strong(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while comp[-1:] != [v]:
-                comp.append(stack.pop())
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            strong(v)
-    return out
+    """The strongly connected components of more than one module."""
+    return sorted(c for c in components(graph) if len(c) > 1)
 
 
 def test_no_import_cycles_between_modules():

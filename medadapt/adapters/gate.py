@@ -100,17 +100,20 @@ class AdapterGate:
                     self._writer = None
                     self._cond.notify_all()
 
+    def _others_serving(self, me: int) -> int:
+        """Threads other than ``me`` running a served call now (call with ``self._cond`` held)."""
+        return sum(1 for t in self._readers if t != me)
+
     def refuse_while_others_serve(self, what: str) -> None:
         """Raise :class:`ServingError` if a thread other than this one runs a served call now."""
-        me = threading.get_ident()
         with self._cond:
-            busy = [t for t in self._readers if t != me]
-            if busy:
-                raise ServingError(
-                    f"cannot {what} while {len(busy)} other thread(s) serve this model: it flips module state "
-                    "that their calls read (dropout on). Do it before serving starts, or on a separate copy "
-                    "(ContinualVLM.from_pretrained)."
-                )
+            busy = self._others_serving(threading.get_ident())
+        if busy:
+            raise ServingError(
+                f"cannot {what} while {busy} other thread(s) serve this model: it flips module state "
+                "that their calls read (dropout on). Do it before serving starts, or on a separate copy "
+                "(ContinualVLM.from_pretrained)."
+            )
 
     def set_training(self, training: bool) -> None:
         """Mark this thread as training the model (``True``) or done (``False``).
@@ -125,10 +128,10 @@ class AdapterGate:
                 return
             if self._trainer not in (None, me):
                 raise ServingError("this model already trains in another thread; train one model per thread.")
-            busy = [t for t in self._readers if t != me]
+            busy = self._others_serving(me)
             if busy:
                 raise ServingError(
-                    f"cannot train this model while it serves: {len(busy)} other thread(s) are running predict_proba/"
+                    f"cannot train this model while it serves: {busy} other thread(s) are running predict_proba/"
                     "generate/embed_images calls on it, and training changes its adapters at every step. Train a "
                     "separate copy (ContinualVLM.from_pretrained) and load the result with load_adapter."
                 )
