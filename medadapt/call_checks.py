@@ -137,13 +137,14 @@ def _fill(rows: list[str | None], domains: Sequence["Domain"] | None, question_o
     return out
 
 
-def scoring_questions(scorer: "Scorer", n: int, domain: Any, get_domain: Callable[[str], "Domain"], questions: Any) -> list[str] | None:
-    """Check ``predict_proba``'s ``domain`` and ``questions`` for ``n`` images; the questions to ask, or None.
+def scoring_questions(scorer: "Scorer", domains: Sequence["Domain"], questions: Any) -> list[str] | None:
+    """Check ``predict_proba``'s ``questions`` for images of ``domains`` (one per image, from
+    :func:`domain_names`); the questions to ask, or None.
 
     ``None`` entries become the row's domain's own question. Refuses free-text (``task="vqa"``)
     domains, image placeholder tokens in questions and labels, and questions too long for the model.
     """
-    domains = [get_domain(d) for d in domain_names(domain, n)]
+    n = len(domains)
     distinct = list({d.name: d for d in domains}.values())
     for d in distinct:
         if d.task == "vqa":

@@ -411,7 +411,8 @@ class ContinualVLM(nn.Module):
             if isinstance(domain, str) and domain == AUTO:
                 return self.predict_routed(self.preprocess(images), adapter)
             pixel_values = self.preprocess(images)
-            rows = call_checks.scoring_questions(self.scorer, pixel_values.shape[0], domain, self.get_domain, questions)
+            row_domains = [self.get_domain(d) for d in call_checks.domain_names(domain, pixel_values.shape[0])]
+            rows = call_checks.scoring_questions(self.scorer, row_domains, questions)
             if isinstance(domain, str):
                 logits = self.scorer.logits(pixel_values, self.get_domain(domain), self.serve(domain, adapter), rows)
                 return logits.softmax(dim=-1).cpu()
