@@ -1,6 +1,9 @@
 """The Accelerate training loop: executes a paradigm's plan stage by stage, with rehearsal,
 checkpoints that survive SIGKILL, evaluation after every stage and the run's outputs.
 
+In :mod:`medadapt.training` a *stage* is always a **training stage** (one continual step of the plan);
+the slots a model holds are the stage table's stages (:mod:`medadapt.stages`).
+
 Gradients of the (small) trainable adapter parameters are averaged across processes explicitly,
 so the same code runs on one CPU, one GPU or many processes without wrapping the model in DDP
 (whose parameter set could not change from one phase to the next).
