@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -71,28 +71,28 @@ class _Spill:
     def __init__(self, folder: str, name: str, size: int) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / name
-        with open(self.path, "wb") as handle:  # truncated: never read what an earlier process wrote
-            handle.truncate(size)  # sparse on most file systems: only written bytes take disk space
-        self.map = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(size,))
+        self.file = open(self.path, "w+b")  # truncated: never read what an earlier process wrote
+        self.file.truncate(size)  # sparse on most file systems: only written bytes take disk space
+        self.map = mmap.mmap(self.file.fileno(), size)
         self.used = 0
 
     def write(self, tensor: torch.Tensor) -> tuple[int, int] | None:
-        raw = tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
-        if self.used + raw.size > self.map.shape[0]:
+        raw = tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+        if self.used + len(raw) > len(self.map):
             return None
-        self.map[self.used : self.used + raw.size] = raw
-        where = (self.used, raw.size)
-        self.used += raw.size
+        self.map[self.used : self.used + len(raw)] = raw
+        where = (self.used, len(raw))
+        self.used += len(raw)
         return where
 
     def read(self, where: tuple[int, int], dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         start, size = where
-        raw = torch.from_numpy(np.array(self.map[start : start + size]))  # a copy: nothing aliases the file
+        raw = torch.frombuffer(bytearray(self.map[start : start + size]), dtype=torch.uint8)  # a copy: nothing aliases the file
         return raw.view(dtype).view(shape)
 
     def close(self) -> None:
-        self.map._mmap.close()  # type: ignore[attr-defined]
-        del self.map
+        self.map.close()
+        self.file.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:  # pragma: no cover - removed by someone else
