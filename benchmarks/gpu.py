@@ -334,9 +334,7 @@ def bench_cached_train(hf_model: Any, processor: Any, s: Settings) -> dict[str, 
         step()
         epoch2 = seconds(step, s.steps)
         stats = cache.stats()
-    model.set_trainable([])
-    del model, step, batch
-    reset_peak()
+    model.set_trainable([])  # the model goes out of scope on return (no del: a closure holds the step)
     return {"epoch1_step_s": epoch1, "epoch2_step_s": epoch2, "cache": stats,
             "bytes_per_image": stats["memory_bytes"] / max(1, stats["entries"])}
 
