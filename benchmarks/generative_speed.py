@@ -11,6 +11,12 @@ run (interleaved ABAB with the order alternating, medians; helpers in ``harness.
   five) on the same images; the image+question prefix is encoded once and its KV cache reused for all
   labels; target <= 1.5, gated by ``joint_matches_separate``. ``score_5_separately_vs_1`` (5 one-label calls, i.e. no reuse) is reported
   beside it for scale.
+- ``vision_cache_epoch_speedup``: epoch 1 against epoch 2 of an LM-only LoRA stage (the trainer's inner
+  step over the same keyed batches; epoch 1 computes and keeps each image's projected image tokens,
+  epoch 2 reads them) on a tiny LLaVA whose vision tower (``VISION_LAYERS`` x ``VISION_WIDTH``) costs at
+  least as much per sample as its language model's forward, as in real bases; target >= 1.3, gated by
+  ``cached_matches_uncached`` (losses and gradients with the cache equal those without, atol 1e-5) and
+  ``epoch2_all_hits``. ``vision_cache_bytes_per_image`` (memory per cached image) is reported beside it.
 - ``mixed_generation_ratio``: greedy generation for a batch whose rows use 8 different LoRA adapters
   (peft ``adapter_names``) against the same batch through one adapter; target <= 1.5, gated by
   ``mixed_matches_per_domain`` (mixed answers identical to per-adapter calls), ``adapters_differ``
@@ -64,6 +70,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "score_5_vs_1_labels": ("<=", 1.5),
     "score_5_separately_vs_1": None,
     "mixed_generation_ratio": ("<=", 1.5),
+    "vision_cache_epoch_speedup": (">=", 1.3),
+    "vision_cache_bytes_per_image": None,
 }
 CLOCK = "cpu"
 # key -> (section, flags of that section that must all be true for the target to pass)
@@ -71,7 +79,9 @@ FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train_step_ratio": ("training_overhead", ("same_first_loss", "same_losses")),
     "score_5_vs_1_labels": ("label_scoring", ("joint_matches_separate",)),
     "mixed_generation_ratio": ("mixed_generation", ("mixed_matches_per_domain", "adapters_differ", "public_generate_serves_the_adapter")),
+    "vision_cache_epoch_speedup": ("vision_cache", ("cached_matches_uncached", "epoch2_all_hits")),
 }
+VISION_LAYERS, VISION_WIDTH = 16, 64  # the cache benchmark's image tower: at least as costly as the language model
 
 
 def summary(samples: list[Any]) -> dict[str, Any]:
@@ -93,14 +103,17 @@ class Settings:
     gen_images: int = 32
     gen_tokens: int = 16
     gen_repeats: int = 7
+    cache_images: int = 64
+    cache_batch: int = 16
+    cache_repeats: int = 5
 
 
 MODES = {
     "full": Settings(),
-    "quick": Settings(warmup=2, train_repeats=5, train_steps=2, score_repeats=5, gen_repeats=3),
+    "quick": Settings(warmup=2, train_repeats=5, train_steps=2, score_repeats=5, gen_repeats=3, cache_repeats=3),
     # smoke: only checks the script runs end to end (used by the test-suite); numbers are meaningless
     "smoke": Settings(train_batch=4, warmup=2, train_repeats=1, train_steps=1, score_images=4, score_repeats=1,
-                      gen_images=8, gen_tokens=4, gen_repeats=1),
+                      gen_images=8, gen_tokens=4, gen_repeats=1, cache_images=8, cache_batch=4, cache_repeats=1),
 }
 
 
@@ -331,8 +344,87 @@ def bench_generation(s: Settings) -> dict[str, Any]:
     }
 
 
+# -- 4. reused image tokens in an LM-only stage ------------------------------------------------------
+def bench_vision_cache(s: Settings) -> dict[str, Any]:
+    from medadapt import ContinualVLM
+    from medadapt.backbones import backbone_from_model
+    from medadapt.families.image_token_cache import ImageCacheSettings
+    from medadapt.tiny_generative import tiny_llava
+    from medadapt.training.objectives import Batch, CausalLMObjective
+
+    heavy, processor = tiny_llava(0, VISION_LAYERS, VISION_WIDTH)
+    model = ContinualVLM(backbone_from_model(heavy, processor=processor, source=None))
+    torch.manual_seed(1)
+    model.add_domain("vqa", [], "{}", adapter=lora(model, s.lora_r), task="vqa")
+    pixels = model.preprocess(images(s.cache_images))
+    pairs = [QA[i % len(QA)] for i in range(s.cache_images)]
+    batches = []
+    for start in range(0, s.cache_images, s.cache_batch):
+        rows = list(range(start, min(start + s.cache_batch, s.cache_images)))
+        batches.append(Batch(pixels[rows], torch.full((len(rows),), -1), ["vqa"] * len(rows), [pairs[i][0] for i in rows],
+                             [pairs[i][1] for i in rows], [("vqa", i) for i in rows]))
+    scorer = model.scorer
+    served = model.stages.serve_named("vqa")
+
+    def loss_and_grads(batch: Any, keyed: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        params = model.set_trainable(["vqa"])
+        for p in params:
+            p.grad = None
+        keys = [("train", d, i) for d, i in batch.keys] if keyed else None
+        loss, _ = scorer.lm_loss(batch.pixel_values, batch.questions, batch.answers, served, keys)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    model.train()
+    exact = True
+    with scorer.caching_images(ImageCacheSettings()) as cache:
+        for batch in batches * 2:  # the second pass reads the cache
+            plain, cached = loss_and_grads(batch, False), loss_and_grads(batch, True)
+            exact &= bool(torch.allclose(plain[0], cached[0], atol=1e-5, rtol=0))
+            exact &= all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(plain[1], cached[1]))
+        per_image = cache.memory_bytes / max(1, len(cache))
+    # what a batch costs on each side of the cache, forward only: the image tower + projector, and the
+    # language model given cached image tokens (MedGemma-4B: about 3.3 vs 2.4 TFLOP a sample, issue 23)
+    first = batches[0]
+    with torch.no_grad(), scorer.caching_images(ImageCacheSettings()):
+        keys = [("train", d, i) for d, i in first.keys]
+        scorer.lm_loss(first.pixel_values, first.questions, first.answers, served, keys)
+        sides = interleaved({
+            "vision": lambda: timed(lambda: model.base_model.get_image_features(pixel_values=first.pixel_values), 2),
+            "lm": lambda: timed(lambda: scorer.lm_loss(first.pixel_values, first.questions, first.answers, served, keys), 2),
+        }, 5)
+    vision, lm_forward = median(pick(sides["vision"], CLOCK)), median(pick(sides["lm"], CLOCK))
+    step = medadapt_trainer_step(model, CausalLMObjective(), "vqa")
+    epoch1, epoch2, all_hits = [], [], True
+    for r in range(s.cache_repeats):
+        with scorer.caching_images(ImageCacheSettings()) as cache:
+            epoch1.append(timed(lambda: [step(b) for b in batches]))
+            hits = cache.hits
+            epoch2.append(timed(lambda: [step(b) for b in batches]))
+            all_hits &= cache.hits - hits == s.cache_images and cache.misses == s.cache_images
+    ratios = ratio(epoch1, epoch2)
+    lm_step = median(pick(epoch2, CLOCK)) / len(batches)
+    return {
+        "vision_cache_epoch_speedup": ratios[CLOCK],
+        "vision_cache_bytes_per_image": per_image,
+        "ratio_by_clock": ratios,
+        "epoch1": summary(epoch1),
+        "epoch2": summary(epoch2),
+        "vision_forward_per_batch_s": vision,
+        "lm_only_step_per_batch_s": lm_step,
+        "vision_vs_lm_step": vision / lm_step,
+        "lm_forward_per_batch_s": lm_forward,
+        "vision_vs_lm_forward": vision / lm_forward,
+        "cached_matches_uncached": exact,
+        "epoch2_all_hits": bool(all_hits),
+        "setup": f"tiny-llava with a {VISION_LAYERS}-layer, {VISION_WIDTH}-wide CLIP tower (16 image tokens of width 32), "
+        f"{s.cache_images} keyed samples in batches of {s.cache_batch}, LoRA r={s.lora_r} on the language model's q/v, "
+        "the trainer's inner step (AdamW); a fresh cache for every repeat",
+    }
+
+
 # -- results ------------------------------------------------------------------------------------------
-def causes(training: dict[str, Any], scoring: dict[str, Any], generation: dict[str, Any]) -> dict[str, str]:
+def causes(training: dict[str, Any], scoring: dict[str, Any], generation: dict[str, Any], cache: dict[str, Any]) -> dict[str, str]:
     """The measured explanation written beside a missed target."""
     ours, base = training["medadapt_step"]["median_s"], training["peft_baseline_step"]["median_s"]
     tail = training["loss_tail"]
@@ -354,6 +446,10 @@ def causes(training: dict[str, Any], scoring: dict[str, Any], generation: dict[s
         "peft's adapter_names path runs each LoRA layer once per adapter present (gather rows, A, B, scatter back) at every "
         "decoding step. On this 32-wide model those per-adapter ops cost about as much as the layer's own matmul; "
         "with real model widths the base matmuls dominate and the ratio should shrink (not measured here).",
+        "vision_cache_epoch_speedup": f"epoch 2 saves the image tower's forward ({cache['vision_forward_per_batch_s'] * 1e3:.1f} ms a batch) "
+        f"against an LM-only training step of {cache['lm_only_step_per_batch_s'] * 1e3:.1f} ms a batch "
+        f"(vision/LM step {cache['vision_vs_lm_step']:.2f}; vision/LM forward {cache['vision_vs_lm_forward']:.2f}); "
+        "the speedup is bounded by 1 + the step ratio.",
     }
 
 
@@ -369,7 +465,9 @@ def run(mode: str, out: Path, threads: int = 1, log: Callable[[str], None] = pri
     started = time.perf_counter()
     measurements: dict[str, Any] = {}
     stamps: dict[str, float] = {}
-    for name, fn in (("training_overhead", bench_training), ("label_scoring", bench_scoring), ("mixed_generation", bench_generation)):
+    sections = (("training_overhead", bench_training), ("label_scoring", bench_scoring), ("mixed_generation", bench_generation),
+                ("vision_cache", bench_vision_cache))
+    for name, fn in sections:
         t0 = time.perf_counter()
         measurements[name] = fn(s)
         stamps[name] = round(time.perf_counter() - t0, 3)
@@ -380,8 +478,10 @@ def run(mode: str, out: Path, threads: int = 1, log: Callable[[str], None] = pri
         "score_5_vs_1_labels": scoring["score_5_vs_1_labels"],
         "score_5_separately_vs_1": scoring["score_5_separately_vs_1"],
         "mixed_generation_ratio": generation["mixed_generation_ratio"],
+        "vision_cache_epoch_speedup": measurements["vision_cache"]["vision_cache_epoch_speedup"],
+        "vision_cache_bytes_per_image": measurements["vision_cache"]["vision_cache_bytes_per_image"],
     }
-    why = causes(training, scoring, generation)
+    why = causes(training, scoring, generation, measurements["vision_cache"])
     targets = {}
     for key, value in values.items():
         section, names = FLAGS.get(key, ("", ()))

@@ -334,6 +334,8 @@ GENERATIVE_RENDERERS = {"generative_paradigms": render_generative_paradigms, "ge
 GPU_ROWS = [
     ("trl_time_ratio", "train step time vs TRL SFTTrainer (same LoRA, batch, tokens)"),
     ("trl_memory_ratio", "train step peak memory vs TRL SFTTrainer"),
+    ("trl_epoch2_throughput_ratio", "LM-only stage, epoch 2 (image tokens cached): TRL step time / ours"),
+    ("trl_epoch1_time_ratio", "LM-only stage, epoch 1 (image tokens being cached): our step time / TRL's"),
     ("grad_ckpt_memory_ratio", "peak memory with / without gradient checkpointing (Gemma 3 4B)"),
     ("gemma3_4b_bf16_gc_batch8_peak_gb", "Gemma 3 4B, bf16 + gradient checkpointing, batch 8: peak GB"),
     ("qlora_memory_ratio", "LLaVA-1.5-7B peak memory, 4-bit / bf16"),

@@ -129,7 +129,7 @@ def _text_ids(tokenizer: Any) -> dict[str, int]:
 
 def _tower(**specific: Any) -> dict[str, Any]:
     """Config of a 2-layer, 2-head transformer of width ``HIDDEN`` plus the ``specific`` keys."""
-    return dict(hidden_size=HIDDEN, intermediate_size=HIDDEN * 2, num_hidden_layers=2, num_attention_heads=2, **specific)
+    return {"hidden_size": HIDDEN, "intermediate_size": HIDDEN * 2, "num_hidden_layers": 2, "num_attention_heads": 2, **specific}
 
 
 def _small_text(**overrides: Any) -> dict[str, Any]:
@@ -172,11 +172,13 @@ def _finish(model: Any, tokenizer: Any, name: str) -> Any:
     return model
 
 
-def tiny_llava(seed: int = 0) -> tuple[Any, Any]:
+def tiny_llava(seed: int = 0, vision_layers: int = 2, vision_width: int = HIDDEN) -> tuple[Any, Any]:
     """A tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama) and its ``LlavaProcessor``.
 
     A 32x32 image gives 16 patch tokens (the CLS token is dropped: ``vision_feature_select_strategy
-    ="default"``), so ``<image>`` expands to 16 image tokens.
+    ="default"``), so ``<image>`` expands to 16 image tokens. ``vision_layers`` / ``vision_width``
+    make the image tower costlier (as in real bases, where it costs about as much as the language
+    model per sample) without changing the image tokens' count or width.
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -199,7 +201,9 @@ def tiny_llava(seed: int = 0) -> tuple[Any, Any]:
     )
     tok = processor.tokenizer
     config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", **_small_vision(projection_dim=HIDDEN)),
+        vision_config=dict(model_type="clip_vision_model", **_small_vision(
+            projection_dim=HIDDEN, num_hidden_layers=vision_layers, hidden_size=vision_width, intermediate_size=vision_width * 2,
+        )),
         text_config=dict(model_type="llama", **_small_text(), **_text_ids(tok)),
         image_token_index=tok.image_token_id,
         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,

@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 KEYS = ["trl_time_ratio", "trl_memory_ratio", "grad_ckpt_memory_ratio", "gemma3_4b_bf16_gc_batch8_peak_gb",
-        "qlora_memory_ratio", "qlora_time_ratio", "generate_8_vs_1_adapters", "score_5_vs_1_labels"]
+        "qlora_memory_ratio", "qlora_time_ratio", "generate_8_vs_1_adapters", "score_5_vs_1_labels",
+        "trl_epoch2_throughput_ratio", "trl_epoch1_time_ratio"]
 
 
 @pytest.mark.timeout(300)
@@ -36,11 +37,14 @@ def test_gpu_benchmark_smoke_writes_every_key_and_renders(tmp_path):
         value = result[key]
         assert (isinstance(value, float) and value > 0) or (value is None and result["null_reasons"][key]), key
     # timings run on CPU too; memory and QLoRA need CUDA and say so
-    for key in ("trl_time_ratio", "generate_8_vs_1_adapters", "score_5_vs_1_labels"):
+    for key in ("trl_time_ratio", "generate_8_vs_1_adapters", "score_5_vs_1_labels", "trl_epoch2_throughput_ratio", "trl_epoch1_time_ratio"):
         assert isinstance(result[key], float), key
     assert "CUDA" in result["null_reasons"]["trl_memory_ratio"] and "bitsandbytes" in result["null_reasons"]["llava_4bit"]
     assert result["trl"]["tokens_per_step"] == result["gemma3_train"]["no_gc"]["tokens_per_step"] > 0  # same tokens on both sides
-    assert set(result["targets"]) == {"trl_time_ratio", "trl_memory_ratio", "gemma3_4b_bf16_gc_batch8_peak_gb"}
+    assert set(result["targets"]) == {"trl_time_ratio", "trl_memory_ratio", "gemma3_4b_bf16_gc_batch8_peak_gb",
+                                      "trl_epoch2_throughput_ratio", "trl_epoch1_time_ratio"}
+    cached = result["gemma3_cached"]["cache"]  # epoch 2 read every image's tokens from the cache
+    assert cached["hits"] >= 2 and cached["refusals"] == {} and result["gemma3_cached"]["bytes_per_image"] > 0
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

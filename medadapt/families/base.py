@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -175,10 +176,19 @@ class Scorer(ABC):
         return adapter if isinstance(adapter, Served) else Served.of(adapter, self.adapters.prompts)
 
     @abstractmethod
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None,
+               keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         """``(N, num_labels)`` logits of a batch of one domain, every row served by ``served``; differentiable.
 
-        ``questions`` (one per image) replace the domain's own question where the family asks one."""
+        ``questions`` (one per image) replace the domain's own question where the family asks one.
+        ``keys`` (one per image: which sample it is, e.g. ``("test", domain, index)``) let a family
+        reuse frozen image work kept by :meth:`caching_images`; families without such a cache ignore them."""
+
+    @contextmanager
+    def caching_images(self, settings: Any) -> Iterator[Any]:
+        """Keep frozen image work of keyed samples for the body (a training run): yields the cache, or
+        None for families without one (this default)."""
+        yield None
 
     @abstractmethod
     def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:

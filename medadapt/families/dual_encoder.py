@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -463,7 +463,8 @@ class DualEncoderScorer(Scorer):
         logits = scale * image_feats @ label_feats.t()
         return logits + bias.float() if bias is not None else logits
 
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None,
+               keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         _no_questions(questions)
         served = self.served(served)
         return self.logits_from_features(self._image(pixel_values, served), self._label_embeddings(domain, served))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from ..errors import AdapterError, DomainError, ImageError, UnsupportedBackboneE
 from ..images import to_rgb
 from ..stages import Served
 from .base import Backbone, BackboneFamily, Preprocessing, Scorer, ServedLike, register_family
+from .image_token_cache import ImageCacheSettings, ImageTokenCache, processor_stamp, weights_stamp
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters.registry import AdapterSet
@@ -51,6 +53,7 @@ class GenerativeSpec:
     nested_images: bool = True  # the processor wants one list of images per text
     needs: str | None = None  # a package the processor needs (named in the error when it is missing)
     tiles: bool = False  # the image processor returns (N, tiles, C, H, W) and wants one list of images per sample
+    no_image_cache: str | None = None  # why this architecture's forward cannot take precomputed image tokens
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -63,7 +66,9 @@ SPECS = (
     GenerativeSpec(("paligemma",), lambda m: _inner(m).vision_tower, "model.language_model", "<image>{question}", "", "suffix"),
     GenerativeSpec(("idefics3", "smolvlm"), lambda m: _inner(m).vision_model, "model.text_model", "<image>{question}", tiles=True),
     GenerativeSpec(("qwen2_vl", "qwen2_5_vl"), lambda m: _inner(m).visual, "model.language_model",
-                   "<|vision_start|><|image_pad|><|vision_end|>{question}", needs="torchvision"),
+                   "<|vision_start|><|image_pad|><|vision_end|>{question}", needs="torchvision",
+                   no_image_cache="Qwen2-VL's image tokens come with image_grid_thw and rope positions computed from the "
+                                  "pixel inputs; passing precomputed tokens alone is not supported here"),
 )
 
 
@@ -186,6 +191,9 @@ class GenerativeScorer(Scorer):
         self.length_normalize = False  # divide each answer's log-likelihood by its token count
         self._encoded: dict[tuple, Encoded] = {}
         self._dummy = None
+        self.image_cache: ImageTokenCache | None = None  # set for a run by caching_images()
+        self._upstream: tuple[int, set[int], list[nn.Parameter]] | None = None  # (adapters.version, ids, base params)
+        self._stacked_tokens = True  # the family's get_image_features gives one tensor (else a list per image)
 
     # -- text ------------------------------------------------------------------------------------
     def render(self, question: str) -> str:
@@ -257,13 +265,99 @@ class GenerativeScorer(Scorer):
         self._encoded[key] = encoded
         return encoded
 
+    # -- image tokens ----------------------------------------------------------------------------
+    @contextmanager
+    def caching_images(self, settings: ImageCacheSettings) -> Iterator[ImageTokenCache | None]:
+        """Reuse projected image tokens of keyed samples in the body (a training run); see
+        :mod:`medadapt.families.image_token_cache`. The cache is dropped (spill file deleted) after."""
+        if settings.memory_bytes == 0:
+            yield None
+            return
+        cache, previous = ImageTokenCache(settings), self.image_cache
+        self.image_cache = cache
+        try:
+            yield cache
+        finally:
+            self.image_cache = previous
+            cache.close()
+
+    def _upstream_of_language_model(self) -> tuple[set[int], list[nn.Parameter]]:
+        """ids of every parameter upstream of the language model (vision tower, projector, their
+        LoRA layers) and the base's own ones among them; rebuilt when adapters change."""
+        version = self.adapters.version
+        if self._upstream is None or self._upstream[0] != version:
+            model = self.model
+            downstream = {id(p) for p in model.get_submodule(self.spec.language_model).parameters()}
+            head = model.get_output_embeddings()
+            downstream |= {id(p) for p in head.parameters()} if head is not None else set()
+            adapter_ids = {id(p) for name in self.adapters.kinds for p in self.adapters.parameters(name)}
+            upstream = [p for p in model.parameters() if id(p) not in downstream]
+            self._upstream = (version, {id(p) for p in upstream}, [p for p in upstream if id(p) not in adapter_ids])
+        return self._upstream[1], self._upstream[2]
+
+    def image_cache_refusal(self, served: Sequence[ServedLike]) -> str | None:
+        """Why calls served by ``served`` cannot reuse cached image tokens (None: they can).
+
+        Decided from parameters: a served adapter with any parameter upstream of the language model
+        (a vision-tower or projector LoRA) or any upstream parameter that trains means the image
+        tokens are not the frozen base's."""
+        if self.spec.no_image_cache:
+            return self.spec.no_image_cache
+        upstream, base = self._upstream_of_language_model()
+        for name in dict.fromkeys(n for a in served for n in self.served(a).names):
+            if any(id(p) in upstream for p in self.adapters.parameters(name)):
+                return f"adapter {name!r} has parameters in the vision tower or projector"
+        if torch.is_grad_enabled() and any(p.requires_grad for p in base):
+            return "a vision-tower or projector parameter of the base trains"
+        if self.backbone.family.vision_tower(self.model).training:
+            return "the vision tower is in train mode"
+        return None
+
+    def _upstream_stamp(self) -> tuple:
+        _, base = self._upstream_of_language_model()
+        return (id(self.model), weights_stamp(base), processor_stamp(self.backbone.image_processor))
+
+    def _image_tokens(self, inputs: dict[str, torch.Tensor], keys: Sequence[Hashable], served: Sequence[ServedLike]) -> Any:
+        """The projected image tokens of the keyed rows, from the cache where it has them, or None
+        (run uncached) when the served adapters change what is upstream of the language model."""
+        cache = self.image_cache
+        assert cache is not None
+        reason = self.image_cache_refusal(served)
+        if reason is not None:
+            cache.refuse(reason)
+            return None
+        cache.check_stamp(self._upstream_stamp())
+        pv = inputs["pixel_values"]
+        autocast = (torch.is_autocast_enabled(pv.device.type), str(torch.get_autocast_dtype(pv.device.type)))
+        variant = (str(pv.dtype), str(pv.device), autocast)  # what the tokens were computed under
+        rows = [cache.get((key, variant)) for key in keys]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            index = torch.tensor(missing, device=pv.device)
+            with torch.no_grad(), self.adapters.frozen_base():  # = the served adapters' image tokens (none touches them)
+                made = self.model.get_image_features(**{k: v[index] for k, v in inputs.items()}, return_dict=True).pooler_output
+            self._stacked_tokens = isinstance(made, torch.Tensor)
+            for j, i in enumerate(missing):
+                rows[i] = made[j]
+                cache.put((keys[i], variant), made[j])
+        return torch.stack(rows) if self._stacked_tokens else list(rows)
+
     # -- forwards --------------------------------------------------------------------------------
-    def _image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _image_inputs(self, pixel_values: torch.Tensor, keys: Sequence[Hashable] | None = None, served: Sequence[ServedLike] = ()) -> dict[str, Any]:
+        """Model inputs for the images: their pixels, or, for keyed rows with an image cache, their
+        projected image tokens (``mm_encoder_outputs``) when nothing upstream of the language model is adapted."""
         pv = pixel_values.to(self.device, dtype=self.model.dtype)
         inputs = {"pixel_values": pv}
         if pv.dim() == 5:  # Idefics3: every tile is real (images are resized, not padded)
             inputs["pixel_attention_mask"] = torch.ones(pv.shape[0], pv.shape[1], *pv.shape[-2:], dtype=torch.bool, device=self.device)
-        return inputs
+        if keys is None or self.image_cache is None:
+            return inputs
+        tokens = self._image_tokens(inputs, keys, served)
+        if tokens is None:
+            return inputs
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=tokens)}}
 
     def _adapter_context(self, served: Sequence[ServedLike]) -> Any:
         """Activate one adapter (or a stack) for all rows, or one per row (peft ``adapter_names``)."""
@@ -276,7 +370,7 @@ class GenerativeScorer(Scorer):
             raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
         return self.adapters.lora.mixed([a.loras[0] if a.loras else BASE for a in rows])
 
-    def _answer_logprobs(self, pixel_values: torch.Tensor, encoded: Encoded, adapters: Sequence[ServedLike]) -> torch.Tensor:
+    def _answer_logprobs(self, pixel_values: torch.Tensor, encoded: Encoded, adapters: Sequence[ServedLike], keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         """``(n, K)`` summed log-probabilities of each answer for ``n`` images sharing one context."""
         n, k = pixel_values.shape[0], len(encoded.answers)
         device = self.device
@@ -290,8 +384,9 @@ class GenerativeScorer(Scorer):
         answers = torch.full((k, longest), pad, dtype=torch.long, device=device)
         for i, a in enumerate(encoded.answers):
             answers[i, : len(a)] = a.to(device)
+        images = self._image_inputs(pixel_values, keys, adapters)
         with self._adapter_context(adapters):
-            out = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), **self._image_inputs(pixel_values),
+            out = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), **images,
                              **extra, use_cache=longest > 1, logits_to_keep=1)
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (n, V): predicts each answer's first token
         scores = first[:, answers[:, 0]]  # (n, K)
@@ -321,13 +416,15 @@ class GenerativeScorer(Scorer):
             groups.setdefault(q, []).append(i)
         return groups
 
-    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None) -> torch.Tensor:
+    def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None,
+               keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         adapter = self.served(served)
         questions = list(questions) if questions is not None else [domain.question] * pixel_values.shape[0]
         out: torch.Tensor | None = None
         for question, rows in self._groups(questions).items():
             index = torch.tensor(rows)
-            scores = self._answer_logprobs(pixel_values[index], self.encode(question, domain.labels), [adapter] * len(rows))
+            scores = self._answer_logprobs(pixel_values[index], self.encode(question, domain.labels), [adapter] * len(rows),
+                                           [keys[i] for i in rows] if keys is not None else None)
             out = scores.new_empty(pixel_values.shape[0], scores.shape[1]) if out is None else out
             out[index.to(out.device)] = scores
         return out
@@ -358,11 +455,16 @@ class GenerativeScorer(Scorer):
             given = batch.answers[i] if batch.answers is not None else None
             questions.append(asked or domain.question)
             answers.append(given if given is not None else domain.labels[int(batch.labels[i])])
-        loss, accuracy = self.lm_loss(batch.pixel_values, questions, answers, served)
+        keys = [("train", d, i) for d, i in batch.keys] if cache and batch.keys is not None else None
+        loss, accuracy = self.lm_loss(batch.pixel_values, questions, answers, served, keys)
         return loss, {"loss": float(loss.detach()), "acc": accuracy}
 
-    def lm_loss(self, pixel_values: torch.Tensor, questions: Sequence[str], answers: Sequence[str], served: ServedLike) -> tuple[torch.Tensor, float]:
-        """Mean causal-LM loss on the answer tokens (prompt and padding masked) and the token accuracy."""
+    def lm_loss(self, pixel_values: torch.Tensor, questions: Sequence[str], answers: Sequence[str], served: ServedLike,
+                keys: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, float]:
+        """Mean causal-LM loss on the answer tokens (prompt and padding masked) and the token accuracy.
+
+        ``keys`` (one per row: the sample) let an open :meth:`caching_images` cache serve the rows'
+        image tokens when the served adapter trains only the language model."""
         device = self.device
         seqs, types, labels = [], [], []
         for q, a in zip(questions, answers):
@@ -385,9 +487,9 @@ class GenerativeScorer(Scorer):
             if token_types is not None:
                 token_types[i, : len(s)] = types[i]
         extra = {"token_type_ids": token_types.to(device)} if token_types is not None else {}
+        images = self._image_inputs(pixel_values, keys, [served])
         with self._adapter_context([served]):
-            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                **self._image_inputs(pixel_values), **extra).logits
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **images, **extra).logits
         shifted, goal = logits[:, :-1].float(), target[:, 1:].to(device)
         loss = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), goal.reshape(-1), ignore_index=-100)
         scored = goal != -100

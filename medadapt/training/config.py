@@ -79,6 +79,9 @@ class RehearsalSettings:
             raise ConfigError(f"rehearsal.ratio must be in [0, 1), got {self.ratio}.")
 
 
+CACHE_KEYS = ("image_cache_mb", "image_cache_spill_mb")  # train settings left out of the run's fingerprint
+
+
 @dataclass
 class TrainSettings:
     """Optimisation settings shared by every stage."""
@@ -94,6 +97,8 @@ class TrainSettings:
     max_steps_per_stage: int | None = None
     gradient_checkpointing: bool = False  # recompute the base's activations in backward (transformers mechanism)
     dataloader_workers: int = 0  # >0: a torch DataLoader with this many worker processes assembles the batches
+    image_cache_mb: int = 1024  # generative bases: projected image tokens kept in memory for LM-only stages (0: off)
+    image_cache_spill_mb: int = 0  # then spilled to a memory-mapped file in output_dir, up to this size (0: no spill)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
@@ -101,6 +106,8 @@ class TrainSettings:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
         if self.grad_accum_steps is not None and self.grad_accum_steps < 1:
             raise ConfigError(f"train.grad_accum_steps must be >= 1 (or left empty for accelerate's setting), got {self.grad_accum_steps}.")
+        if self.image_cache_mb < 0 or self.image_cache_spill_mb < 0:
+            raise ConfigError(f"train.image_cache_mb and train.image_cache_spill_mb must be >= 0, got {self.image_cache_mb} and {self.image_cache_spill_mb}.")
         if self.dataloader_workers < 0:
             raise ConfigError(f"train.dataloader_workers must be >= 0, got {self.dataloader_workers}.")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -206,6 +213,8 @@ class RunConfig:
         data = self.to_dict()
         data.pop("output_dir", None)
         data.pop("tracking", None)
+        for key in CACHE_KEYS:  # how much is cached changes speed, never results
+            data.get("train", {}).pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -39,7 +39,8 @@ def predict_split(model: Any, store: PixelStore, domain: str, adapter: str | Non
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         questions = store.questions(domain, "test", chunk)
-        probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, served, questions).softmax(-1).cpu())
+        keys = [("test", domain, i) for i in chunk]  # lets a family reuse frozen image work between stages
+        probs.append(model.scorer.logits(store.pixels(domain, "test", chunk), spec, served, questions, keys=keys).softmax(-1).cpu())
     stacked = torch.cat(probs).numpy() if probs else np.zeros((0, len(spec.labels)))
     return stacked, labels[indices]
 

@@ -25,6 +25,7 @@ import torch
 from .._io import atomic_write_json, storage_errors
 from ..errors import SaveLockedError, TrainingError
 from ..data import DataError, load_domain
+from ..families.image_token_cache import ImageCacheSettings
 from ..model import ContinualVLM
 from ..rehearsal import RehearsalBuffer
 from ..tiny import tiny_base, tiny_names
@@ -357,6 +358,14 @@ class ContinualTrainer:
     def _run(self) -> dict[str, Any]:
         if not hasattr(self, "model"):
             self.setup()
+        train = self.config.train
+        settings = ImageCacheSettings(train.image_cache_mb << 20, train.image_cache_spill_mb << 20, str(self.out),
+                                      f"image_token_cache.rank{self.accelerator.process_index}.bin")
+        with self.model.scorer.caching_images(settings) as cache:  # rebuilt in every run: a resumed one too
+            self.image_cache = cache
+            return self._run_stages()
+
+    def _run_stages(self) -> dict[str, Any]:
         acc, cfg = self.accelerator, self.config
         if cfg.tracking.log_with:
             acc.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()))
@@ -420,6 +429,8 @@ class ContinualTrainer:
         }
         if getattr(self, "data_changes", None):
             results["resumed_on_changed_data"] = self.data_changes
+        if getattr(self, "image_cache", None) is not None:
+            results["image_cache"] = self.image_cache.stats()
         if primary != "specialists" and "specialists" in self.state.rows:
             results["specialist_accuracy_matrix"] = self.state.rows["specialists"]
         results.update(composition_results(self.model, self.store, plan, cfg.train.eval_batch_size, self.accelerator, self.state.metrics[-1]))
