@@ -46,25 +46,12 @@ from typing import Any, Callable
 
 import harness  # beside this script; puts this checkout's medadapt first on sys.path
 import torch
-from harness import interleaved, medadapt_trainer_step, median, pick, race_steps, ratio, results_record, timed, write_results
+from harness import LABELS, QA, QUESTION, interleaved, medadapt_trainer_step, median, pick, race_steps, ratio, results_record, timed, write_results
 
 HERE = Path(__file__).resolve().parent
 
 DEFAULT_OUT = HERE / "results" / "generative_speed.json"
 MODEL = "tiny-llava"
-LABELS = ["normal", "pneumonia", "effusion", "nodule", "fracture"]
-QUESTION = "Which finding does this chest x-ray show? {}"
-# short VQA pairs in the style of VQA-RAD (written for this benchmark; no data files needed)
-QA = [
-    ("Which plane is this image taken in?", "axial"),
-    ("What organ is shown?", "the brain"),
-    ("Where is the lesion located?", "right upper lobe"),
-    ("What imaging modality is this?", "ct with contrast"),
-    ("What is abnormal about the liver?", "hypodense lesion"),
-    ("Which side is the effusion on?", "left"),
-    ("What is the dark area in the lungs?", "air"),
-    ("How many lesions are seen?", "one"),
-]
 TARGETS: dict[str, tuple[str, float] | None] = {
     "train_step_ratio": ("<=", 1.10),
     "score_5_vs_1_labels": ("<=", 1.5),

@@ -46,19 +46,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # this checkout's medadapt
 
 import torch  # noqa: E402
+from harness import LABELS, QA, QUESTION  # noqa: E402  (beside this script)
 
 DEFAULT_OUT = HERE / "results" / "gpu.json"
-LABELS = ["normal", "pneumonia", "effusion", "nodule", "fracture"]
-QA = [
-    ("Which plane is this image taken in?", "axial"),
-    ("What organ is shown?", "the brain"),
-    ("Where is the lesion located?", "right upper lobe"),
-    ("What imaging modality is this?", "ct with contrast"),
-    ("What is abnormal about the liver?", "hypodense lesion"),
-    ("Which side is the effusion on?", "left"),
-    ("What is the dark area in the lungs?", "air"),
-    ("How many lesions are seen?", "one"),
-]
 TARGETS: dict[str, tuple[str, float]] = {
     "trl_time_ratio": ("<=", 1.10),
     "trl_memory_ratio": ("<=", 1.05),
@@ -429,7 +419,7 @@ def bench_scoring(hf_model: Any, processor: Any, s: Settings) -> dict[str, Any]:
 
     model = wrap(hf_model, processor)
     torch.manual_seed(1)
-    five = model.add_domain("five", LABELS, "Which finding does this chest x-ray show? {}", adapter=lora_config(model, s.lora_r))
+    five = model.add_domain("five", LABELS, QUESTION, adapter=lora_config(model, s.lora_r))
     one = dataclasses.replace(five, labels=[max(LABELS, key=len)])
     pixels = model.preprocess(images(s.score_images, image_size(model))).to(next(hf_model.parameters()).device)
     with model.evaluating(), torch.no_grad(), torch.autocast("cuda" if cuda() else "cpu", dtype=torch.bfloat16, enabled=cuda()):

@@ -32,6 +32,21 @@ Sample = tuple[float, float]  # (cpu seconds, wall seconds) of one timed block, 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 Target = tuple[str, float] | None  # (comparison, threshold); None = reported without a target
 
+# the generative benchmarks' sample task: five finding labels, and short VQA pairs in the style of
+# VQA-RAD (written for these benchmarks; no data files needed)
+LABELS = ["normal", "pneumonia", "effusion", "nodule", "fracture"]
+QUESTION = "Which finding does this chest x-ray show? {}"
+QA = [
+    ("Which plane is this image taken in?", "axial"),
+    ("What organ is shown?", "the brain"),
+    ("Where is the lesion located?", "right upper lobe"),
+    ("What imaging modality is this?", "ct with contrast"),
+    ("What is abnormal about the liver?", "hypodense lesion"),
+    ("Which side is the effusion on?", "left"),
+    ("What is the dark area in the lungs?", "air"),
+    ("How many lesions are seen?", "one"),
+]
+
 
 # -- timing -----------------------------------------------------------------------------------------
 def median(values: list[float]) -> float:

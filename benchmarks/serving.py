@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(settings)
     print(f"[serving] {mode}: wrong results under 8 threads ...", flush=True)
     wrong = wrong_results(model, settings)
-    print(f"[serving] throughput 4 vs 1 thread ...", flush=True)
+    print("[serving] throughput 4 vs 1 thread ...", flush=True)
     speed = throughput(model, settings)
-    print(f"[serving] latency during hot loads ...", flush=True)
+    print("[serving] latency during hot loads ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(Path(tmp) / "save")
         quiet = latencies(model, settings, Path(tmp) / "save", loading=False)
