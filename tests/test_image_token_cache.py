@@ -88,11 +88,15 @@ def _projector_lora(model: ContinualVLM) -> LoraConfig:
     return LoraConfig(r=4, lora_alpha=8, target_modules=r"^model\.multi_modal_projector\.linear_(1|2)$", init_lora_weights=False)
 
 
-def test_a_stale_entry_is_never_used_once_a_projector_lora_trains():
-    model = _model("tiny-llava")
+def _training(name: str) -> tuple[ContinualVLM, torch.Tensor, list[tuple[str, str, int]]]:
+    """A tiny model in train mode, four images and their sample keys."""
+    model = _model(name)
     model.train()
-    pixels = _pixels(model)
-    keys = [("train", "cxr", i) for i in range(4)]
+    return model, _pixels(model), [("train", "cxr", i) for i in range(4)]
+
+
+def test_a_stale_entry_is_never_used_once_a_projector_lora_trains():
+    model, pixels, keys = _training("tiny-llava")
     with model.scorer.caching_images(ImageCacheSettings()) as cache:
         _step(model, "cxr", pixels, keys)
         assert len(cache) == 4
@@ -111,10 +115,7 @@ def test_a_stale_entry_is_never_used_once_a_projector_lora_trains():
 
 
 def test_a_base_change_or_new_image_processor_settings_drop_every_entry():
-    model = _model("tiny-gemma3")
-    model.train()
-    pixels = _pixels(model)
-    keys = [("train", "cxr", i) for i in range(4)]
+    model, pixels, keys = _training("tiny-gemma3")
     with model.scorer.caching_images(ImageCacheSettings()) as cache:
         _step(model, "cxr", pixels, keys)
         projection = model.base_model.model.multi_modal_projector.mm_input_projection_weight
@@ -131,10 +132,7 @@ def test_a_base_change_or_new_image_processor_settings_drop_every_entry():
 
 
 def test_a_trainable_base_vision_parameter_or_an_unsupported_family_runs_uncached():
-    model = _model("tiny-llava")
-    model.train()
-    pixels = _pixels(model)
-    keys = [("train", "cxr", i) for i in range(4)]
+    model, pixels, keys = _training("tiny-llava")
     with model.scorer.caching_images(ImageCacheSettings()) as cache:
         _step(model, "cxr", pixels, keys)
         weight = model.base_model.model.multi_modal_projector.linear_2.weight
