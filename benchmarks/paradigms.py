@@ -730,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         config = merge(config, {**REAL_TOWER_OVERRIDES, "model": str(real_tower.real_tower_base())})
         BACKBONE_TEXT[config["model"]] = real_tower.DESCRIPTION
     suite = SUITES[suite_for(config)]
+    if args.backbone == REAL_TOWER:  # merged rows add LoRA specialists; the real tower's specialists are heads
+        import dataclasses
+
+        suite = dataclasses.replace(suite, post_rows=[], cross_domain=False)  # a head scores its own domain's labels only
     args.quick = args.quick or args.smoke
     args.out = args.out or (suite.out.with_name(f"paradigms_{REAL_TOWER}.json") if args.backbone == REAL_TOWER else suite.out)
     missing = missing_data(config)
