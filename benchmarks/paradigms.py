@@ -53,6 +53,11 @@ DEFAULT_OUT = HERE / "results" / "paradigms.json"
 DEFAULT_RUNS = HERE / "runs" / "paradigms"
 CONFIG_DATA_PREFIX = ("..", "shared", "data")  # how the recipe configs spell the shared data folder
 
+REAL_TOWER = "efficientnet-lite0"
+# the real tower's settings: head specialists (medadapt.adapters.head), a LoRA shared adapter on the
+# tower's default CNN targets (a head serves one domain's labels, so it cannot be shared)
+REAL_TOWER_OVERRIDES = {"adapter": {"type": "head", "head_init": "auto"},
+                        "shared_adapter": {"type": "lora", "r": 16, "alpha": 32}}
 QUALITY_BAR = {"bwt_min": -0.03, "naive_bwt_max": -0.03, "acc_gain_min": 0.02}
 QUICK_CAPS = {"pneumonia": 500, "breast": 300}  # train samples per domain in --quick
 DEFAULT_SIZES = (0, 50, 200, 800)
@@ -701,6 +706,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse-runs", action="store_true",
                    help="use finished runs found in the runs dir with the same config instead of retraining them")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the docstring)")
+    p.add_argument("--backbone", choices=["config", REAL_TOWER], default="config",
+                   help=f"'config': the config's model (tiny-clip); '{REAL_TOWER}': the pretrained tower of "
+                        "benchmarks/real_tower.py with head specialists and a shared LoRA (results in paradigms_<backbone>.json)")
     return p.parse_args(argv)
 
 
@@ -712,9 +720,22 @@ def main(argv: list[str] | None = None) -> int:
               "(expected <repo>/../shared/data with pneumoniamnist.npz, breastmnist.npz, vqa-rad/; pass --data-dir).")
         return 0
     config = base_config(args.config, data_dir, args.quick, args.smoke)
+    if args.backbone == REAL_TOWER:
+        sys.path.insert(0, str(HERE))
+        import real_tower
+
+        if not real_tower.available():
+            print(f"skipping the real-tower paradigm benchmark: {real_tower.missing_reason()}.")
+            return 0
+        config = merge(config, {**REAL_TOWER_OVERRIDES, "model": str(real_tower.real_tower_base())})
+        BACKBONE_TEXT[config["model"]] = real_tower.DESCRIPTION
     suite = SUITES[suite_for(config)]
+    if args.backbone == REAL_TOWER:  # merged rows add LoRA specialists; the real tower's specialists are heads
+        import dataclasses
+
+        suite = dataclasses.replace(suite, post_rows=[], cross_domain=False)  # a head scores its own domain's labels only
     args.quick = args.quick or args.smoke
-    args.out = args.out or suite.out
+    args.out = args.out or (suite.out.with_name(f"paradigms_{REAL_TOWER}.json") if args.backbone == REAL_TOWER else suite.out)
     missing = missing_data(config)
     if missing:
         print(f"skipping the paradigm benchmark: data not found: {', '.join(missing)}")
@@ -725,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    runs_dir = args.runs_dir or (suite.runs.with_name(suite.runs.name + "-quick") if args.quick else suite.runs)
+    runs = suite.runs.with_name(suite.runs.name + f"-{REAL_TOWER}") if args.backbone == REAL_TOWER else suite.runs
+    runs_dir = args.runs_dir or (runs.with_name(runs.name + "-quick") if args.quick else runs)
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 1)
     print(f"paradigm benchmark: seeds {seeds}, runs in {runs_dir}, model {config.get('model')}")
     bench = Bench(config, seeds, runs_dir, args.sizes, args.sensitivity_seeds or seeds, Accelerator(cpu=not torch.cuda.is_available()), suite, args.reuse_runs)
@@ -744,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": os.path.relpath(args.config.resolve(), REPO),
         "data_dir": str(data_dir),
         "runs_dir": os.path.relpath(runs_dir.resolve(), REPO),
-        "backbone": {"model": model, "pretrained": model not in BACKBONE_TEXT, "description": BACKBONE_TEXT.get(model, f"`{model}`")},
+        "backbone": {"model": model, "pretrained": args.backbone == REAL_TOWER or model not in BACKBONE_TEXT, "description": BACKBONE_TEXT.get(model, f"`{model}`")},
         "domains": [d["name"] for d in config["domains"]],
         "domain_info": info,
         "settings": {k: config.get(k) for k in ("adapter", "rehearsal", "train")}

@@ -3,6 +3,7 @@
 from .version import __version__
 
 from .adapters import MergeSpec  # noqa: E402
+from .adapters.head import HeadConfig  # noqa: E402
 from .adapters.prompt import PromptConfig  # noqa: E402
 from .domains import Domain  # noqa: E402
 from .errors import (  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
     "DataNotFoundError",
     "Domain",
     "DomainError",
+    "HeadConfig",
     "HubError",
     "ImageError",
     "MedAdaptError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from .adapters.gate import changes_adapters, served
 from .adapters.lora import default_lora_config
 from .backbones import Backbone, backbone_from_model, load_backbone
 from .domains import Domain
-from .errors import DomainError, RoutingError
+from .errors import AdapterError, DomainError, RoutingError
 from .export.merged import export_merged
 from .saves.io import ModelParts, SavedStage, load_save, read_stage, save_model
 from .hub.pull import locate_save
@@ -223,7 +223,8 @@ class ContinualVLM(nn.Module):
         if adapter is None:
             return default_lora_config(self.family.default_lora_targets(self.base_model))
         if isinstance(adapter, dict):
-            return adapter_kind("prompt").config_from_dict(adapter, "adapter") if adapter.get("adapter_type") == "prompt" else LoraConfig(**adapter)
+            kind = adapter.get("adapter_type")
+            return adapter_kind(kind).config_from_dict(adapter, "adapter") if kind in ("prompt", "head") else LoraConfig(**adapter)
         return adapter
 
     @changes_adapters
@@ -238,7 +239,7 @@ class ContinualVLM(nn.Module):
     ) -> str:
         """The one way a stage enters the model: a domain (with ``domain``) or a shared adapter.
 
-        ``adapter``: a peft ``LoraConfig``, a :class:`PromptConfig`, a
+        ``adapter``: a peft ``LoraConfig``, a :class:`PromptConfig`, a :class:`HeadConfig`, a
         :class:`~medadapt.adapters.MergeSpec`, a dict of either, ``None`` for the family's default
         LoRA, or ``"none"`` (a domain served by the base or shared adapters). ``weights`` loads saved
         tensors into the new adapter (nothing is left behind when they do not fit).
@@ -249,9 +250,16 @@ class ContinualVLM(nn.Module):
         if not (domain is not None and isinstance(adapter, str) and adapter == "none"):
             spec = self._adapter_spec(adapter)
             kind = kind_for_spec(spec)
+            if domain is None and not kind.serves_shared:
+                raise AdapterError(
+                    f"shared adapter {name!r}: a {kind.name} adapter scores one domain's labels, so it cannot be shared "
+                    "between domains; give it to a domain (add_domain) or share a LoRA or prompt adapter."
+                )
             module = None
             if kind.built_by_family and weights is None:  # the family's scorer builds it (e.g. a prompt adapter)
-                module = self.scorer.build_adapter(spec, domain.prompt if domain is not None else "{}", seed)
+                module = self.scorer.build_adapter(spec, domain.prompt if domain is not None else "{}", seed, domain)
+            elif kind.built_by_family:
+                self.scorer.check_adapter(spec, domain, f"adapter {name!r}")
             if weights is None:
                 self.adapters.create(name, spec, module)
             else:
@@ -326,6 +334,22 @@ class ContinualVLM(nn.Module):
             self.adapter_type(n)
         self.adapters.set_trainable(list(names))
         return [p for p in self.parameters() if p.requires_grad]
+
+    @changes_adapters
+    def initialise_adapter(self, name: str, pixel_batches: Iterable[torch.Tensor], labels: torch.Tensor) -> dict[str, Any] | None:
+        """Start domain ``name``'s adapter from its training images (preprocessed batches) and ``labels``,
+        for kinds initialised from data (a head adapter: see :mod:`medadapt.adapters.head`); returns
+        what was decided, or ``None`` for other kinds (nothing changes)."""
+        kind = self.adapters.kind_of(name)
+        if not kind.initialised_from_data:
+            return None
+        domain, served = self.get_domain(name), self.stages.serve(name)
+        parts = [self.scorer.head_inputs(pv, domain, served) for pv in pixel_batches]
+        if not parts:
+            return None
+        features = torch.cat([f for f, _ in parts])
+        zero_shot = torch.cat([z for _, z in parts])
+        return kind.initialise(self.adapters, name, features, zero_shot, labels)
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
         """Parameters of one adapter."""

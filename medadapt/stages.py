@@ -34,7 +34,7 @@ AUTO_FALLBACK = "auto"  # as a router fallback: the shared adapter "shared", or 
 @dataclass(frozen=True)
 class Served:
     """What serves a row: ``loras`` (active together on the base, in order) and at most one
-    ``prompt`` adapter (a kind that does not stack). ``Served()`` is the frozen base."""
+    ``prompt`` adapter (a kind that does not stack: a prompt or a head adapter). ``Served()`` is the frozen base."""
 
     loras: tuple[str, ...] = ()
     prompt: str | None = None
@@ -190,7 +190,7 @@ class StageTable:
                 raise AdapterError(unknown.format(name=n))
         alone = [n for n in names if not adapter_kind(self.stages[n].kind).stacks]
         if len(alone) > 1:
-            raise AdapterError(f"at most one prompt adapter can be stacked, got {alone}.")
+            raise AdapterError(f"at most one prompt adapter can be stacked (prompt and head adapters do not stack), got {alone}.")
         return Served(tuple(n for n in names if n not in alone), alone[0] if alone else None)
 
     def serve(self, domain: str, adapter: "str | Sequence[str] | Served | None" = None) -> Served:

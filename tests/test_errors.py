@@ -126,7 +126,7 @@ def test_bad_domain_specs(tiny_clip, kwargs, fragment):
 
 
 def test_bad_adapter_spec(tiny_clip):
-    with pytest.raises(AdapterError, match="must be a peft LoraConfig or a medadapt PromptConfig, got str"):
+    with pytest.raises(AdapterError, match="must be a peft LoraConfig or a medadapt PromptConfig or a medadapt HeadConfig, got str"):
         tiny_clip.add_domain("spine", ["a", "b"], "{}", adapter="lora")
     assert "spine" not in tiny_clip.domains
 

@@ -122,7 +122,7 @@ def test_target_modules_may_be_one_regex_string(tmp_path):
         ("train.batch_size=0", r"train.batch_size must be >= 1"),
         ("train.lr=0", r"train.lr must be > 0"),
         ("train.mixed_precision=fp8", r"mixed_precision must be no, fp16, bf16 or empty"),
-        ("adapter.type=ia3", r"adapter.type must be 'lora' or 'prompt'"),
+        ("adapter.type=ia3", r"adapter.type must be 'head' or 'lora' or 'prompt'"),
         ("tracking.log_with=nonsense", r"tracking.log_with 'nonsense' unknown; valid"),
         ("domains.0.prompt=no placeholder", r"prompt must contain one '\{\}'"),
         ("domains.1.name=xr", r"domain names must be unique"),

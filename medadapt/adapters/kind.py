@@ -3,7 +3,8 @@
 An *adapter kind* (LoRA, prompt, ...) knows its config class, the files of its stage folder, and
 how to create, save, read, install, weigh and remove one adapter. Kinds register themselves with
 :func:`register_adapter_kind`, and what differs between them is asked through their capability
-flags (:attr:`AdapterKind.stacks`, :attr:`AdapterKind.built_by_family`), so a new kind is one module
+flags (:attr:`AdapterKind.stacks`, :attr:`AdapterKind.built_by_family`,
+:attr:`AdapterKind.initialised_from_data`, :attr:`AdapterKind.serves_shared`), so a new kind is one module
 plus one registration. A kind whose module the backbone family builds (a prompt adapter) receives
 that module ready-made: nothing here imports the families.
 """
@@ -37,6 +38,8 @@ class AdapterKind(ABC):
     card_tags: tuple[str, ...] = ()
     stacks: bool = True  # any number of adapters of this kind can serve a row together (False: at most one)
     built_by_family: bool = False  # the family's scorer builds its module (Scorer.build_adapter); create receives it
+    initialised_from_data: bool = False  # the trainer calls initialise() with the domain's training features first
+    serves_shared: bool = True  # False: tied to one domain's labels, so it cannot be a shared adapter
 
     @abstractmethod
     def accepts(self, spec: Any) -> bool:
@@ -86,6 +89,10 @@ class AdapterKind(ABC):
         for name in adapters.names_of_kind(self):
             for param in self.parameters(adapters, name):
                 param.requires_grad_(name in names)
+
+    def initialise(self, adapters: AdapterSet, name: str, features: torch.Tensor, zero_shot: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Start adapter ``name`` from its domain's training data (kinds with :attr:`initialised_from_data`)."""
+        raise AdapterError(f"{self.name} adapters are not initialised from data.")
 
     # -- stage folders -------------------------------------------------------------------------
     def read(self, folder: Path, what: str) -> tuple[Any, dict[str, torch.Tensor]]:

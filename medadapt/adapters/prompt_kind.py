@@ -53,7 +53,7 @@ class PromptKind(AdapterKind):
         adapters.prompts[name] = prompt.to(adapters.device)
 
     def owns(self, adapters: "AdapterSet", name: str) -> bool:
-        return name in adapters.prompts
+        return name in adapters.prompts and isinstance(adapters.prompts[name], PromptAdapter)
 
     def remove(self, adapters: "AdapterSet", name: str) -> None:
         del adapters.prompts[name]

@@ -47,6 +47,12 @@ def merge_served(parts: "ModelParts", domain_or_stack: str | Sequence[str]) -> S
 def merged_state(parts: "ModelParts", served: Served) -> dict[str, torch.Tensor]:
     """The base's state dict (peft's wrapping undone) with the LoRA adapters of ``served`` added in."""
     loras, prompt = served.loras, served.prompt
+    if prompt is not None and parts.stages.kind(prompt) != "prompt":
+        raise AdapterError(
+            f"{prompt!r} is a {parts.stages.kind(prompt)} adapter: its class weights score that domain's labels beside "
+            "the label prompts, which no plain transformers checkpoint of the base holds. Export a LoRA domain, or "
+            "serve head domains with medadapt."
+        )
     if prompt is not None:
         raise AdapterError(
             f"{prompt!r} is a prompt adapter: its learned context vectors and visual tokens are extra inputs to the "

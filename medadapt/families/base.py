@@ -212,13 +212,25 @@ class Scorer(ABC):
         """A domain's question: :attr:`medadapt.domains.Domain.question`."""
         return domain.question
 
-    def build_adapter(self, config: Any, template: str, seed: int | None) -> nn.Module:
+    def build_adapter(self, config: Any, template: str, seed: int | None, domain: "Domain | None" = None) -> nn.Module:
         """Build the module of an adapter whose kind the family builds (``AdapterKind.built_by_family``:
-        a prompt adapter) for a domain with prompt ``template``; families without support refuse."""
+        a prompt or head adapter) for ``domain`` (prompt ``template``); families without support refuse."""
+        self.check_adapter(config, domain, "adapter")
+        raise AdapterError(f"{type(config).__name__} adapters cannot be built on the {self.backbone.family.name!r} family.")  # pragma: no cover
+
+    def check_adapter(self, config: Any, domain: "Domain | None", what: str) -> None:
+        """Refuse a saved adapter of a family-built kind that cannot serve this base (clear reason)."""
+        reason = getattr(config, "refusal", None)
+        if reason:
+            raise AdapterError(f"{what}: {type(config).__name__} is not supported on the {self.backbone.family.name!r} family: {reason}")
         raise AdapterError(
             f"prompt adapters (PromptConfig) are not supported on the {self.backbone.family.name!r} family; "
             "use a peft LoraConfig."
         )
+
+    def head_inputs(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image features, zero-shot logits)`` a head adapter reads (families with image features only)."""
+        raise UnsupportedBackboneError(f"the {self.backbone.family.name!r} family has no image features for a head adapter.")
 
     def text_side_params(self, served: ServedLike) -> list[nn.Parameter]:
         """Adapter parameters that can change what the family computes from texts (all of them by default)."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters.lora import BASE
+from ..adapters.head import HeadAdapter, HeadConfig
 from ..adapters.prompt import PLACEHOLDER, PromptAdapter, PromptConfig, PromptHooks, split_template
 from ..errors import AdapterError, UnsupportedBackboneError
 from ..images import preprocess as preprocess_images
@@ -39,6 +40,12 @@ def _hf_text_embeds(model: nn.Module, tokens: dict[str, torch.Tensor]) -> torch.
     return model.get_text_features(**tokens).pooler_output
 
 
+def _hf_head_features(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CLIP/SigLIP head reads the unnormalised image embedding itself."""
+    embeds = model.get_image_features(pixel_values=pixel_values).pooler_output
+    return embeds, embeds
+
+
 def _projection_dim(model: nn.Module) -> int:
     cfg = model.config
     return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
@@ -51,6 +58,8 @@ class TowerSpec:
     ``vision_embeddings`` returns ``None`` when the image tower has no patch sequence (a CNN):
     visual prompt tokens are then refused. ``image_embeds`` / ``text_embeds`` return unnormalised
     embeddings in the shared space; ``lora_targets`` the default peft ``target_modules``.
+    ``head_features`` returns ``(features a head adapter reads, unnormalised embeddings)`` from one
+    forward, and ``feature_dim`` the size of those features.
     """
 
     model_class: Callable[[], type]
@@ -64,6 +73,8 @@ class TowerSpec:
     text_embeds: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = _hf_text_embeds
     embed_dim: Callable[[nn.Module], int] = _projection_dim
     vision_width: Callable[[nn.Module], int] = lambda m: int(m.config.vision_config.hidden_size)
+    head_features: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = _hf_head_features
+    feature_dim: Callable[[nn.Module], int] = _projection_dim
     vpt_towers: str = "ViT-like image towers (CLIP, SigLIP, a VisionTextDualEncoder with a ViT tower)"
 
 
@@ -154,8 +165,14 @@ def _vtde_has_cls(model: nn.Module) -> bool:
 
 def _vtde_image_embeds(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """The tower's own pooled features (any tower, see :mod:`.towers`), then ``visual_projection``."""
+    return _vtde_head_features(model, pixel_values)[1]
+
+
+def _vtde_head_features(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's pooled features (what a head reads) and their ``visual_projection``."""
     tower = model.vision_model
-    return model.visual_projection(pooled_features(tower, tower(pixel_values=pixel_values)))
+    pooled = pooled_features(tower, tower(pixel_values=pixel_values))
+    return pooled, model.visual_projection(pooled)
 
 
 _TEXT_TARGETS = ["query", "value", "q_proj", "v_proj"]
@@ -194,6 +211,8 @@ VISION_TEXT_DUAL_ENCODER = register_family(DualEncoderFamily("vision-text-dual-e
     lora_targets=_vtde_lora_targets,
     image_embeds=_vtde_image_embeds,
     vision_width=_vtde_vision_width,
+    head_features=_vtde_head_features,
+    feature_dim=lambda m: int(m.config.vision_config.hidden_size),
 )))
 
 
@@ -265,8 +284,17 @@ class DualEncoderScorer(Scorer):
         self._vision_id_set: set[int] = set()
 
     # -- prompt adapters -------------------------------------------------------------------------
-    def build_adapter(self, config: PromptConfig, template: str, seed: int | None) -> PromptAdapter:
-        """Resolve ``config`` against this backbone (context text, token count, dims) and initialise it."""
+    def build_adapter(self, config: PromptConfig | HeadConfig, template: str, seed: int | None, domain: "Domain | None" = None) -> nn.Module:
+        """Resolve ``config`` against this backbone (context text, token count, dims) and initialise it.
+
+        A :class:`HeadConfig` becomes a head over this base's image features for ``domain``'s labels,
+        starting as the zero-shot model (the trainer may then start it from data)."""
+        if isinstance(config, HeadConfig):
+            if domain is None or not domain.labels:
+                raise AdapterError("a head adapter scores one domain's labels: add it with add_domain(..., labels=...).")
+            cfg = HeadConfig.from_dict(config.to_dict())
+            cfg.num_labels, cfg.feature_dim, cfg.embed_dim = len(domain.labels), self.feature_dim(), self._embed_dim()
+            return HeadAdapter(cfg)
         cfg = PromptConfig.from_dict(config.to_dict())
         text_embedding = self.towers.text_token_embedding(self.model)
         cfg.text_dim = int(text_embedding.weight.shape[1])
@@ -298,6 +326,24 @@ class DualEncoderScorer(Scorer):
                 adapter.visual.normal_(0.0, cfg.init_std, generator=generator)
         return adapter
 
+    def check_adapter(self, config: Any, domain: "Domain | None", what: str) -> None:
+        """A saved head must fit this base's image features and its domain's labels (prompt adapters: no check)."""
+        if not isinstance(config, HeadConfig):
+            return
+        if config.feature_dim != self.feature_dim():
+            raise AdapterError(
+                f"{what}: this head adapter was trained on image features of size {config.feature_dim}, but this "
+                f"{self.backbone.family.name!r} base's image tower gives {self.feature_dim()}; a head only loads onto "
+                "a base with the same image tower."
+            )
+        if domain is None or config.num_labels != len(domain.labels):
+            raise AdapterError(f"{what}: this head adapter scores {config.num_labels} labels, its domain lists "
+                               f"{len(domain.labels) if domain is not None else 'none'}.")
+
+    def feature_dim(self) -> int:
+        """Size of the image features a head adapter reads on this base."""
+        return self.towers.feature_dim(self.model)
+
     # -- helpers ---------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str], ctx_text: str | None = None) -> Any:
         """``tokenize_texts`` (or ``tokenize_with_context`` when ``ctx_text`` is given), memoised."""
@@ -311,21 +357,34 @@ class DualEncoderScorer(Scorer):
         return out
 
     def _prompt(self, served: Served) -> PromptAdapter | None:
-        return self.adapters.prompts[served.prompt] if served.prompt is not None else None
+        module = self.adapters.prompts[served.prompt] if served.prompt is not None else None
+        return module if isinstance(module, PromptAdapter) else None
+
+    def _head(self, served: Served) -> HeadAdapter | None:
+        module = self.adapters.prompts[served.prompt] if served.prompt is not None else None
+        return module if isinstance(module, HeadAdapter) else None
 
     # -- images ----------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, served: ServedLike = None) -> torch.Tensor:
         """L2-normalised image embeddings of a batch through one adapter (or a stack of them)."""
-        return self._image(pixel_values, self.served(served))
+        return self._image(pixel_values, self.served(served))[:, : self._embed_dim()]
 
     def _image(self, pixel_values: torch.Tensor, served: Served) -> torch.Tensor:
+        """Normalised embeddings; rows also carry the head's features (see :meth:`_rows`) when ``served`` has a head."""
         prompt = self._prompt(served)
         with ExitStack() as stack:
             stack.enter_context(self.adapters.active(served.loras))
             stack.enter_context(self.hooks.vision(prompt.visual if prompt is not None else None))
             pixel_values = pixel_values.to(self.device, dtype=self.dtype)
-            out = self.towers.image_embeds(self.model, pixel_values)
-        return F.normalize(out.float(), dim=-1)
+            return self._rows(pixel_values, self._head(served) is not None)
+
+    def _rows(self, pixel_values: torch.Tensor, with_features: bool) -> torch.Tensor:
+        """One image forward: ``(N, dim)`` normalised embeddings, with the head's features appended
+        (``(N, dim + feature_dim)``) when ``with_features``."""
+        if not with_features:
+            return F.normalize(self.towers.image_embeds(self.model, pixel_values).float(), dim=-1)
+        feats, embeds = self.towers.head_features(self.model, pixel_values)
+        return torch.cat([F.normalize(embeds.float(), dim=-1), feats.float()], dim=-1)
 
     def image_features_mixed(self, pixel_values: torch.Tensor, served: Sequence[ServedLike]) -> torch.Tensor:
         """Embeddings with one adapter per image, in batched forwards.
@@ -334,7 +393,10 @@ class DualEncoderScorer(Scorer):
         forward using per-row ``adapter_names``; rows whose prompt adapter has visual tokens (a
         longer sequence) get one forward per such adapter.
         """
-        rows_served = [self.served(a) for a in served]
+        return self._image_mixed(pixel_values, [self.served(a) for a in served])[:, : self._embed_dim()]
+
+    def _image_mixed(self, pixel_values: torch.Tensor, rows_served: list[Served]) -> torch.Tensor:
+        """Rows of :meth:`image_features_mixed`, with the head features appended when any row has a head."""
         for a in rows_served:
             if a.stacked:
                 raise AdapterError("stacked adapters are not supported in a mixed-domain batch; call per domain.")
@@ -342,20 +404,23 @@ class DualEncoderScorer(Scorer):
         for i, a in enumerate(rows_served):
             visual = self._prompt(a) is not None and self._prompt(a).visual is not None
             groups.setdefault(a if visual else None, []).append(i)
-        out = torch.empty(len(rows_served), self._embed_dim(), device=self.device)
+        heads = any(self._head(a) is not None for a in rows_served)
+        width = self._embed_dim() + (self.feature_dim() if heads else 0)
+        out = torch.zeros(len(rows_served), width, device=self.device)
         for key, rows in groups.items():
             index = torch.tensor(rows, device=pixel_values.device)
             if key is not None:
-                out[rows] = self._image(pixel_values[index], key)
+                got = self._image(pixel_values[index], key)
+                out[rows, : got.shape[1]] = got
                 continue
             row_names = [rows_served[i].loras[0] if rows_served[i].loras else BASE for i in rows]
-            if len(set(row_names)) == 1:
-                out[rows] = self._image(pixel_values[index], BASE_SERVED if row_names[0] == BASE else Served((row_names[0],)))
-                continue
-            with self.adapters.lora.mixed(row_names):
+            with ExitStack() as stack:
+                if len(set(row_names)) == 1:
+                    stack.enter_context(self.adapters.active(None if row_names[0] == BASE else [row_names[0]]))
+                else:
+                    stack.enter_context(self.adapters.lora.mixed(row_names))
                 pv = pixel_values[index].to(self.device, dtype=self.dtype)
-                feats = self.towers.image_embeds(self.model, pv)
-            out[rows] = F.normalize(feats.float(), dim=-1)
+                out[rows] = self._rows(pv, heads)
         return out
 
     def _embed_dim(self) -> int:
@@ -463,24 +528,46 @@ class DualEncoderScorer(Scorer):
         logits = scale * image_feats @ label_feats.t()
         return logits + bias.float() if bias is not None else logits
 
+    def _scores(self, rows: torch.Tensor, domain: "Domain", served: Served, cache: bool = True) -> torch.Tensor:
+        """Logits of image rows (see :meth:`_rows`) over ``domain``'s labels through ``served``: the
+        zero-shot similarities, plus the head's linear term when a head serves."""
+        dim = self._embed_dim()
+        zero_shot = self.logits_from_features(rows[:, :dim], self._label_embeddings(domain, served, cache))
+        head = self._head(served)
+        if head is None:
+            return zero_shot
+        feats = rows[:, dim:]
+        head.check_inputs(feats, len(domain.labels), f"domain {domain.name!r}, adapter {served.prompt!r}")
+        return head(feats, zero_shot)
+
+    def head_inputs(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, zero-shot logits)`` a head serving ``served`` reads (no gradients): what
+        :meth:`medadapt.adapters.kind.AdapterKind.initialise` starts a head from."""
+        served = self.served(served)
+        with torch.no_grad():
+            rows = self._image(pixel_values, served)
+            dim = self._embed_dim()
+            return rows[:, dim:], self.logits_from_features(rows[:, :dim], self._label_embeddings(domain, served))
+
     def logits(self, pixel_values: torch.Tensor, domain: "Domain", served: ServedLike = None, questions: Sequence[str] | None = None,
                keys: Sequence[Hashable] | None = None) -> torch.Tensor:
         _no_questions(questions)
         served = self.served(served)
-        return self.logits_from_features(self._image(pixel_values, served), self._label_embeddings(domain, served))
+        return self._scores(self._image(pixel_values, served), domain, served)
 
     def logits_mixed(self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: Sequence[ServedLike], questions: Sequence[str] | None = None) -> list[torch.Tensor]:
         _no_questions(questions)
         rows = [self.served(a) for a in served]
-        image_feats = self.image_features_mixed(pixel_values, rows)
-        label_feats: dict[tuple[str, Served], torch.Tensor] = {}
-        for domain, adapter in zip(domains, rows):
-            if (domain.name, adapter) not in label_feats:
-                label_feats[(domain.name, adapter)] = self._label_embeddings(domain, adapter)
-        return [
-            self.logits_from_features(image_feats[i : i + 1], label_feats[(d.name, a)])[0]
-            for i, (d, a) in enumerate(zip(domains, rows))
-        ]
+        image_rows = self._image_mixed(pixel_values, rows)
+        groups: dict[tuple[str, Served], list[int]] = {}
+        for i, (domain, adapter) in enumerate(zip(domains, rows)):
+            groups.setdefault((domain.name, adapter), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for (_, adapter), index in groups.items():
+            logits = self._scores(image_rows[index], domains[index[0]], adapter)
+            for j, i in enumerate(index):
+                out[i] = logits[j]
+        return out
 
     def batch_logits(
         self, pixel_values: torch.Tensor, domains: Sequence["Domain"], served: ServedLike, cache: bool = True,
@@ -502,7 +589,7 @@ class DualEncoderScorer(Scorer):
             rows = [i for i, d in enumerate(domains) if d.name == name]
             domain = domains[rows[0]]
             index = torch.tensor(rows, device=image_feats.device)
-            out.append((rows, self.logits_from_features(image_feats[index], self._label_embeddings(domain, adapter, cache))))
+            out.append((rows, self._scores(image_feats[index], domain, adapter, cache)))
         return out
 
     def loss(self, batch: "Batch", domains: Sequence["Domain"], served: Served, cache: bool = True) -> tuple[torch.Tensor, dict[str, float]]:

@@ -28,7 +28,7 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class AdapterSettings:
-    """Adapter built for each domain or shared adapter: ``type`` lora or prompt plus its options."""
+    """Adapter built for each domain or shared adapter: ``type`` lora, prompt or head plus its options."""
 
     type: str = "lora"
     r: int = 8
@@ -38,9 +38,14 @@ class AdapterSettings:
     n_ctx: int = 4
     ctx_init: str = "template"
     n_visual_tokens: int = 0
+    head_init: str = "auto"  # head adapters: "auto", "class_mean", "text" or "zero" (see medadapt.adapters.head)
 
     def __post_init__(self) -> None:
         from ..adapters import adapter_kinds
+        from ..adapters.head import HEAD_INITS
+
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"adapter.head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}.")
 
         if self.type not in adapter_kinds():
             raise ConfigError(f"adapter.type must be {' or '.join(repr(k) for k in adapter_kinds())}, got {self.type!r}.")
@@ -204,6 +209,19 @@ class RunConfig:
         names = [d.name for d in self.domains]
         if len(set(names)) != len(names):
             raise ConfigError(f"domain names must be unique, got {names}.")
+        self._check_shared_kind()
+
+    def _check_shared_kind(self) -> None:
+        """A kind tied to one domain's labels (a head) cannot be the shared adapter of a paradigm that has one."""
+        from ..adapters import adapter_kind
+
+        shared = self.shared_adapter or self.adapter
+        if self.paradigm != "specialized" and not adapter_kind(shared.type).serves_shared:
+            where = "shared_adapter.type" if self.shared_adapter is not None else "adapter.type (no shared_adapter given)"
+            raise ConfigError(
+                f"paradigm {self.paradigm!r} trains a shared adapter, but {where} is {shared.type!r}, which serves one "
+                "domain's labels only; set `shared_adapter: {type: lora}` (or another kind that serves every domain)."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

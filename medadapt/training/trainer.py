@@ -274,10 +274,12 @@ class ContinualTrainer:
         cfg, acc = self.config, self.accelerator
         stage = self.plan.stages[stage_index]
         schedule = self._schedule(phase_index, phase)
+        start = self.state.step if self.state.phase == phase_index else 0
+        if start == 0:
+            self._initialise_from_data(phase)
         params = self.model.set_trainable([phase.adapter])
         fp32_master_weights(params)  # a bf16/fp16 base: the optimizer updates float32 adapter weights
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        start = self.state.step if self.state.phase == phase_index else 0
         if start and self._resume_optimizer:
             restore_optimizer(self._resume_optimizer[0], optimizer, self._resume_optimizer[1])
         self._resume_optimizer = None
@@ -319,6 +321,19 @@ class ContinualTrainer:
         checkpointing_train_mode(self.model, False)
         self.model.set_trainable([])
         self.state.phase, self.state.step = phase_index + 1, 0
+
+    def _initialise_from_data(self, phase: Any, limit: int = 4096) -> None:
+        """Before a phase's first step, start an adapter of a kind initialised from data (a head) from
+        its domain's training images (at most ``limit``, in order; every rank computes the same)."""
+        if phase.adapter not in self.model.domains or not self.model.adapters.kind_of(phase.adapter).initialised_from_data:
+            return
+        domain = phase.adapter
+        labels = self.store.labels(domain, "train")[:limit]
+        size = self.config.train.eval_batch_size
+        chunks = [list(range(i, min(i + size, len(labels)))) for i in range(0, len(labels), size)]
+        with self.model.evaluating():
+            decided = self.model.initialise_adapter(domain, (self.store.pixels(domain, "train", c) for c in chunks), torch.as_tensor(labels))
+        logger.info("adapter %r started from %d training images: %s", domain, len(labels), decided)
 
     def _last_phase(self, stage_index: int) -> int:
         return max(i for i, (s, _) in enumerate(self._phases()) if s == stage_index)
