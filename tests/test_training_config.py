@@ -158,3 +158,12 @@ def test_round_trip_and_fingerprint(tmp_path):
     moved = load_config(None, [f"output_dir={tmp_path / 'elsewhere'}", "tracking.project=x"], defaults=cfg.to_dict())
     assert moved.fingerprint() == cfg.fingerprint()  # where results go and how they are tracked do not change them
     assert load_config(None, ["train.epochs=2"], defaults=cfg.to_dict()).fingerprint() != cfg.fingerprint()
+
+
+def test_head_init_changes_the_fingerprint_of_head_runs_only(tmp_path):
+    cfg = load_config(write_yaml(tmp_path / "run.yaml", tiny_run(tmp_path / "out")))
+    assert cfg.adapter.type != "head"
+    other_init = load_config(None, ["adapter.head_init=zero"], defaults=cfg.to_dict())
+    assert other_init.fingerprint() == cfg.fingerprint()  # a LoRA run from before head_init existed still resumes
+    head = load_config(None, ["adapter.type=head", "paradigm=specialized"], defaults=cfg.to_dict())
+    assert load_config(None, ["adapter.head_init=zero"], defaults=head.to_dict()).fingerprint() != head.fingerprint()

@@ -22,7 +22,7 @@ from ..adapters.head import HeadAdapter, HeadConfig
 from ..adapters.prompt import PLACEHOLDER, PromptAdapter, PromptConfig, PromptHooks, split_template
 from ..errors import AdapterError, UnsupportedBackboneError
 from ..images import preprocess as preprocess_images
-from ..stages import BASE_SERVED, Served
+from ..stages import Served
 from .base import Backbone, BackboneFamily, Preprocessing, Scorer, ServedLike, register_family
 from .towers import SEQUENCE, image_tower_lora_targets, pooled_features, tower_layout
 

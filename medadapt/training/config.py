@@ -233,6 +233,9 @@ class RunConfig:
         data.pop("tracking", None)
         for key in CACHE_KEYS:  # how much is cached changes speed, never results
             data.get("train", {}).pop(key, None)
+        adapter = data.get("adapter", {})
+        if adapter.get("type") != "head":  # only head adapters read it: runs from before it existed still resume
+            adapter.pop("head_init", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
