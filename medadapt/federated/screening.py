@@ -47,8 +47,6 @@ def _problem(update: SiteUpdate, expected: Mapping[str, tuple[int, ...]], base: 
             return f"tensor {key} holds NaN or inf"
     if set(update.counts) - set(adapters) or any((not isinstance(v, int)) or v < 0 for v in update.counts.values()):
         return f"sample counts {update.counts} are not non-negative integers for this round's adapters {adapters}"
-    if sum(update.counts.values()) == 0:
-        return "trained on no samples"
     return None
 
 
@@ -69,8 +67,9 @@ def screen(updates: list[SiteUpdate], sent: Mapping[str, np.ndarray], base: str,
         else:
             valid.append(update)
     norms = [update_norm(u, sent) for u in valid]
+    active = [i for i, u in enumerate(valid) if sum(u.counts.values()) > 0]  # an idle site (nothing to train here) sends what it got
     for i, update in enumerate(valid):
-        others = [n for j, n in enumerate(norms) if j != i]
+        others = [norms[j] for j in active if j != i]
         reference = float(np.median(others)) if others else 0.0
         if others and reference > 0 and norms[i] > outlier_factor * reference:
             out.dropped.append((update.site, f"update norm {norms[i]:.3g} is more than {outlier_factor:g}x the median {reference:.3g} of the round's other updates"))
