@@ -51,8 +51,9 @@ def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> N
     cfg["federation"]["round_timeout_s"] = 120
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    appio, fleet, control, node_a, node_b = _ports(5)
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    control, node_a, node_b = _ports(3)
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     (tmp_path / "flwr-home").mkdir()
     (tmp_path / "flwr-home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
     procs: list[subprocess.Popen] = []
@@ -66,10 +67,10 @@ def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> N
         return proc
 
     try:
-        start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(appio),
-              "--fleet-api-address", f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}")
+        # Flower 1.42: the SuperLink serves its Runtime, Control and Fleet APIs over one HTTP address
+        start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(control))
         for site, port in (("hospital-0", node_a), ("hospital-1", node_b)):
-            start(site, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{fleet}", "--port", str(port),
+            start(site, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{control}", "--port", str(port),
                   "--node-config", f"site='{site}' config='{config}' state-dir='{tmp_path / 'state' / site}'")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
