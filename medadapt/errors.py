@@ -95,3 +95,7 @@ class ServingError(MedAdaptError, RuntimeError):
 
 class MetricError(MedAdaptError, ValueError):
     """Inputs a metric cannot score (accuracy matrix, labels and probabilities, VQA answers)."""
+
+
+class FederationError(MedAdaptError, RuntimeError):
+    """A federated run cannot go on, or a site refuses a round (wrong base, missing data, too few sites)."""

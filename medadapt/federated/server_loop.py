@@ -1,0 +1,277 @@
+"""The server side of a federated continual run, on Flower's ``Grid`` (Message API).
+
+For each stage of the paradigm's plan: ``rounds_per_stage`` rounds in which every connected site
+trains the stage's adapters from the global tensors for ``local_epochs`` and replies; replies are
+screened (:mod:`.screening`), aggregated (:mod:`.aggregation`) and the state is checkpointed
+(:mod:`.server_state`). After the stage, sites holding each domain score it on its full test split,
+and the server writes an ordinary medadapt save.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .extra import require_flwr
+
+require_flwr()
+
+from flwr.app import Message, MessageType  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+
+from .._io import storage_errors  # noqa: E402
+from ..errors import FederationError  # noqa: E402
+from ..training.outputs import strict_results, summarise, write_outputs  # noqa: E402
+from .aggregation import add_dp_noise, weighted_mean  # noqa: E402
+from .messages import METRICS, SITE, evaluate_content, parse_train_reply, query_content, train_content  # noqa: E402
+from .model_setup import base_fingerprint, build_federated_model, frozen_digest, stage_adapters, trainable_adapters  # noqa: E402
+from .payload import load_wire, nbytes, wire_tensors  # noqa: E402
+from .screening import SiteUpdate, screen  # noqa: E402
+from .server_state import ServerState, load_state, save_state  # noqa: E402
+from .settings import FederatedConfig  # noqa: E402
+
+logger = logging.getLogger(__name__)
+ROUND_ATTEMPTS = 3
+
+
+class FederatedServer:
+    """Runs ``config`` over the sites reachable through ``grid``; :meth:`run` returns the results dict."""
+
+    def __init__(self, config: FederatedConfig, grid: Grid, poll_s: float = 0.5) -> None:
+        self.config = config
+        self.grid = grid
+        self.poll_s = poll_s
+        self.out = Path(config.run.output_dir)
+        self.model, self.plan = build_federated_model(config.run)
+        self.checks = {"base": base_fingerprint(self.model), "config": config.fingerprint()}
+        self.frozen = frozen_digest(self.model, trainable_adapters(self.plan))
+        self.sites: dict[int, dict[str, Any]] = {}  # node id -> {"site", "domains"}
+        self.rng = np.random.default_rng(config.run.seed)
+
+    # -- sites ---------------------------------------------------------------------------------
+    def _label(self, site: str) -> str:
+        return self.config.federation.label(site)
+
+    def _discover(self) -> None:
+        """Ask nodes not yet known who they are; forget nodes that left."""
+        nodes = set(self.grid.get_node_ids())
+        for gone in set(self.sites) - nodes:
+            logger.warning("site %s left the federation.", self._label(self.sites.pop(gone)["site"]))
+        new = sorted(nodes - set(self.sites))
+        if not new:
+            return
+        messages = [self.grid.create_message(query_content(self.checks), MessageType.QUERY, n, "hello") for n in new]
+        for reply in self.grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.error("node %s cannot join: %s", node, reply.error.reason)
+                continue
+            info = dict(reply.content.config_records[SITE])
+            names = [s.name for s in self.config.federation.sites]
+            if info.get("site") not in names or any(v.get("site") == info.get("site") for v in self.sites.values()):
+                logger.error("node %s claims site %r, which is not a free site of federation.sites; ignored.", node, info.get("site"))
+                continue
+            self.sites[node] = {"site": str(info["site"]), "domains": [str(d) for d in info.get("domains", [])]}
+
+    def _wait_for_sites(self) -> None:
+        fed = self.config.federation
+        deadline = time.monotonic() + fed.round_timeout_s
+        self._discover()
+        while len(self.sites) < fed.min_sites:
+            if time.monotonic() > deadline:
+                raise FederationError(f"only {len(self.sites)} site(s) joined within {fed.round_timeout_s:g} s; federation.min_sites is {fed.min_sites}.")
+            time.sleep(self.poll_s)
+            self._discover()
+
+    # -- rounds --------------------------------------------------------------------------------
+    def _round(self, stage: int, round_index: int) -> dict[str, Any]:
+        fed = self.config.federation
+        adapters = stage_adapters(self.plan, stage)
+        sent = wire_tensors(self.model, adapters, fed.aggregation)
+        checks = {**self.checks, **({"frozen": self.frozen} if fed.aggregation == "ffa_lora" else {})}
+        for attempt in range(ROUND_ATTEMPTS):
+            self._wait_for_sites()
+            content = train_content(sent, stage, round_index, adapters, fed.local_epochs, checks, fed.privacy.clipping_norm)
+            group = f"stage{stage}-round{round_index}-try{attempt}"
+            messages = [self.grid.create_message(content, MessageType.TRAIN, n, group) for n in sorted(self.sites)]
+            replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout_s))
+            updates, failed = self._parse(replies, sorted(self.sites))
+            result = screen(updates, sent, self.checks["base"], adapters, fed.norm_outlier_factor)
+            for site, reason in result.dropped:
+                logger.error("round %d.%d: update of %s dropped: %s", stage + 1, round_index + 1, site, reason)
+            if len(result.accepted) >= fed.min_sites:
+                break
+            logger.error("round %d.%d: %d usable update(s), fewer than min_sites=%d; retrying.", stage + 1, round_index + 1, len(result.accepted), fed.min_sites)
+        else:
+            raise FederationError(f"stage {stage + 1} round {round_index + 1}: fewer than {fed.min_sites} usable site updates in {ROUND_ATTEMPTS} attempts; the run stops here and resumes from the last completed round.")
+        tensors, totals = weighted_mean(result.accepted, sent)
+        if fed.privacy.enabled:
+            tensors = add_dp_noise(tensors, sent, fed.privacy.noise_multiplier, float(fed.privacy.clipping_norm), len(result.accepted), self.rng)
+        load_wire(self.model, tensors)
+        return {
+            "stage": stage,
+            "stage_name": self.plan.stages[stage].name,
+            "round": round_index,
+            "attempts": attempt + 1,
+            "sites": [self._label(u.site) for u in result.accepted if sum(u.counts.values()) > 0],
+            "idle": [self._label(u.site) for u in result.accepted if sum(u.counts.values()) == 0],
+            "samples": {self._label(u.site): dict(u.counts) for u in result.accepted},
+            "adapter_samples": totals,
+            "loss": {self._label(u.site): u.loss for u in result.accepted},
+            "dropped": [{"site": self._label(site), "reason": reason} for site, reason in result.dropped],
+            "failed": failed,
+            "bytes_up": {self._label(u.site): u.bytes_up for u in result.accepted},
+            "bytes_down_per_site": nbytes(sent),
+        }
+
+    def _parse(self, replies: list[Message], asked: list[int]) -> tuple[list[SiteUpdate], list[dict[str, str]]]:
+        updates, failed = [], []
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            site = self.sites.get(node, {}).get("site", f"node-{node}")
+            label = self._label(site) if site in [s.name for s in self.config.federation.sites] else site
+            if reply.has_error():
+                logger.error("site %s failed the round: %s", label, reply.error.reason)
+                failed.append({"site": label, "error": f"error reply (code {reply.error.code})"})
+                continue
+            tensors, counts, loss, base = parse_train_reply(reply.content)
+            updates.append(SiteUpdate(site, node, tensors, counts, base, loss, nbytes(tensors)))
+        for node in set(asked) - answered:
+            site = self.sites.pop(node, {}).get("site", f"node-{node}")  # asked again when it comes back
+            logger.error("site %s did not reply within the round's timeout.", site)
+            failed.append({"site": self._label(site) if site in [s.name for s in self.config.federation.sites] else site, "error": "no reply"})
+        return updates, failed
+
+    # -- evaluation and saves ------------------------------------------------------------------
+    def _evaluate(self, stage: int) -> dict[str, dict[str, dict[str, float]]]:
+        views = self.plan.stages[stage].views
+        domains = [d.name for d in self.config.run.domains]
+        order = {s.name: i for i, s in enumerate(self.config.federation.sites)}
+        self._discover()
+        assigned: dict[int, list[str]] = {}
+        for d in domains:
+            holders = sorted((order[v["site"]], n) for n, v in self.sites.items() if d in v["domains"])
+            if holders:
+                assigned.setdefault(holders[0][1], []).append(d)
+            else:
+                logger.error("no connected site holds domain %r; its accuracy after stage %d is unknown (NaN).", d, stage + 1)
+        everything = wire_tensors(self.model, trainable_adapters(self.plan), everything=True)
+        messages = [
+            self.grid.create_message(evaluate_content(everything, {v: {d: m[d] for d in ds} for v, m in views.items()}, self.checks), MessageType.EVALUATE, n, f"eval{stage}")
+            for n, ds in assigned.items()
+        ]
+        values: dict[str, float] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s):
+            if reply.has_error():
+                logger.error("evaluation at node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            values.update({k: float(v) for k, v in reply.content.metric_records[METRICS].items()})
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for view in views:
+            out[view] = {}
+            for d in domains:
+                prefix = f"{view}|{d}|"
+                metrics = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+                out[view][d] = metrics or {"accuracy": float("nan"), "auroc": float("nan")}
+        return out
+
+    def _save(self, stage: int, history: list[dict[str, Any]]) -> None:
+        fed = self.config.federation
+        for adapter in stage_adapters(self.plan, stage):
+            rounds = [h for h in history if h["stage"] == stage]
+            samples: dict[str, int] = {}
+            for h in rounds:
+                for site, counts in h["samples"].items():
+                    samples[site] = samples.get(site, 0) + int(counts.get(adapter, 0))
+            self.model.provenance[adapter] = {
+                "federated": {
+                    "stage": self.plan.stages[stage].name,
+                    "rounds": len(rounds),
+                    "sites": sorted({s for h in rounds for s in h["sites"] if samples.get(s)}),
+                    "samples_per_site": samples,
+                    "aggregation": fed.aggregation,
+                    "local_epochs": fed.local_epochs,
+                }
+            }
+        with storage_errors(f"cannot write the model save into {self.out}"):
+            self.model.save_pretrained(self.out)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train every stage (resuming after the last completed round), evaluate, save; returns the results."""
+        fed = self.config.federation
+        loaded = load_state(self.out, self.config.fingerprint())
+        if loaded is not None:
+            state, tensors = loaded
+            load_wire(self.model, tensors)
+            logger.info("resuming after %d completed round(s): stage %d, round %d.", state.completed_rounds(), state.stage + 1, state.round + 1)
+        else:
+            state = ServerState(config=self.config.fingerprint())
+        started = time.perf_counter() - state.elapsed
+        everything = lambda: wire_tensors(self.model, trainable_adapters(self.plan), everything=True)  # noqa: E731
+        for stage in range(state.stage, len(self.plan.stages)):
+            for round_index in range(state.round, fed.rounds_per_stage):
+                state.history.append(self._round(stage, round_index))
+                state.round = round_index + 1
+                state.elapsed = time.perf_counter() - started
+                save_state(self.out, state, everything())
+            metrics = self._evaluate(stage)
+            for view, per_domain in metrics.items():
+                state.rows.setdefault(view, []).append([per_domain[d.name].get("accuracy", float("nan")) for d in self.config.run.domains])
+            state.metrics.append(metrics)
+            self._save(stage, state.history)
+            state.stage, state.round = stage + 1, 0
+            state.elapsed = time.perf_counter() - started
+            save_state(self.out, state, everything())
+        results = self._results(state, time.perf_counter() - started)
+        self.model.extras["results"] = strict_results({k: results[k] for k in ("paradigm", "domains", "stages", "accuracy_matrix", "acc", "bwt", "forgetting", "final_metrics")})
+        with storage_errors(f"cannot write the results into {self.out}"):
+            self.model.save_pretrained(self.out)
+            write_outputs(self.out, results)
+        return results
+
+    def _results(self, state: ServerState, wall: float) -> dict[str, Any]:
+        run, plan = self.config.run, self.plan
+        rows = {v: [[float("nan") if x is None else x for x in row] for row in r] for v, r in state.rows.items()}
+        primary = plan.primary_view
+        matrix = rows[primary]
+        final = state.metrics[-1][primary]
+        config = run.to_dict()
+        config["domains"] = [{k: v for k, v in d.items() if k != "data"} for d in config["domains"]]  # no data paths
+        up = [b for h in state.history for b in h["bytes_up"].values()]
+        results: dict[str, Any] = {
+            "paradigm": run.paradigm,
+            "rehearsal": run.rehearsal.size > 0 and run.paradigm in ("continual", "rehearsal"),
+            "model": run.model,
+            "evaluated_adapter": primary,
+            "domains": [d.name for d in run.domains],
+            "stages": [s.name for s in plan.stages],
+            "accuracy_matrix": matrix,
+            **summarise(matrix),
+            "final_metrics": final,
+            "auroc": {d: m.get("auroc", float("nan")) for d, m in final.items()},
+            "views": {view: {"accuracy_matrix": r, **summarise(r)} for view, r in rows.items()},
+            "num_processes": 1,
+            "wall_time_s": wall,
+            "config": config,
+            "federation": {
+                **self.config.public_summary(),
+                "rounds": state.history,
+                "completed_rounds": state.completed_rounds(),
+                "bytes_up_total": int(sum(up)),
+                "bytes_up_per_site_round": float(np.mean(up)) if up else 0.0,
+                "bytes_down_total": int(sum(h["bytes_down_per_site"] * len(h["sites"]) for h in state.history)),
+            },
+        }
+        if primary != "specialists" and "specialists" in rows:
+            results["specialist_accuracy_matrix"] = rows["specialists"]
+        if not all(math.isfinite(x) for row in matrix for x in row):
+            logger.warning("some domains could not be evaluated (no connected site held them): their accuracies are NaN.")
+        return results

@@ -1,0 +1,104 @@
+"""Flower's deployment runtime for real (issue 17): a SuperLink and two SuperNodes as processes on
+127.0.0.1, ``flwr run`` of a 2-round tiny federation, then the model save it wrote.
+
+Takes minutes (every ClientApp message starts a process that builds the tiny base), so it is marked
+``deployment`` and ``slow``: README's default test command deselects it and .ci/run runs it in its
+own block. Every process is bounded by time and stopped by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+from tests.test_federated import tiny_config  # noqa: E402
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "recipes" / "federated_app"
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> None:
+    from medadapt import ContinualVLM
+
+    cfg = tiny_config(tmp_path / "run", sites=2, rounds=1, domains=1)
+    cfg["federation"]["round_timeout_s"] = 120
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    control, node_a, node_b = _ports(3)
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "flwr-home").mkdir()
+    (tmp_path / "flwr-home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
+    procs: list[subprocess.Popen] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")
+        proc = subprocess.Popen([_tool(args[0]), *args[1:]], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        # Flower 1.42: the SuperLink serves its Runtime, Control and Fleet APIs over one HTTP address
+        start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(control))
+        for site, port in (("hospital-0", node_a), ("hospital-1", node_b)):
+            start(site, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{control}", "--port", str(port),
+                  "--node-config", f"site='{site}' config='{config}' state-dir='{tmp_path / 'state' / site}'")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", control), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        time.sleep(3)  # SuperNodes register with the Fleet API
+        run = subprocess.run([_tool("flwr"), "run", str(APP), "local", "--run-config", f"config='{config}'"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr + (logs / "superlink.log").read_text()[-3000:]
+        deadline = time.monotonic() + 420
+        while not (tmp_path / "run" / "results.json").is_file() and time.monotonic() < deadline:
+            time.sleep(2)
+        logs_text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs.iterdir())
+        assert (tmp_path / "run" / "results.json").is_file(), logs_text
+        model = ContinualVLM.from_pretrained(tmp_path / "run")
+        assert model.adapter_names() == ["xray", "shared"]
+        assert model.provenance["shared"]["federated"]["rounds"] == 1
+        assert sorted(model.provenance["shared"]["federated"]["sites"]) == ["site-1", "site-2"]
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
