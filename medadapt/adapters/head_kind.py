@@ -9,21 +9,19 @@ trainer initialises it from the domain's training data before its first step (:m
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from ..errors import AdapterError
 from .head import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, HeadAdapter, HeadConfig, initial_head
-from .kind import AdapterKind, register_adapter_kind
+from .kind import register_adapter_kind
+from .module_kind import ModuleKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import AdapterSet
 
 
-class HeadKind(AdapterKind):
+class HeadKind(ModuleKind):
     """A linear head over the image tower's features, started from the text prior."""
 
     name = "head"
@@ -31,8 +29,7 @@ class HeadKind(AdapterKind):
     display_name = "medadapt HeadConfig"
     card_name = "linear head"
     card_tags = ("linear-head",)
-    stacks = False
-    built_by_family = True
+    module_class = HeadAdapter
     initialised_from_data = True
     serves_shared = False
 
@@ -45,39 +42,8 @@ class HeadKind(AdapterKind):
     def config_from_settings(self, settings: Any, default_targets: list[str] | str) -> HeadConfig:
         return HeadConfig(init=settings.head_init)
 
-    def create(self, adapters: "AdapterSet", name: str, spec: Any, module: nn.Module | None = None) -> None:
-        if module is not None:
-            head = module  # built by the family's scorer for this base and domain
-        elif spec.resolved:
-            head = HeadAdapter(spec)  # a resolved config (read from a stage folder): weights follow
-        else:
-            raise AdapterError("a head adapter is built by the backbone family's scorer; add it to a domain through the model (add_domain).")
-        head.requires_grad_(False)
-        adapters.prompts[name] = head.to(adapters.device)
-
-    def owns(self, adapters: "AdapterSet", name: str) -> bool:
-        return name in adapters.prompts and isinstance(adapters.prompts[name], HeadAdapter)
-
-    def remove(self, adapters: "AdapterSet", name: str) -> None:
-        del adapters.prompts[name]
-
-    def parameters(self, adapters: "AdapterSet", name: str) -> list[nn.Parameter]:
-        return list(adapters.prompts[name].parameters())
-
-    def config(self, adapters: "AdapterSet", name: str) -> HeadConfig:
-        return adapters.prompts[name].config
-
-    def state_dict(self, adapters: "AdapterSet", name: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in adapters.prompts[name].state_dict().items()}
-
-    def load_state_dict(self, adapters: "AdapterSet", name: str, weights: dict[str, torch.Tensor]) -> None:
-        try:
-            adapters.prompts[name].load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            raise AdapterError(f"head weights do not match their config: {exc}") from exc
-
-    def write_config(self, adapters: "AdapterSet", name: str, folder: Path, base_source: str | None, base_revision: str | None) -> None:
-        (folder / self.files[0]).write_text(adapters.prompts[name].config.to_json() + "\n", encoding="utf-8")
+    def resolved(self, spec: Any) -> bool:
+        return bool(spec.resolved)
 
     def initialise(self, adapters: "AdapterSet", name: str, features: torch.Tensor, zero_shot: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """Start head ``name`` from its domain's training data (see :func:`medadapt.adapters.head.initial_head`)."""
