@@ -28,7 +28,7 @@ PY
 CI=false python -m pytest -q -n 2 -p no:cacheprovider \
   tests/test_peft_contract.py tests/test_adapters.py tests/test_gathered_lora.py tests/test_adapter_loading.py \
   tests/test_load_refusals.py tests/test_generative.py tests/test_families.py tests/test_inference.py \
-  tests/test_hub_push_pull.py tests/test_hub_server.py tests/test_model_card.py tests/test_data.py \
+  tests/test_hub_push_pull.py tests/test_hub_server.py tests/test_model_card.py tests/test_hub_card_metadata.py tests/test_data.py \
   tests/test_data_memory.py tests/test_training_config.py tests/test_training_launch.py tests/test_cli_train.py \
   tests/test_resume.py tests/test_multiprocess.py
 deactivate

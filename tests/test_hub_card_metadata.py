@@ -5,6 +5,7 @@ endpoint applying huggingface_hub's own metadata parsing and the Hub's field rul
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -83,6 +84,14 @@ def test_licence_explicit_or_carried_from_the_base(manifest, fake_hub):  # noqa:
     assert base_license("google/no-such-model") is None and base_license(None) is None
 
 
+def post_validate(text: str):
+    """POST raw card text to the (fake) Hub's validate-yaml, as ModelCard.validate does (it would re-dump a parsed card)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    return get_session().post(f"{constants.ENDPOINT}/api/validate-yaml", json={"repoType": "model", "content": text})
+
+
 @pytest.mark.parametrize("bad, reason", [
     ({"license": "apache"}, "not a Hub licence id"),
     ({"license": "other"}, "license_name and license_link"),
@@ -94,20 +103,12 @@ def test_licence_explicit_or_carried_from_the_base(manifest, fake_hub):  # noqa:
 ])
 def test_fake_hub_refuses_bad_metadata(manifest, fake_hub, bad, reason):  # noqa: F811
     card = render_card(manifest, "org/x", results=RESULTS)
-    card.validate()  # the rendered card passes the Hub's rules
+    assert post_validate(str(card)).status_code == 200  # the rendered card passes the Hub's rules
     data = {**front(card), **bad}
-    bad_card = ModelCard("---\n" + yaml.safe_dump({k: v for k, v in data.items() if v is not None}) + "---\n" + card.text)
-    with pytest.raises(ValueError, match=reason):
-        bad_card.validate()
-    assert fake_hub.validated[-1] == str(bad_card)
-
-
-def post_validate(text: str):
-    """POST raw card text to the (fake) Hub's validate-yaml, as ModelCard.validate does (it would re-dump a parsed card)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    return get_session().post(f"{constants.ENDPOINT}/api/validate-yaml", json={"repoType": "model", "content": text})
+    bad_card = "---\n" + yaml.safe_dump({k: v for k, v in data.items() if v is not None}) + "---\n" + card.text
+    answer = post_validate(bad_card)
+    assert answer.status_code == 400 and re.search(reason, answer.text), answer.text
+    assert fake_hub.validated[-1] == bad_card
 
 
 def test_fake_hub_refuses_a_malformed_model_index(fake_hub):  # noqa: F811

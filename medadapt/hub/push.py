@@ -179,11 +179,18 @@ def _stage_names(parts: ModelParts, domains: Sequence[str] | str | None) -> list
 
 
 def validate_card(card: Any) -> None:
-    """Refuse a card whose metadata the Hub's ``validate-yaml`` endpoint rejects (before any upload)."""
-    try:
-        card.validate()
-    except ValueError as exc:
-        raise HubError(f"the model card's metadata does not pass the Hub's validation: {exc}") from exc
+    """Refuse a card whose metadata the Hub's ``validate-yaml`` endpoint rejects (before any upload).
+
+    Posts to the endpoint in use (``HF_ENDPOINT``), as ``ModelCard.validate`` does in recent huggingface_hub;
+    older releases (1.31) post to huggingface.co whatever the endpoint, so medadapt makes the call itself."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    response = get_session().post(f"{constants.ENDPOINT}/api/validate-yaml", json={"repoType": "model", "content": str(card)},
+                                  headers={"Accept": "text/plain"})
+    if response.status_code == 400:
+        raise HubError(f"the model card's metadata does not pass the Hub's validation: {response.text}")
+    hf_raise_for_status(response)
 
 
 def push_model(
