@@ -5,7 +5,8 @@
 # huggingface_hub at ==floor), then a representative subset of the tests: the peft contract, adapters
 # and their batched paths, generative families, Hub push/pull and cards, data, the training CLI, resume
 # and two processes. The `test` extra is not installed here: trl (for benchmarks/gpu.py) needs newer
-# accelerate/datasets than the floors. Adds ~6-8 min to .ci/run (install ~2 min, tests ~4-6 min on 2 cores).
+# accelerate/datasets than the floors. Adds ~8 min to .ci/run (measured 8.0 min: install ~3 min, 18 files in 4m40s on
+# 2 idle cores; 20 files now, 12.6 min when the cores were shared with other jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .venv-lowest
