@@ -61,11 +61,14 @@ def domain_names(domain: Any, n: int) -> list[str]:
 
 
 def questions_per_image(questions: Any, n: int) -> list[str | None] | None:
-    """``None``, or one question (or ``None``: the domain's own) per image; one string serves every image."""
+    """``None``, or one question (or ``None``: the domain's own) per image; one string serves every image.
+    A sized, ordered column (a datasets ``Column``, a pandas Series) counts as a list."""
     if questions is None:
         return None
     if isinstance(questions, str):
         return [questions] * n
+    if not isinstance(questions, (list, tuple, bytes, dict, set)) and hasattr(questions, "__iter__") and hasattr(questions, "__len__"):
+        questions = list(questions)  # an ordered column, e.g. a datasets Column (ds["question"]) or a pandas Series
     if not isinstance(questions, (list, tuple)):
         raise InputError(
             f"questions must be a string, a list of one question per image (None for the domain's own), "

@@ -16,6 +16,13 @@ reports such a folder but never changes it). Run it only on a folder you own.
 ``export vllm`` writes each generative stage of SAVE as a peft folder for vLLM and prints the
 ``vllm serve ... --enable-lora --lora-modules ...`` command (see :mod:`medadapt.export.vllm`).
 
+    medadapt train [--config NAME_OR_YAML] [key=value ...] [--num-processes N] [-q] [--resume | --overwrite]
+    medadapt config show [NAME_OR_YAML]        medadapt config init [OUT.yaml] [--from NAME_OR_YAML]
+
+``train`` runs the main job: the config's domains learned one after another (the checkout's
+``recipes/rehearsal.py``); also ``accelerate launch -m medadapt.train ...``. ``config show`` prints a
+config with every key explained, ``config init`` writes one to edit (see :mod:`medadapt.training.commands`).
+
     medadapt demo SAVE_OR_HUB_ID [--host 127.0.0.1] [--port 7860] [--share]
 
 ``demo`` serves a Gradio page for the model (the ``[demo]`` extra; see :mod:`medadapt.webdemo`).
@@ -34,6 +41,7 @@ from PIL import Image
 from ._io import atomic_write_bytes, storage_errors
 from .errors import MedAdaptError
 from .export.cli import add_export_commands
+from .training.commands import add_train_commands, run_train
 from .webdemo.cli import add_demo_command
 
 __all__ = ["main", "image_processor_for"]
@@ -134,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     recover = commands.add_parser("recover", help="finish or undo an interrupted save in a folder you own")
     recover.add_argument("folder", help="a medadapt save folder or training output_dir")
     recover.set_defaults(run=_recover)
+    add_train_commands(commands)  # train, config show|init (medadapt/training/commands.py)
     add_export_commands(commands)  # export vllm (medadapt/export/cli.py)
     add_demo_command(commands)  # demo (medadapt/webdemo/cli.py)
     return parser
@@ -152,6 +161,9 @@ def _recover(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadapt`` console script; returns the exit status (2 on a medadapt error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):  # its key=value overrides may sit between options
+        return run_train(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "show" and args.scale < 1:
         print("error: --scale must be at least 1", file=sys.stderr)

@@ -148,6 +148,8 @@ def load_image(image: ImageInput, index: int = 0, window: WindowSpec = None, fra
         image = _open_pil(io.BytesIO(bytes(image)), where, f"image bytes ({len(image)} bytes)")
     elif _is_pydicom_dataset(image):
         return _located(lambda: dicom.read_dicom(image, window=window, frame=frame), where)
+    elif isinstance(image, dict) and (image.get("bytes") is not None or image.get("path")):  # an undecoded datasets Image
+        return load_image(image["bytes"] if image.get("bytes") is not None else image["path"], index, window=window, frame=frame)
     elif nifti.is_nifti(image):
         raise ImageError(f"{where}: a NIfTI volume is not one 2D image; take slices with medadapt.medical.nifti_slices(image, ...).")
     elif isinstance(image, torch.Tensor):
@@ -187,6 +189,40 @@ def to_rgb(image: ImageInput, index: int = 0, window: WindowSpec = None, frame: 
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageError(f"image {index}: cannot convert mode {image.mode!r} to RGB: {exc}") from exc
+
+
+def _is_single(images: Any) -> bool:
+    """One image (not a collection of them): PIL, a path, bytes, a pydicom Dataset, an image dict, a single array."""
+    if isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray, memoryview)) or _is_pydicom_dataset(images):
+        return True
+    if isinstance(images, dict):
+        return True
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return not _is_batch(tuple(images.shape))
+    return nifti.is_nifti(images)
+
+
+def image_list(images: Any) -> list[Any]:
+    """``images`` as a list of single images.
+
+    Accepts one image, a list/tuple, a 4-D array or tensor (a batch), and any other iterable of images:
+    a ``datasets`` column (``ds["image"]``, datasets 4's lazy ``Column``), a generator, a pandas Series.
+    Iterating a whole ``datasets.Dataset`` gives rows (dicts), so a dataset must be passed as its image column.
+    """
+    if isinstance(images, list):
+        return images
+    if isinstance(images, tuple):
+        return list(images)
+    if _is_single(images):
+        return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return list(images)
+    if type(images).__module__.startswith("datasets") and hasattr(images, "column_names") and not hasattr(images, "__array__"):
+        raise ImageError(f"got a whole datasets {type(images).__name__} (columns {images.column_names}); pass its image column, e.g. ds['image'].")
+    try:
+        return list(iter(images))
+    except TypeError:
+        raise ImageError(f"unsupported images {type(images).__name__}; pass one image, a list, a batch array, or any iterable of images (e.g. ds['image'])") from None
 
 
 def _is_batch(shape: tuple[int, ...]) -> bool:

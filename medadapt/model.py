@@ -20,7 +20,7 @@ from .export.merged import export_merged
 from .saves.io import ModelParts, SavedStage, load_save, read_stage, save_model
 from .hub.pull import locate_save
 from .hub.push import push_model
-from .images import ImageInput
+from .images import ImageInput, image_list
 from .labels import check_label_prompts
 from .merging import MERGES_KEY, plan_merge
 from .quantization import quantization_config
@@ -391,8 +391,11 @@ class ContinualVLM(nn.Module):
 
     # -- inference -----------------------------------------------------------------------------
     def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
-        """PIL / numpy / torch / paths / bytes (grey, RGB or RGBA, any size) -> pixel values."""
-        return self.backbone.preprocess(images)
+        """PIL / numpy / torch / paths / bytes (grey, RGB or RGBA, any size) -> pixel values.
+
+        ``images``: one image, a list, a batch array, or any iterable of images, e.g. a ``datasets`` column
+        (``ds["image"]``, datasets 4's lazy ``Column``) or a generator."""
+        return self.backbone.preprocess(image_list(images))
 
     @served
     @torch.no_grad()

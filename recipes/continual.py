@@ -4,9 +4,9 @@
 """
 
 import sys
-from pathlib import Path
 
+from medadapt.configs import DEFAULT_CONFIG
 from medadapt.training.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(default_config=Path(__file__).parent / "configs" / "demo.yaml", paradigm="continual", description=__doc__))
+    sys.exit(main(default_config=DEFAULT_CONFIG, paradigm="continual", description=__doc__))

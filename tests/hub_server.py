@@ -23,7 +23,8 @@ Behaviour mirrors the real Hub where it matters:
   ``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``RemoteEntryNotFoundError``.
 
 Routes (``{t}`` is ``models``/``datasets``/``spaces``; ``{repo}`` is ``ns/name``; ``{rev}`` is URL-quoted):
-  POST /api/repos/create (409 + ``url`` if it exists), DELETE /api/repos/delete, POST /api/validate-yaml,
+  POST /api/repos/create (409 + ``url`` if it exists), DELETE /api/repos/delete,
+  POST /api/validate-yaml (400 with the reasons when :func:`validate_card_yaml` finds any),
   GET /api/whoami-v2, GET /api/{t}/{repo}[/revision/{rev}] (info: sha, siblings; ``?blobs=true`` adds sizes),
   GET /api/{t}/{repo}/tree/{rev}[/{path}][?recursive=true], GET /api/{t}/{repo}/commits/{rev} (newest first),
   GET /api/{t}/{repo}/refs, POST /api/{t}/{repo}/paths-info/{rev}, POST /api/{t}/{repo}/preupload/{rev},
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import json
 import os
 import threading
@@ -111,6 +113,7 @@ class FakeHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.repos: dict[tuple[str, str], _Repo] = {}
+        self.validated: list[str] = []  # every card text POSTed to /api/validate-yaml, in order
         self.blobs: dict[str, bytes] = {}
         self.request_log: list[tuple[str, str]] = []  # (method, raw URL path without query), in arrival order
         self.endpoint = ""
@@ -237,7 +240,19 @@ class FakeHub:
         return {"_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
                 "author": repo.repo_id.split("/")[0], "sha": oid, "lastModified": commit.date,
                 "createdAt": repo.created, "private": repo.private, "disabled": False, "gated": False,
-                "downloads": 0, "likes": 0, "tags": [], "siblings": siblings}
+                "downloads": 0, "likes": 0, "tags": [], "siblings": siblings, **self._card_data(commit.files)}
+
+    def _card_data(self, files: dict[str, str]) -> dict:
+        """``cardData``: README.md's YAML metadata, as the real Hub returns it in model info (public even when gated)."""
+        import yaml
+
+        sha = files.get("README.md")
+        match = re.match(r"^\s*---\s*\n(.*?)\n---", self.blobs[sha].decode("utf-8", "replace"), re.DOTALL) if sha else None
+        try:
+            data = yaml.safe_load(match.group(1)) if match else None
+        except yaml.YAMLError:
+            data = None
+        return {"cardData": data} if isinstance(data, dict) else {}
 
     def _tree(self, files: dict[str, str], prefix: str, recursive: bool) -> list[dict]:
         base = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -297,6 +312,11 @@ class FakeHub:
             del self.repos[key]
             return 200, {}, {}
         if route == ("POST", "validate-yaml"):
+            payload = json.loads(body or b"{}")
+            self.validated.append(payload.get("content", ""))
+            errors = validate_card_yaml(payload.get("content", ""), payload.get("repoType") or "model")
+            if errors:
+                raise HubError(400, None, "; ".join(errors))
             return 200, {}, {"errors": [], "warnings": []}
         if route == ("GET", "whoami-v2"):
             return 200, {}, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
@@ -424,6 +444,93 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # keep test output quiet
         pass
+
+
+
+# -- the Hub's card metadata rules, for POST /api/validate-yaml ------------------------------------------------
+#: Licence ids the Hub accepts in ``license:`` (https://huggingface.co/docs/hub/repositories-licenses).
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl
+gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr
+mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license
+llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
+""".split())
+#: Task ids the Hub accepts as ``pipeline_tag`` and as a model-index ``task.type`` (a subset of huggingface.js tasks).
+HUB_TASKS = frozenset("""
+image-classification zero-shot-image-classification image-text-to-text visual-question-answering
+image-to-text text-generation text-classification feature-extraction image-feature-extraction
+image-segmentation object-detection zero-shot-object-detection question-answering summarization translation
+fill-mask token-classification sentence-similarity text-to-image image-to-image document-question-answering
+""".split())
+BASE_MODEL_RELATIONS = frozenset({"adapter", "merge", "quantized", "finetune"})
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def validate_card_yaml(content: str, repo_type: str = "model") -> list[str]:
+    """The reasons the Hub would refuse this card's metadata ([] when it passes).
+
+    Checks with huggingface_hub's own parsing (``ModelCardData`` with ``ignore_metadata_errors=False``, which
+    turns ``model-index`` into ``EvalResult`` objects and raises on a malformed one), then the Hub's field
+    rules: licence ids (``other`` needs ``license_name`` + ``license_link``), task ids, ``base_model`` as Hub
+    repo ids, ``base_model_relation`` values and that it needs a ``base_model``, string lists for tags/datasets."""
+    import yaml
+    from huggingface_hub import ModelCardData
+
+    match = re.match(r"^\s*---\s*\n(.*?)\n---\s*(\n|$)", content, re.DOTALL)
+    if not match:
+        return ["no YAML metadata block between --- lines at the top of the card"]
+    try:
+        data = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as exc:
+        return [f"metadata is not valid YAML: {exc}"]
+    if not isinstance(data, dict):
+        return ["metadata must be a mapping"]
+    errors: list[str] = []
+    if repo_type == "model":
+        try:
+            ModelCardData(ignore_metadata_errors=False, **data)
+        except Exception as exc:  # noqa: BLE001 - huggingface_hub raises ValueError/KeyError/TypeError
+            errors.append(f"huggingface_hub ModelCardData/EvalResult refused the metadata: {type(exc).__name__}: {exc}")
+    license = data.get("license")
+    if license is not None:
+        if license not in HUB_LICENSES:
+            errors.append(f"license {license!r} is not a Hub licence id (use `other` with license_name and license_link)")
+        if license == "other" and not (data.get("license_name") and data.get("license_link")):
+            errors.append("license: other needs license_name and license_link")
+    if data.get("license_name") is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", str(data["license_name"])):
+        errors.append(f"license_name {data['license_name']!r} must be lowercase letters, digits, '.' and '-'")
+    if data.get("pipeline_tag") is not None and data["pipeline_tag"] not in HUB_TASKS:
+        errors.append(f"pipeline_tag {data['pipeline_tag']!r} is not a Hub task")
+    base = data.get("base_model")
+    if base is not None:
+        for repo in [base] if isinstance(base, str) else (base if isinstance(base, list) else [base]):
+            if not isinstance(repo, str) or not _HUB_REPO_ID.match(repo):
+                errors.append(f"base_model {repo!r} is not a Hub model id (namespace/name)")
+    relation = data.get("base_model_relation")
+    if relation is not None:
+        if relation not in BASE_MODEL_RELATIONS:
+            errors.append(f"base_model_relation {relation!r} must be one of {sorted(BASE_MODEL_RELATIONS)}")
+        if base is None:
+            errors.append("base_model_relation needs a base_model")
+    for key in ("tags", "datasets", "language", "metrics"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            errors.append(f"{key} must be a string or a list of strings")
+    if data.get("library_name") is not None and not isinstance(data["library_name"], str):
+        errors.append("library_name must be a string")
+    for index in data.get("model-index") or []:
+        for result in (index or {}).get("results") or []:
+            task = (result or {}).get("task") or {}
+            if task.get("type") not in HUB_TASKS:
+                errors.append(f"model-index task type {task.get('type')!r} is not a Hub task")
+            for metric in (result or {}).get("metrics") or []:
+                if not isinstance(metric.get("value"), (int, float)) or isinstance(metric.get("value"), bool):
+                    errors.append(f"model-index metric {metric.get('type')!r} value must be a number")
+    return errors
 
 
 def patch_hf_env(monkeypatch: pytest.MonkeyPatch, hub: FakeHub, cache_dir) -> None:

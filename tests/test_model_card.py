@@ -69,7 +69,9 @@ def test_front_matter(manifest):
     assert {"medical", "continual-learning", "lora", "prompt", "peft", "medadapt", "clip"} <= set(data.tags)
     assert data.datasets == ["medadapt-test/chest-xrays"]
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
-    assert results == {("chest", "accuracy"): 0.75, ("chest", "auroc"): 0.8, ("derm", "accuracy"): 0.9, ("derm", "auroc"): 0.95}
+    # auroc is filed under the Hub metric id roc_auc (issue 20)
+    assert results == {("chest", "accuracy"): 0.75, ("chest", "roc_auc"): 0.8, ("derm", "accuracy"): 0.9, ("derm", "roc_auc"): 0.95}
+    assert data.to_dict()["base_model_relation"] == "adapter"
     assert {r.dataset_type for r in data.eval_results if r.dataset_name == "chest"} == {"medadapt-test/chest-xrays"}
     assert data.model_name == "chest-derm"
 

@@ -28,9 +28,15 @@ def test_help(name, monkeypatch, capsys):
 def test_every_recipe_defaults_to_the_demo_config_and_its_paradigm():
     for name in RECIPE_NAMES:
         source = (RECIPES / f"{name}.py").read_text()
-        assert '"configs" / "demo.yaml"' in source
+        assert "default_config=DEFAULT_CONFIG" in source and "from medadapt.configs import DEFAULT_CONFIG" in source
         assert name == "rehearsal" or f'paradigm="{name}"' in source
     assert (RECIPES / "configs" / "demo.yaml").is_file()
+    from medadapt.configs import DEFAULT_CONFIG, packaged_config
+
+    assert DEFAULT_CONFIG == "demo"
+    # the checkout's recipes/configs are the package's own files (links), so `--config recipes/configs/x.yaml` stays valid
+    for path in (RECIPES / "configs").glob("*.yaml"):
+        assert path.resolve() == packaged_config(path.stem).resolve(), path
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Data loading for medadapt: per-domain datasets from npz, image folders, Hugging Face
-datasets, VQA-RAD (organ recognition, or questions and answers), DICOM folders, or built-in synthetic
+datasets (on disk, on the Hub or in memory), generic VQA tables (``vqa``), VQA-RAD (organ recognition, or questions and answers), DICOM folders, or built-in synthetic
 modalities."""
 
 from .base import (
@@ -15,6 +15,7 @@ from . import dicom as _dicom_format  # noqa: F401  (registers the ``dicom`` for
 from .files import BadFilesWarning, ImageFiles
 from .synthetic import SYNTHETIC_KINDS, default_synthetic_domains
 from .vqa import OPEN_LABEL, VQADataset
+from . import vqa_table as _vqa_table_format  # noqa: F401  (registers the generic ``vqa`` format)
 from .vqa_rad import VQA_RAD_HUB_ID, VQA_RAD_SPLITS, VQASample, load_vqa_rad
 
 __all__ = [

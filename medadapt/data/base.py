@@ -29,8 +29,11 @@ __all__ = [
     "BUILTIN_FORMATS",
 ]
 
+#: Keys of ``DataConfig.columns``: image and label (``hf``), question and answer (``vqa``), split (a column
+#: naming each row's split, for one table holding every split).
+COLUMN_KEYS = ("image", "label", "question", "answer", "split")
 #: Formats shipped with medadapt (more can be added with ``register_loader``).
-BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa_rad_organ", "vqa_rad", "synthetic", "dicom")
+BUILTIN_FORMATS = ("npz", "imagefolder", "hf", "vqa", "vqa_rad_organ", "vqa_rad", "synthetic", "dicom")
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):
@@ -152,14 +155,15 @@ class DataConfig:
     """Where and how to read one domain's data.
 
     Fields:
-        format: ``"npz" | "imagefolder" | "hf" | "vqa_rad_organ" | "synthetic" | "dicom"`` (or any
+        format: ``"npz" | "imagefolder" | "hf" | "vqa" | "vqa_rad_organ" | "synthetic" | "dicom"`` (or any
             format added with :func:`medadapt.data.loaders.register_loader`).
         path: file or folder (npz file, image folder root, ``save_to_disk`` folder,
             VQA-RAD folder, DICOM folder); ``medadapt:...`` points inside the installed package.
         dataset: Hugging Face Hub dataset name (``hf`` format without ``path``).
         splits: medadapt split name -> source split name (npz key prefix, image-folder
             subfolder, HF split, or ``train``/``val``/``test`` for generated splits).
-        columns: ``{"image": ..., "label": ...}`` column names (``hf`` format).
+        columns: column names: ``image``, ``label`` (``hf``), ``question``, ``answer`` (``vqa``),
+            ``split`` (one table with a column naming each row's split).
         max_samples: optional cap per medadapt split; a deterministic (``seed``) random
             subsample is kept, in original order.
         seed: seed for subsampling and generated splits / synthetic data.
@@ -197,9 +201,9 @@ class DataConfig:
         if not isinstance(self.columns, dict):
             raise DataError(f"data 'columns' must be a mapping, got {self.columns!r}")
         cols = {"image": "image", "label": "label", **self.columns}
-        unknown = set(cols) - {"image", "label"}
+        unknown = set(cols) - set(COLUMN_KEYS)
         if unknown:
-            raise DataError(f"unknown keys in data 'columns': {sorted(unknown)}; valid: ['image', 'label']")
+            raise DataError(f"unknown keys in data 'columns': {sorted(unknown)}; valid: {list(COLUMN_KEYS)}")
         self.columns = cols
         if self.max_samples is not None:
             if not isinstance(self.max_samples, dict):
@@ -221,8 +225,8 @@ class DataConfig:
         fmt = self.format
         if fmt in ("npz", "imagefolder", "vqa_rad_organ", "dicom") and not self.path:
             raise DataError(f"data format {fmt!r} needs 'path'")
-        if fmt == "hf" and not (self.path or self.dataset):
-            raise DataError("data format 'hf' needs 'path' (a save_to_disk folder) or 'dataset' (a Hub name)")
+        # hf / vqa without path or dataset: the data comes in memory (ContinualTrainer(datasets=...)); the loader
+        # reports a missing source when none is given
         if fmt == "synthetic":
             if not isinstance(self.synthetic, dict):
                 raise DataError("data format 'synthetic' needs a 'synthetic' mapping with at least 'kind'")

@@ -22,7 +22,8 @@ from ..images import load_image
 from . import synthetic
 from .base import DataConfig, DomainData, ImageLabelDataset
 from .files import FileOptions, ImageFiles, check_files
-from .registry import loader_for, register_loader, registered_formats
+from .registry import loader_for, memory_loader_for, register_loader, register_memory_loader, registered_formats
+from .tables import split_tables
 
 __all__ = [
     "load_domain",
@@ -47,9 +48,13 @@ VQA_RAD_DEFAULT_LABELS = ["head", "chest", "abdomen"]
 
 
 def load_domain(
-    name: str, labels: list[str] | None, data: DataConfig | dict[str, Any]
+    name: str, labels: list[str] | None, data: DataConfig | dict[str, Any], source: Any = None
 ) -> DomainData:
     """Load domain ``name`` with class names ``labels`` from ``data`` (config or mapping).
+
+    ``source``: an in-memory ``datasets.Dataset`` (with a split column) / ``DatasetDict`` / dict of Datasets
+    read instead of ``data``'s ``path``/``dataset`` (formats ``hf`` and ``vqa``; ``data`` still gives the
+    format, columns and splits).
 
     ``labels`` may be empty/None for formats that carry label names (``hf`` with a
     ``ClassLabel``, ``imagefolder``, ``vqa_rad_organ``, ``synthetic``).
@@ -60,8 +65,10 @@ def load_domain(
         raise DataError(f"domain name must be a non-empty string, got {name!r}")
     declared = _check_label_names(name, labels)
     cfg = DataConfig.from_dict(data)
-    loader = loader_for(cfg.format)
-    dom = loader(name, declared, cfg)
+    if source is not None:
+        dom = memory_loader_for(cfg.format)(name, declared, cfg, source)
+    else:
+        dom = loader_for(cfg.format)(name, declared, cfg)
     open_ended = not dom.labels and all(getattr(ds, "open_ended", False) for ds in dom.splits.values())
     if not dom.labels and not open_ended:
         raise DataError(
@@ -300,7 +307,6 @@ def _load_hf(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
     """
     import datasets
 
-    file_options = FileOptions(name, cfg.options, extra_keys=("config",))
     if cfg.path:
         p = require_path(cfg.path, "Hugging Face dataset folder", name, is_dir=True)
         try:
@@ -308,25 +314,33 @@ def _load_hf(name: str, labels: list[str], cfg: DataConfig) -> DomainData:
         except Exception as e:  # noqa: BLE001 - datasets raises many types
             raise DataError(f"domain {name!r}: cannot load dataset saved at {p}: {e}") from e
         where = str(p)
-    else:
+    elif cfg.dataset:
         try:
             dd = datasets.load_dataset(cfg.dataset, cfg.options.get("config"))
         except Exception as e:  # noqa: BLE001
             raise DataError(f"domain {name!r}: cannot load Hugging Face dataset {cfg.dataset!r}: {e}") from e
         where = str(cfg.dataset)
-    if not isinstance(dd, datasets.DatasetDict):
-        raise DataError(
-            f"domain {name!r}: {where} is a single Dataset; a DatasetDict with splits "
-            f"{sorted(set(cfg.splits.values()))} is needed"
-        )
+    else:
+        raise DataError(f"domain {name!r}: data format 'hf' needs 'path' (a save_to_disk folder) or 'dataset' (a Hub dataset), or an in-memory dataset.")
+    return hf_domain(name, labels, cfg, dd, where)
+
+
+@register_memory_loader("hf")
+def _hf_from_memory(name: str, labels: list[str], cfg: DataConfig, source: Any) -> DomainData:
+    """The ``hf`` format from an in-memory ``Dataset`` (with a split column), ``DatasetDict`` or dict of Datasets."""
+    return hf_domain(name, labels, cfg, source, "the in-memory dataset")
+
+
+def hf_domain(name: str, labels: list[str], cfg: DataConfig, dd: Any, where: str) -> DomainData:
+    """An image/label domain from a DatasetDict, a dict of Datasets, or one Dataset with a split column."""
+    import datasets
+
+    file_options = FileOptions(name, cfg.options, extra_keys=("config",))
+    tables = split_tables(dd, dict(cfg.splits), cfg.columns.get("split", "split"), name, where)
     img_col, lab_col = cfg.columns["image"], cfg.columns["label"]
     raw: dict[str, tuple[Any, np.ndarray, Any]] = {}
-    for split, src in cfg.splits.items():
-        if src not in dd:
-            raise DataError(
-                f"domain {name!r} split {split!r}: split {src!r} not in {where}; available: {sorted(dd)}"
-            )
-        ds = dd[src]
+    for split, ds in tables.items():
+        src = cfg.splits[split]
         missing = [c for c in (img_col, lab_col) if c not in ds.column_names]
         if missing:
             raise DataError(

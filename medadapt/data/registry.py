@@ -38,3 +38,25 @@ def loader_for(fmt: str) -> LoaderFn:
     if fmt not in _LOADERS:
         raise DataError(f"unknown data format {fmt!r}; valid formats: {', '.join(_LOADERS)}")
     return _LOADERS[fmt]
+
+
+MemoryLoaderFn = Callable[[str, list[str], Any, Any], Any]  # (name, labels, DataConfig, in-memory source) -> DomainData
+_MEMORY: dict[str, MemoryLoaderFn] = {}
+
+
+def register_memory_loader(fmt: str) -> Callable[[MemoryLoaderFn], MemoryLoaderFn]:
+    """Decorator registering ``fn(name, labels, config, source) -> DomainData``: format ``fmt`` read from an
+    in-memory object (a ``datasets.Dataset``/``DatasetDict``) instead of ``path``/``dataset``."""
+
+    def deco(fn: MemoryLoaderFn) -> MemoryLoaderFn:
+        _MEMORY[fmt] = fn
+        return fn
+
+    return deco
+
+
+def memory_loader_for(fmt: str) -> MemoryLoaderFn:
+    """The in-memory loader of ``fmt``; a DataError names the formats that take in-memory data."""
+    if fmt not in _MEMORY:
+        raise DataError(f"data format {fmt!r} cannot read an in-memory dataset; formats that can: {sorted(_MEMORY)}")
+    return _MEMORY[fmt]

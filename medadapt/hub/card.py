@@ -10,6 +10,19 @@ The card is built from the repo's ``manifest.json`` (what the repo holds) plus o
     ``datasets``         ``{domain: "hub/dataset-id"}`` (also read from a domain's ``metadata["dataset"]``);
     ``split``            the evaluation split (default ``"test"``).
 
+Metadata follows the Hub's conventions for adapter repos (issue 20): ``base_model`` (an open_clip
+``hf-hub:org/name`` base is ``org/name``), ``base_model_relation: adapter``, ``pipeline_tag`` of the base's
+family, the base's licence carried over (or an explicit ``license=``), and each metric filed under the task
+it measures (see :func:`task_of`).
+
+``library_name`` is ``medadapt``, not ``peft``, on purpose. The Hub's "Use this model" button builds its
+snippet from ``library_name``: for ``peft`` it reads the repo root's ``adapter_config.json`` and prints
+``PeftModel.from_pretrained(base, "<repo>")``, which cannot load a medadapt repo: the root holds
+``manifest.json`` and one folder per stage (prompt adapters are not peft adapters at all), so that snippet
+would fail. ``medadapt`` is not a library the Hub knows, so it shows no snippet rather than a wrong one, and
+the card's own "How to use" section gives the working code (``ContinualVLM.from_pretrained`` and, per LoRA
+stage, plain peft with ``subfolder=``).
+
 Cards written by medadapt carry :data:`CARD_MARKER`; a README without it was written by someone else and is
 never overwritten silently (see :func:`medadapt.hub.push.push_model`).
 """
@@ -34,6 +47,14 @@ from ..families import BackboneFamily, family_by_name, family_for_model_type
 CARD_MARKER = "<!-- medadapt:model-card"
 TEMPLATE_NAME = "medadapt_card.md"
 TAGS = ("medadapt", "medical", "continual-learning", "vision-language")
+LIBRARY_NAME = "medadapt"  # why not "peft": see the module docstring
+OPEN_CLIP_PREFIX = "hf-hub:"
+#: medadapt metric name -> (Hub metric type, shown name), per task. A vqa domain's "accuracy" is the
+#: token recall of free-text answers (medadapt.training.evaluate), so it is filed as recall.
+VQA_METRICS = {"accuracy": ("recall", "token recall (open accuracy)"), "recall": ("recall", "token recall"),
+               "exact_match": ("exact_match", "exact match"), "token_f1": ("f1", "token F1 (SQuAD)"),
+               "bleu1": ("bleu", "BLEU-1")}
+CLASSIFICATION_METRICS = {"accuracy": ("accuracy", "accuracy"), "auroc": ("roc_auc", "AUROC")}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -79,8 +100,12 @@ def load_results(results: dict[str, Any] | str | os.PathLike | None, extras: dic
 
 
 def hub_base_id(base: dict[str, Any]) -> str | None:
-    """The base model's Hub id, when the manifest names one (not a local path or an in-memory model)."""
+    """The base model's Hub id, when the manifest names one (not a local path or an in-memory model).
+
+    An open_clip base named ``hf-hub:org/name`` is the Hub repo ``org/name``."""
     source = base.get("source")
+    if isinstance(source, str) and source.startswith(OPEN_CLIP_PREFIX):
+        source = source[len(OPEN_CLIP_PREFIX):]
     if not isinstance(source, str) or not _REPO_ID.match(source) or os.path.exists(source):
         return None
     if source.startswith("medadapt/tiny-"):  # built from config by medadapt.tiny; not a Hub repo
@@ -128,29 +153,74 @@ def _datasets(manifest: dict[str, Any], results: dict[str, Any]) -> dict[str, li
     return found
 
 
-def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | None = None) -> ModelCardData:
-    """Front matter: base_model, library_name, tags, datasets and a model-index with each domain's metrics."""
+def task_of(family: BackboneFamily, domain_task: str) -> tuple[str, str]:
+    """The Hub task type (and a shown name) a domain's metrics measure: free-text answers and a generative
+    base's closed questions are visual question answering; a dual encoder's labels, image classification."""
+    if domain_task == "vqa":
+        return "visual-question-answering", "open-ended visual question answering"
+    if family.pipeline_tag == "image-text-to-text":
+        return "visual-question-answering", "closed visual question answering"
+    return "image-classification", "classification"
+
+
+def license_fields(license: str | dict[str, Any] | None) -> dict[str, Any]:
+    """``license`` as card fields: a Hub licence id, or ``{"license", "license_name", "license_link"}``
+    (what :func:`base_license` reads from the base's own card; ``other`` needs a name and a link)."""
+    if license is None:
+        return {}
+    if isinstance(license, str):
+        return {"license": license}
+    if not isinstance(license, dict) or not isinstance(license.get("license"), str):
+        raise ConfigError(f"license must be a Hub licence id or a dict with 'license', got {license!r}.")
+    return {k: license[k] for k in ("license", "license_name", "license_link") if license.get(k)}
+
+
+def base_license(base_id: str | None, revision: str | None = None, token: str | bool | None = None) -> dict[str, Any] | None:
+    """The licence fields of the base model's own Hub card (``None`` when it has none or cannot be read:
+    offline, gated without access, a tiny or local base)."""
+    if not base_id:
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        data = HfApi(token=token).model_info(base_id, revision=revision).card_data
+    except Exception:  # noqa: BLE001 - any Hub/network failure: no licence carried over
+        return None
+    if data is None or not getattr(data, "license", None):
+        return None
+    return license_fields({k: getattr(data, k, None) for k in ("license", "license_name", "license_link")})
+
+
+def build_card_data(manifest: dict[str, Any], repo_id: str, results: dict[str, Any], license: str | dict[str, Any] | None = None) -> ModelCardData:
+    """Front matter: base_model (+ relation), library_name, pipeline_tag, licence, tags, datasets and a
+    model-index with each domain's metrics under the task they measure."""
     family = _family(manifest["base"])
     tags = [*TAGS, manifest["base"].get("model_type") or family.scoring]
     for kind in sorted({e["type"] for e in manifest["adapters"].values()}):
         tags += list(adapter_kind(kind).card_tags)
     datasets = _datasets(manifest, results)
     split = str(results.get("split") or "test")
+    tasks = {d["name"]: d.get("task", "classification") for d in manifest.get("domains", [])}
     evals = []
     for name, values in _metrics(manifest, results).items():
+        task_type, task_name = task_of(family, tasks.get(name, "classification"))
+        names = VQA_METRICS if tasks.get(name) == "vqa" else CLASSIFICATION_METRICS
         for metric, value in values.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 continue
+            metric_type, metric_name = names.get(metric, (metric, metric))
             dataset = (datasets.get(name) or [name])[0]
-            evals.append(EvalResult(task_type="image-classification", task_name=f"{name} classification",
+            evals.append(EvalResult(task_type=task_type, task_name=f"{name}: {task_name}",
                                     dataset_type=dataset, dataset_name=name, dataset_split=split,
-                                    metric_type=metric, metric_name=metric, metric_value=float(value)))
+                                    metric_type=metric_type, metric_name=metric_name, metric_value=float(value)))
     all_datasets = list(dict.fromkeys(d for ids in datasets.values() for d in ids))
+    base_model = hub_base_id(manifest["base"])
     return ModelCardData(
-        base_model=hub_base_id(manifest["base"]),
-        library_name="medadapt",
+        base_model=base_model,
+        base_model_relation="adapter" if base_model else None,
+        library_name=LIBRARY_NAME,
         pipeline_tag=family.pipeline_tag,
-        license=license,
+        **license_fields(license),
         tags=list(dict.fromkeys(tags)),
         datasets=all_datasets or None,
         model_name=repo_id.split("/")[-1] if evals else None,  # only needed by the model-index
@@ -221,10 +291,13 @@ def render_card(
     repo_id: str,
     results: dict[str, Any] | str | os.PathLike | None = None,
     revision: str | None = None,
-    license: str | None = None,
+    license: str | dict[str, Any] | None = None,
     template: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """Render the model card of a repo holding ``manifest`` (``results`` default: ``manifest["extras"]``)."""
+    """Render the model card of a repo holding ``manifest`` (``results`` default: ``manifest["extras"]``).
+
+    ``license``: a Hub licence id, or the fields :func:`base_license` returns (``push_model`` carries the
+    base's licence over when none is given)."""
     results = load_results(results, manifest.get("extras"))
     base = manifest["base"]
     stages = _stages(manifest)

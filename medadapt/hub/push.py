@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .._io import atomic_write_json
 from ..errors import AdapterError, BaseMismatchError, HubError, StageFileError
-from .card import is_medadapt_card, render_card
+from .card import base_license, hub_base_id, is_medadapt_card, render_card
 from ..saves.io import BASE_FOLDER, ModelParts, base_needs_saving, save_model
 from .pull import offline_mode
 from .repo_id import check_repo_id
@@ -178,6 +178,21 @@ def _stage_names(parts: ModelParts, domains: Sequence[str] | str | None) -> list
     return names
 
 
+def validate_card(card: Any) -> None:
+    """Refuse a card whose metadata the Hub's ``validate-yaml`` endpoint rejects (before any upload).
+
+    Posts to the endpoint in use (``HF_ENDPOINT``), as ``ModelCard.validate`` does in recent huggingface_hub;
+    older releases (1.31) post to huggingface.co whatever the endpoint, so medadapt makes the call itself."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    response = get_session().post(f"{constants.ENDPOINT}/api/validate-yaml", json={"repoType": "model", "content": str(card)},
+                                  headers={"Accept": "text/plain"})
+    if response.status_code == 400:
+        raise HubError(f"the model card's metadata does not pass the Hub's validation: {response.text}")
+    hf_raise_for_status(response)
+
+
 def push_model(
     parts: ModelParts,
     repo_id: str,
@@ -194,6 +209,10 @@ def push_model(
     license: str | None = None,
 ) -> "CommitInfo":
     """Upload stages of a model's ``parts`` (all, or ``domains``) plus manifest and model card as one commit.
+
+    ``license``: the card's licence (a Hub licence id); default: the base model's own licence, read from its
+    Hub card (gated bases such as MedGemma carry their own terms). The card is checked with the Hub's
+    ``validate-yaml`` endpoint before anything is uploaded.
 
     ``revision`` is the branch to commit to (created from main if missing). ``results`` (dict or
     ``results.json`` path; default ``parts.extras["results"]``) fills the card's metrics. A README.md in the repo
@@ -227,7 +246,9 @@ def push_model(
             shutil.copytree(save_dir / BASE_FOLDER, upload / BASE_FOLDER)
         atomic_write_json(upload / MANIFEST_NAME, manifest)
         if readme is None or is_medadapt_card(readme) or overwrite_card:
-            card = render_card(manifest, repo_id, results=results, revision=branch, license=license)  # default: extras
+            terms = license if license is not None else base_license(hub_base_id(manifest["base"]), manifest["base"].get("revision"), token)
+            card = render_card(manifest, repo_id, results=results, revision=branch, license=terms)  # default: extras
+            validate_card(card)
             card.save(str(upload / CARD_NAME))
         else:
             logger.warning("%s already has a README.md not written by medadapt: kept as is "

@@ -8,18 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..configs import DEFAULT_CONFIG, config_names, resolve_config
 from ..errors import MedAdaptError
 from .config import RunConfig, load_config
 
 
-def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=str, default=None, help="YAML config (default: the recipe's demo config)")
+def run_arguments() -> argparse.ArgumentParser:
+    """The options every run takes (recipes, ``medadapt train``, ``python -m medadapt.train``), as a parent parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", type=str, default=None,
+                        help=f"a YAML file, or the name of a config shipped in medadapt: {', '.join(config_names())} (default: {DEFAULT_CONFIG})")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     parser.add_argument("--resume-anyway", action="store_true", help="with --resume: continue even though the training data changed since the run started")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in output_dir")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 rehearsal.size=100")
+    return parser
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[run_arguments()])
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
@@ -40,8 +48,11 @@ def format_matrix(results: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
-def main(argv: list[str] | None = None, default_config: str | Path | None = None, paradigm: str | None = None, description: str = "medadapt recipe") -> int:
-    """Parse arguments, train, print results. Returns a process exit code."""
+def main(argv: list[str] | None = None, default_config: str | Path | None = DEFAULT_CONFIG, paradigm: str | None = None, description: str = "medadapt recipe") -> int:
+    """Parse arguments, train, print results. Returns a process exit code (2 after a medadapt error, printed
+    by the main process as one ``error: ...`` line).
+
+    ``default_config``: the config used without ``--config``: a shipped config's name or a YAML path."""
     import torch
     from accelerate import PartialState
 
@@ -62,7 +73,8 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     state = PartialState(cpu=not torch.cuda.is_available())
     try:
         overrides = ([f"paradigm={paradigm}"] if paradigm else []) + list(args.overrides)
-        config = load_config(args.config or default_config, overrides)
+        chosen = args.config or default_config
+        config = load_config(resolve_config(chosen) if chosen is not None else None, overrides)
         trainer = ContinualTrainer(config, resume=args.resume or args.resume_anyway, overwrite=args.overwrite, progress=not args.no_progress, resume_anyway=args.resume_anyway)
         trainer.setup()
         results = trainer.run()

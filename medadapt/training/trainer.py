@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -88,9 +88,14 @@ class ContinualTrainer:
 
     def __init__(
         self, config: RunConfig, resume: bool = False, overwrite: bool = False, accelerator: Any = None, progress: bool = True,
-        resume_anyway: bool = False,
+        resume_anyway: bool = False, datasets: Mapping[str, Any] | None = None,
     ) -> None:
         """``resume_anyway`` continues a ``resume`` even though the training data changed since the run started.
+
+        ``datasets``: ``{domain name: in-memory data}`` read instead of that domain's ``data.path``/``data.dataset``:
+        a ``datasets.DatasetDict`` (or a dict of ``Dataset`` per split), or one ``Dataset`` with a split column.
+        The domain's ``data`` still names the format (``hf`` for image/label, ``vqa`` for image/question/answer),
+        its columns and splits, e.g. ``data: {format: hf, columns: {image: img, label: finding}}``.
 
         Mixed precision and gradient accumulation come from ``accelerate launch`` / ``accelerate config`` unless
         the run config sets them (see :mod:`medadapt.training.launch`); FSDP, DeepSpeed and Megatron-LM are refused.
@@ -113,6 +118,10 @@ class ContinualTrainer:
         )
         check_distributed_type(self.accelerator)
         self.out = Path(config.output_dir)
+        self.datasets = dict(datasets or {})
+        unknown = sorted(set(self.datasets) - {d.name for d in config.domains})
+        if unknown:
+            raise ConfigError(f"datasets= names {unknown}, which are not domains of the config {[d.name for d in config.domains]}.")
         self._output_lock = ExitStack()  # output_dir's writer lock, held from setup to the end of run()
 
     # -- setup -----------------------------------------------------------------------------------
@@ -149,7 +158,7 @@ class ContinualTrainer:
             raise ConfigError(f"tracking.log_with={cfg.tracking.log_with!r}, but that tracker's package is not installed.")
         self.data = {}
         for d in cfg.domains:
-            domain = load_domain(d.name, d.labels, d.data)
+            domain = load_domain(d.name, d.labels, d.data, source=self.datasets.get(d.name))
             for split in ("train", "test"):
                 if split not in domain.splits:
                     raise DataError(f"domain {d.name!r} has no {split!r} split; its data gives {sorted(domain.splits)}.")
