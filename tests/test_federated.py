@@ -388,3 +388,45 @@ def test_dp_fixed_clipping_mod_clips_every_update(tmp_path: Path) -> None:
     results = simulate(tiny_config(tmp_path / "run", domains=1, rounds=1, privacy={"clipping_norm": clip, "noise_multiplier": 0.5}), mods={"hospital-0": [measure]})
     assert seen and all(n <= clip * 1.001 for n in seen)
     assert results["federation"]["privacy"]["clipping_norm"] == clip
+
+
+# -- optimizer state across rounds --------------------------------------------------------------
+def test_kept_optimizer_state_continues_across_rounds_and_only_forward(tmp_path: Path) -> None:
+    """With keep_optimizer_state each site's AdamW carries on: after 2 rounds its step count is both rounds' steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medadapt.federated.site_optimizer import restore_site_optimizer
+
+    results = simulate(tiny_config(tmp_path / "run", sites=2, domains=1, rounds=2, keep_optimizer_state=True))
+    assert results["federation"]["keep_optimizer_state"] is True
+    state_dir = tmp_path / "run.sites" / "hospital-0"
+    kept = json.loads((state_dir / "optimizer" / "shared.json").read_text())
+    assert (kept["stage"], kept["round"]) == (0, 1)
+    steps = load_file(str(state_dir / "optimizer" / "shared.safetensors"))["0.step"].item()
+    n_train = results["federation"]["rounds"][0]["samples"]["site-1"]["shared"]
+    per_round = -(-n_train // 16)  # batch_size 16, one local epoch
+    assert steps == 2 * per_round, (steps, per_round)  # a fresh optimizer each round would count per_round
+
+    tensors = load_file(str(state_dir / "optimizer" / "shared.safetensors"))
+    shapes = [tensors[f"{i}.exp_avg"].shape for i in range(len({k.split(".")[0] for k in tensors}))]
+
+    def fresh() -> torch.optim.Optimizer:
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
+
+    config = kept["config"]
+    later = fresh()
+    assert restore_site_optimizer(state_dir, "shared", later, config, 0, 2)
+    assert later.state_dict()["state"][0]["step"].item() == steps
+    # only a later round of the same stage and run config continues; the kept round itself (repeated
+    # after a server restart, or a rerun), another stage or config, and another adapter layout start fresh
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), config, 0, 1)
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), config, 1, 2)
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), "another-config", 0, 2)
+    assert not restore_site_optimizer(state_dir, "shared", torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), config, 0, 2)
+
+
+def test_without_kept_optimizer_state_nothing_is_written(tmp_path: Path) -> None:
+    results = simulate(tiny_config(tmp_path / "run", sites=2, domains=1, rounds=2, keep_optimizer_state=False))
+    assert results["federation"]["keep_optimizer_state"] is False
+    assert not (tmp_path / "run.sites" / "hospital-0" / "optimizer").exists()

@@ -117,6 +117,7 @@ class FederationSettings:
     round_timeout_s: float = 600.0
     norm_outlier_factor: float = 10.0
     public_site_names: bool = False
+    keep_optimizer_state: bool = True
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def __post_init__(self) -> None:
@@ -128,6 +129,8 @@ class FederationSettings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"federation.{key} must be an integer >= 1, got {value!r}.")
+        if not isinstance(self.keep_optimizer_state, bool):
+            raise ConfigError(f"federation.keep_optimizer_state must be true or false, got {self.keep_optimizer_state!r}.")
         if not self.round_timeout_s > 0:
             raise ConfigError(f"federation.round_timeout_s must be > 0, got {self.round_timeout_s!r}.")
         if not self.norm_outlier_factor > 1:
@@ -179,6 +182,7 @@ class FederatedConfig:
         fed = dataclasses.asdict(self.federation)
         fed["sites"] = [s["name"] for s in fed["sites"]]
         fed.pop("round_timeout_s", None)
+        fed.pop("keep_optimizer_state", None)  # each site's own choice; runs from before the option still resume
         blob = json.dumps({"run": run, "federation": fed}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -191,6 +195,7 @@ class FederatedConfig:
             "local_epochs": fed.local_epochs,
             "aggregation": fed.aggregation,
             "min_sites": fed.min_sites,
+            "keep_optimizer_state": fed.keep_optimizer_state,
             "privacy": dataclasses.asdict(fed.privacy),
         }
 
