@@ -8,6 +8,7 @@ own block. Every process is bounded by time and stopped by the test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
@@ -61,7 +63,7 @@ def _wait_for(predicate: Any, seconds: float, procs: list[subprocess.Popen], log
 def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> None:
     from medadapt import ContinualVLM
 
-    cfg = tiny_config(tmp_path / "run", sites=2, rounds=1, domains=1)
+    cfg = tiny_config(tmp_path / "run", sites=2, rounds=2, domains=1)
     cfg["federation"]["round_timeout_s"] = 120
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -103,9 +105,15 @@ def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> N
         assert (tmp_path / "run" / "results.json").is_file(), f"flwr run ended (rc {run.returncode}) without results.json\n{_logs(logs)}"
         model = ContinualVLM.from_pretrained(tmp_path / "run")
         assert model.adapter_names() == ["xray", "shared"]
-        assert model.provenance["shared"]["federated"]["rounds"] == 1
+        assert model.provenance["shared"]["federated"]["rounds"] == 2
         assert sorted(model.provenance["shared"]["federated"]["sites"]) == ["site-1", "site-2"]
-        assert all(n > 0 for n in model.provenance["shared"]["federated"]["samples_per_site"].values())
+        samples = model.provenance["shared"]["federated"]["samples_per_site"]
+        assert all(n > 0 for n in samples.values())
+        # every ClientApp message is a fresh process: the site's AdamW state crossed rounds through its state-dir
+        kept = json.loads((tmp_path / "state" / "hospital-0" / "optimizer" / "shared.json").read_text())
+        assert (kept["stage"], kept["round"]) == (0, 1)
+        steps = load_file(str(tmp_path / "state" / "hospital-0" / "optimizer" / "shared.safetensors"))["0.step"].item()
+        assert steps == 2 * -(-(samples["site-1"] // 2) // 16), (steps, samples)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
