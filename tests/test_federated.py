@@ -430,3 +430,44 @@ def test_without_kept_optimizer_state_nothing_is_written(tmp_path: Path) -> None
     results = simulate(tiny_config(tmp_path / "run", sites=2, domains=1, rounds=2, keep_optimizer_state=False))
     assert results["federation"]["keep_optimizer_state"] is False
     assert not (tmp_path / "run.sites" / "hospital-0" / "optimizer").exists()
+
+
+# -- weights of memory-only sites ---------------------------------------------------------------
+def test_replay_ratio_weights_give_memory_only_sites_the_rehearsal_share() -> None:
+    from medadapt.federated.aggregation import replay_ratio_weights
+
+    def update(site: str, n: int) -> SiteUpdate:
+        return SiteUpdate(site, 0, {}, {"shared": n}, "b")
+
+    ups = [update("new", 100), update("mem-big", 800), update("mem-small", 200), update("idle", 0)]
+    w = replay_ratio_weights(ups, "shared", {"mem-big", "mem-small", "idle"}, 0.5)
+    assert w == pytest.approx({"new": 100.0, "mem-big": 80.0, "mem-small": 20.0})
+    w = replay_ratio_weights(ups, "shared", {"mem-big", "mem-small"}, 0.25)
+    assert w["mem-big"] + w["mem-small"] == pytest.approx(100 * 0.25 / 0.75) and w["mem-big"] == pytest.approx(4 * w["mem-small"])
+    assert replay_ratio_weights(ups, "shared", set(), 0.5) == {"new": 100.0, "mem-big": 800.0, "mem-small": 200.0}
+    sent = {"shared/x": np.zeros(1, np.float32)}
+    ups = [SiteUpdate("a", 0, {"shared/x": np.array([1.0], np.float32)}, {"shared": 1}, "b"), SiteUpdate("b", 0, {"shared/x": np.array([4.0], np.float32)}, {"shared": 3}, "b")]
+    assert weighted_mean(ups, sent)[0]["shared/x"][0] == pytest.approx(3.25)
+    assert weighted_mean(ups, sent, {"shared": {"a": 3.0, "b": 1.0}})[0]["shared/x"][0] == pytest.approx(1.75)
+
+
+def test_memory_weight_replay_ratio_reweights_the_rehearsing_sites_in_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medadapt.federated import server_loop
+
+    seen: list[tuple[list[SiteUpdate], Any]] = []
+    real = server_loop.weighted_mean
+
+    def spy(updates: list[SiteUpdate], sent: Any, weights: Any = None) -> Any:
+        seen.append((updates, weights))
+        return real(updates, sent, weights)
+
+    monkeypatch.setattr(server_loop, "weighted_mean", spy)
+    results = simulate(tiny_config(tmp_path / "run", rounds=1, memory_weight="replay_ratio"))
+    assert results["federation"]["memory_weight"] == "replay_ratio"
+    updates, weights = seen[1]  # stage 2 ("us"): only hospital-0 holds it, the others rehearse their memory
+    counts = {u.site: u.counts["shared"] for u in updates}
+    assert all(counts.values())
+    assert weights["shared"]["hospital-0"] == counts["hospital-0"]
+    assert weights["shared"]["hospital-1"] + weights["shared"]["hospital-2"] == pytest.approx(counts["hospital-0"])  # ratio 0.5
+    with pytest.raises(ConfigError, match="memory_weight 'mean' unknown"):
+        federated_config_from_dict(tiny_config(tmp_path / "x", memory_weight="mean"))
