@@ -125,7 +125,7 @@ class FederationSettings:
     norm_outlier_factor: float = 10.0
     public_site_names: bool = False
     keep_optimizer_state: bool = True
-    memory_weight: str = "samples"
+    memory_weight: str = "replay_ratio"
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def __post_init__(self) -> None:
@@ -193,8 +193,7 @@ class FederatedConfig:
         fed["sites"] = [s["name"] for s in fed["sites"]]
         fed.pop("round_timeout_s", None)
         fed.pop("keep_optimizer_state", None)  # each site's own choice; runs from before the option still resume
-        if fed.get("memory_weight") == "samples":
-            fed.pop("memory_weight")  # the default: runs from before the option still resume
+        fed.pop("memory_weight", None)  # the server's own choice (sites train the same either way); older runs still resume
         blob = json.dumps({"run": run, "federation": fed}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
