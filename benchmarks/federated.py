@@ -9,6 +9,10 @@ site-b; stages pneumonia -> breast -> organ. Rows, on the same partitions and se
 - ``centralized_joint``: one shared adapter on all pooled data;
 - ``federated_fedavg`` / ``federated_exact``: federated rehearsal with FedAvg / FFA-LoRA aggregation;
 - ``federated_naive``: federated, no rehearsal memory;
+- ``federated_fedavg_fresh_optimizer``: FedAvg with ``keep_optimizer_state: false`` (every round
+  restarts each site's AdamW) and ``memory_weight: samples``: the aggregation before both options;
+- ``federated_fedavg_sample_weights``: FedAvg keeping the optimizer state but weighing memory-only
+  sites by their memory's size (``memory_weight: samples``);
 - ``local_only``: each site trains alone (its own domains) and its shared adapter is scored on
   every domain's test split; the row is the mean over sites.
 
@@ -46,7 +50,7 @@ from benchmarks.harness import check, results_record, write_results  # noqa: E40
 
 CONFIG = ROOT / "recipes" / "configs" / "federated.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "federated.json"
-ROWS = ("centralized_rehearsal", "centralized_joint", "federated_fedavg", "federated_exact", "federated_naive", "local_only")
+ROWS = ("centralized_rehearsal", "centralized_joint", "federated_fedavg", "federated_exact", "federated_naive", "federated_fedavg_fresh_optimizer", "federated_fedavg_sample_weights", "local_only")
 
 
 @dataclass
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             ("federated_fedavg", lambda: federated(cfg, runs / "federated_fedavg", aggregation="fedavg")),
             ("federated_exact", lambda: federated(cfg, runs / "federated_exact", aggregation="ffa_lora")),
             ("federated_naive", lambda: federated({**cfg, "rehearsal": {**cfg["rehearsal"], "size": 0}}, runs / "federated_naive", aggregation="fedavg")),
+            ("federated_fedavg_fresh_optimizer", lambda: federated(cfg, runs / "federated_fedavg_fresh_optimizer", aggregation="fedavg", keep_optimizer_state=False, memory_weight="samples")),
+            ("federated_fedavg_sample_weights", lambda: federated(cfg, runs / "federated_fedavg_sample_weights", aggregation="fedavg", memory_weight="samples")),
             ("local_only", lambda: local_only(cfg, runs / "local_only")),
         ):
             t0 = time.perf_counter()
@@ -203,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         targets[f"{row}_acc_vs_centralized"] = check((">=", -0.03), gap, cause=f"ACC {acc:.3f} vs centralized rehearsal {central:.3f}: gap {gap:+.3f}; per-seed matrices in rows.{row}.per_seed")
         targets[f"{row}_acc_vs_local_only"] = check((">=", 0.05), acc - local, cause=f"ACC {acc:.3f} vs local-only mean {local:.3f}")
         targets[f"{row}_bwt"] = check((">=", -0.03), bwt, flags={"federated_naive_forgets": naive_bwt < -0.01}, cause=f"BWT {bwt:+.3f}")
+    fresh, sample_weights, fedavg = (rows[r]["acc"] for r in ("federated_fedavg_fresh_optimizer", "federated_fedavg_sample_weights", "federated_fedavg"))
+    targets["kept_optimizer_state_gain"] = check((">", 0.0), sample_weights - fresh, cause=f"FedAvg ACC {sample_weights:.3f} keeping each site's AdamW state vs {fresh:.3f} restarting it every round (both sample-weighted)")
+    targets["replay_ratio_weight_gain"] = check((">", 0.0), fedavg - sample_weights, cause=f"FedAvg ACC {fedavg:.3f} with replay_ratio memory weights vs {sample_weights:.3f} with sample weights")
     bb = base_bytes()
     values = {
         "bytes_per_site_round": float(traffic["bytes_per_site_round"]),

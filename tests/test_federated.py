@@ -388,3 +388,86 @@ def test_dp_fixed_clipping_mod_clips_every_update(tmp_path: Path) -> None:
     results = simulate(tiny_config(tmp_path / "run", domains=1, rounds=1, privacy={"clipping_norm": clip, "noise_multiplier": 0.5}), mods={"hospital-0": [measure]})
     assert seen and all(n <= clip * 1.001 for n in seen)
     assert results["federation"]["privacy"]["clipping_norm"] == clip
+
+
+# -- optimizer state across rounds --------------------------------------------------------------
+def test_kept_optimizer_state_continues_across_rounds_and_only_forward(tmp_path: Path) -> None:
+    """With keep_optimizer_state each site's AdamW carries on: after 2 rounds its step count is both rounds' steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medadapt.federated.site_optimizer import restore_site_optimizer
+
+    results = simulate(tiny_config(tmp_path / "run", sites=2, domains=1, rounds=2, keep_optimizer_state=True))
+    assert results["federation"]["keep_optimizer_state"] is True
+    state_dir = tmp_path / "run.sites" / "hospital-0"
+    kept = json.loads((state_dir / "optimizer" / "shared.json").read_text())
+    assert (kept["stage"], kept["round"]) == (0, 1)
+    steps = load_file(str(state_dir / "optimizer" / "shared.safetensors"))["0.step"].item()
+    n_train = results["federation"]["rounds"][0]["samples"]["site-1"]["shared"]
+    per_round = -(-n_train // 16)  # batch_size 16, one local epoch
+    assert steps == 2 * per_round, (steps, per_round)  # a fresh optimizer each round would count per_round
+
+    tensors = load_file(str(state_dir / "optimizer" / "shared.safetensors"))
+    shapes = [tensors[f"{i}.exp_avg"].shape for i in range(len({k.split(".")[0] for k in tensors}))]
+
+    def fresh() -> torch.optim.Optimizer:
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
+
+    config = kept["config"]
+    later = fresh()
+    assert restore_site_optimizer(state_dir, "shared", later, config, 0, 2)
+    assert later.state_dict()["state"][0]["step"].item() == steps
+    # only a later round of the same stage and run config continues; the kept round itself (repeated
+    # after a server restart, or a rerun), another stage or config, and another adapter layout start fresh
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), config, 0, 1)
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), config, 1, 2)
+    assert not restore_site_optimizer(state_dir, "shared", fresh(), "another-config", 0, 2)
+    assert not restore_site_optimizer(state_dir, "shared", torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), config, 0, 2)
+
+
+def test_without_kept_optimizer_state_nothing_is_written(tmp_path: Path) -> None:
+    results = simulate(tiny_config(tmp_path / "run", sites=2, domains=1, rounds=2, keep_optimizer_state=False))
+    assert results["federation"]["keep_optimizer_state"] is False
+    assert not (tmp_path / "run.sites" / "hospital-0" / "optimizer").exists()
+
+
+# -- weights of memory-only sites ---------------------------------------------------------------
+def test_replay_ratio_weights_give_memory_only_sites_the_rehearsal_share() -> None:
+    from medadapt.federated.aggregation import replay_ratio_weights
+
+    def update(site: str, n: int) -> SiteUpdate:
+        return SiteUpdate(site, 0, {}, {"shared": n}, "b")
+
+    ups = [update("new", 100), update("mem-big", 800), update("mem-small", 200), update("idle", 0)]
+    w = replay_ratio_weights(ups, "shared", {"mem-big", "mem-small", "idle"}, 0.5)
+    assert w == pytest.approx({"new": 100.0, "mem-big": 80.0, "mem-small": 20.0})
+    w = replay_ratio_weights(ups, "shared", {"mem-big", "mem-small"}, 0.25)
+    assert w["mem-big"] + w["mem-small"] == pytest.approx(100 * 0.25 / 0.75) and w["mem-big"] == pytest.approx(4 * w["mem-small"])
+    assert replay_ratio_weights(ups, "shared", set(), 0.5) == {"new": 100.0, "mem-big": 800.0, "mem-small": 200.0}
+    sent = {"shared/x": np.zeros(1, np.float32)}
+    ups = [SiteUpdate("a", 0, {"shared/x": np.array([1.0], np.float32)}, {"shared": 1}, "b"), SiteUpdate("b", 0, {"shared/x": np.array([4.0], np.float32)}, {"shared": 3}, "b")]
+    assert weighted_mean(ups, sent)[0]["shared/x"][0] == pytest.approx(3.25)
+    assert weighted_mean(ups, sent, {"shared": {"a": 3.0, "b": 1.0}})[0]["shared/x"][0] == pytest.approx(1.75)
+
+
+def test_memory_weight_replay_ratio_reweights_the_rehearsing_sites_in_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medadapt.federated import server_loop
+
+    seen: list[tuple[list[SiteUpdate], Any]] = []
+    real = server_loop.weighted_mean
+
+    def spy(updates: list[SiteUpdate], sent: Any, weights: Any = None) -> Any:
+        seen.append((updates, weights))
+        return real(updates, sent, weights)
+
+    monkeypatch.setattr(server_loop, "weighted_mean", spy)
+    results = simulate(tiny_config(tmp_path / "run", rounds=1, memory_weight="replay_ratio"))
+    assert results["federation"]["memory_weight"] == "replay_ratio"
+    updates, weights = seen[1]  # stage 2 ("us"): only hospital-0 holds it, the others rehearse their memory
+    counts = {u.site: u.counts["shared"] for u in updates}
+    assert all(counts.values())
+    assert weights["shared"]["hospital-0"] == counts["hospital-0"]
+    assert weights["shared"]["hospital-1"] + weights["shared"]["hospital-2"] == pytest.approx(counts["hospital-0"])  # ratio 0.5
+    with pytest.raises(ConfigError, match="memory_weight 'mean' unknown"):
+        federated_config_from_dict(tiny_config(tmp_path / "x", memory_weight="mean"))

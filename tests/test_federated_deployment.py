@@ -8,6 +8,7 @@ own block. Every process is bounded by time and stopped by the test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,9 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
@@ -44,14 +47,29 @@ def _tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
+def _logs(logs: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(logs.iterdir()))
+
+
+def _wait_for(predicate: Any, seconds: float, procs: list[subprocess.Popen], logs: Path, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        dead = [p.args[0] for p in procs if p.poll() is not None and p.args[0] != "flwr"]
+        assert not dead, f"{dead} exited while waiting for {what}\n{_logs(logs)}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds:.0f} s\n{_logs(logs)}"
+        time.sleep(1)
+
+
 def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> None:
     from medadapt import ContinualVLM
 
-    cfg = tiny_config(tmp_path / "run", sites=2, rounds=1, domains=1)
+    cfg = tiny_config(tmp_path / "run", sites=2, rounds=2, domains=1)
     cfg["federation"]["round_timeout_s"] = 120
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(cfg))
     control, node_a, node_b = _ports(3)
+    # flower-superexec and the flwr-serverapp / flwr-clientapp processes it starts must find this
+    # python (venv bin on PATH) and this checkout of medadapt (PYTHONPATH).
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     (tmp_path / "flwr-home").mkdir()
@@ -63,35 +81,39 @@ def test_superlink_two_supernodes_and_flwr_run_write_a_save(tmp_path: Path) -> N
     def start(name: str, *args: str) -> subprocess.Popen:
         out = open(logs / f"{name}.log", "w")
         proc = subprocess.Popen([_tool(args[0]), *args[1:]], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
         procs.append(proc)
         return proc
 
+    superlink_log = logs / "superlink.log"
     try:
-        # Flower 1.42: the SuperLink serves its Runtime, Control and Fleet APIs over one HTTP address
-        start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(control))
+        # Flower 1.42: the SuperLink serves its Runtime, Control and Fleet APIs over one HTTP address.
+        # Without --disable-runtime-dependency-installation its SuperExec `uv sync`s the FAB's
+        # dependencies (medadapt[federated]) into a fresh env, which fails offline (exit code 608).
+        start("superlink", "flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(control))
+        _wait_for(lambda: "Uvicorn running" in superlink_log.read_text(errors="replace"), 90, procs, logs, "SuperLink")
         for site, port in (("hospital-0", node_a), ("hospital-1", node_b)):
             start(site, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{control}", "--port", str(port),
                   "--node-config", f"site='{site}' config='{config}' state-dir='{tmp_path / 'state' / site}'")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", control), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(1)
-        time.sleep(3)  # SuperNodes register with the Fleet API
-        run = subprocess.run([_tool("flwr"), "run", str(APP), "local", "--run-config", f"config='{config}'"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stdout + run.stderr + (logs / "superlink.log").read_text()[-3000:]
-        deadline = time.monotonic() + 420
-        while not (tmp_path / "run" / "results.json").is_file() and time.monotonic() < deadline:
-            time.sleep(2)
-        logs_text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs.iterdir())
-        assert (tmp_path / "run" / "results.json").is_file(), logs_text
+        _wait_for(lambda: superlink_log.read_text(errors="replace").count("Activated node_id") >= 2, 90, procs, logs, "two activated SuperNodes")
+        # --stream: the ServerApp's log comes back into flwr-run.log; the stream ends with the run
+        run = start("flwr-run", "flwr", "run", str(APP), "local", "--stream", "--run-config", f"config='{config}'")
+        _wait_for(lambda: (tmp_path / "run" / "results.json").is_file() or run.poll() is not None, 360, procs, logs, "results.json")
+        if run.poll() is None:
+            run.wait(timeout=60)
+        assert "ServerApp raised an exception" not in (logs / "flwr-run.log").read_text(errors="replace"), _logs(logs)
+        assert (tmp_path / "run" / "results.json").is_file(), f"flwr run ended (rc {run.returncode}) without results.json\n{_logs(logs)}"
         model = ContinualVLM.from_pretrained(tmp_path / "run")
         assert model.adapter_names() == ["xray", "shared"]
-        assert model.provenance["shared"]["federated"]["rounds"] == 1
+        assert model.provenance["shared"]["federated"]["rounds"] == 2
         assert sorted(model.provenance["shared"]["federated"]["sites"]) == ["site-1", "site-2"]
+        samples = model.provenance["shared"]["federated"]["samples_per_site"]
+        assert all(n > 0 for n in samples.values())
+        # every ClientApp message is a fresh process: the site's AdamW state crossed rounds through its state-dir
+        kept = json.loads((tmp_path / "state" / "hospital-0" / "optimizer" / "shared.json").read_text())
+        assert (kept["stage"], kept["round"]) == (0, 1)
+        steps = load_file(str(tmp_path / "state" / "hospital-0" / "optimizer" / "shared.safetensors"))["0.step"].item()
+        assert steps == 2 * -(-(samples["site-1"] // 2) // 16), (steps, samples)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -16,21 +16,40 @@ from .payload import SEP
 from .screening import SiteUpdate
 
 
-def weighted_mean(updates: list[SiteUpdate], sent: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """New tensors (per adapter: mean of the sites that trained it, weighted by their sample counts) and
-    the samples each adapter was trained on this round. An adapter no site trained keeps the sent values."""
+def replay_ratio_weights(updates: list[SiteUpdate], adapter: str, memory_only: set[str], ratio: float) -> dict[str, float]:
+    """Weights of ``adapter``'s updates when the sites in ``memory_only`` trained it on their rehearsal memory alone.
+
+    The memory-only sites together weigh ``ratio / (1 - ratio)`` times the new-data sites' samples
+    (split by their counts), as a centralized rehearsal batch mixes ``ratio`` replayed samples into
+    new ones; plain sample weights would let a large memory outweigh a small new domain.
+    """
+    counts = {u.site: float(u.counts.get(adapter, 0)) for u in updates if u.counts.get(adapter, 0) > 0}
+    new = sum(c for s, c in counts.items() if s not in memory_only)
+    old = sum(c for s, c in counts.items() if s in memory_only)
+    if not new or not old:
+        return counts
+    scale = new * ratio / (1.0 - ratio) / old
+    return {s: c * scale if s in memory_only else c for s, c in counts.items()}
+
+
+def weighted_mean(updates: list[SiteUpdate], sent: Mapping[str, np.ndarray], weights: Mapping[str, Mapping[str, float]] | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """New tensors (per adapter: mean of the sites that trained it, weighted by their sample counts, or by
+    ``weights[adapter][site]`` where given) and the samples each adapter was trained on this round. An
+    adapter no site trained keeps the sent values."""
     out: dict[str, np.ndarray] = {}
     totals: dict[str, int] = {}
     for key, value in sent.items():
         adapter = key.split(SEP, 1)[0]
-        weights = [(u.counts.get(adapter, 0), u) for u in updates if u.counts.get(adapter, 0) > 0]
-        total = sum(w for w, _ in weights)
-        totals[adapter] = total
+        chosen = (weights or {}).get(adapter)
+        candidates = [(float(chosen.get(u.site, 0.0)) if chosen is not None else u.counts.get(adapter, 0), u) for u in updates if u.counts.get(adapter, 0) > 0]
+        totals[adapter] = sum(u.counts.get(adapter, 0) for _, u in candidates)
+        used = [(w, u) for w, u in candidates if w > 0]
+        total = sum(w for w, _ in used)
         if not total:
             out[key] = np.asarray(value, np.float32).copy()
             continue
         acc = np.zeros(np.shape(value), np.float64)
-        for w, u in weights:
+        for w, u in used:
             acc += (w / total) * np.asarray(u.tensors[key], np.float64)
         out[key] = acc.astype(np.float32)
     return out, totals

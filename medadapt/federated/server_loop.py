@@ -27,7 +27,7 @@ from flwr.serverapp import Grid  # noqa: E402
 from .._io import storage_errors  # noqa: E402
 from ..errors import FederationError  # noqa: E402
 from ..training.outputs import strict_results, summarise, write_outputs  # noqa: E402
-from .aggregation import add_dp_noise, weighted_mean  # noqa: E402
+from .aggregation import add_dp_noise, replay_ratio_weights, weighted_mean  # noqa: E402
 from .messages import METRICS, SITE, evaluate_content, parse_train_reply, query_content, train_content  # noqa: E402
 from .model_setup import base_fingerprint, build_federated_model, frozen_digest, stage_adapters, trainable_adapters  # noqa: E402
 from .payload import load_wire, nbytes, wire_tensors  # noqa: E402
@@ -109,7 +109,7 @@ class FederatedServer:
             logger.error("round %d.%d: %d usable update(s), fewer than min_sites=%d; retrying.", stage + 1, round_index + 1, len(result.accepted), fed.min_sites)
         else:
             raise FederationError(f"stage {stage + 1} round {round_index + 1}: fewer than {fed.min_sites} usable site updates in {ROUND_ATTEMPTS} attempts; the run stops here and resumes from the last completed round.")
-        tensors, totals = weighted_mean(result.accepted, sent)
+        tensors, totals = weighted_mean(result.accepted, sent, self._weights(stage, result.accepted))
         if fed.privacy.enabled:
             tensors = add_dp_noise(tensors, sent, fed.privacy.noise_multiplier, float(fed.privacy.clipping_norm), len(result.accepted), self.rng)
         load_wire(self.model, tensors)
@@ -128,6 +128,18 @@ class FederatedServer:
             "bytes_up": {self._label(u.site): u.bytes_up for u in result.accepted},
             "bytes_down_per_site": nbytes(sent),
         }
+
+    def _weights(self, stage: int, updates: list[SiteUpdate]) -> dict[str, dict[str, float]] | None:
+        """``federation.memory_weight: replay_ratio``: per replaying adapter, its sites' weights in the mean (None: sample counts)."""
+        fed, ratio = self.config.federation, self.config.run.rehearsal.ratio
+        if fed.memory_weight != "replay_ratio" or not ratio > 0:
+            return None
+        weights = {}
+        for phase in self.plan.stages[stage].phases:
+            if phase.replay:
+                memory_only = {s.name for s in fed.sites if not set(phase.domains) & set(s.data)}
+                weights[phase.adapter] = replay_ratio_weights(updates, phase.adapter, memory_only, ratio)
+        return weights
 
     def _parse(self, replies: list[Message], asked: list[int]) -> tuple[list[SiteUpdate], list[dict[str, str]]]:
         updates, failed = [], []

@@ -29,6 +29,13 @@ mean(B_k)·A = mean(B_k·A). ``exact`` is accepted as another name for ``ffa_lor
 PARTITION_KEYS = ("num", "index", "alpha", "seed")
 
 
+MEMORY_WEIGHTS = {
+    "samples": "a site that trains the shared adapter on its rehearsal memory alone weighs its memory's size",
+    "replay_ratio": "such sites together weigh rehearsal.ratio / (1 - ratio) times the new data's samples, as in a centralized rehearsal batch",
+}
+"""How the mean weighs sites that hold none of a stage's new data and only rehearse their memory."""
+
+
 @dataclass
 class Partition:
     """A Dirichlet label-skew share of one dataset's train split (a simulation helper)."""
@@ -117,6 +124,8 @@ class FederationSettings:
     round_timeout_s: float = 600.0
     norm_outlier_factor: float = 10.0
     public_site_names: bool = False
+    keep_optimizer_state: bool = True
+    memory_weight: str = "replay_ratio"
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def __post_init__(self) -> None:
@@ -128,6 +137,10 @@ class FederationSettings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"federation.{key} must be an integer >= 1, got {value!r}.")
+        if self.memory_weight not in MEMORY_WEIGHTS:
+            raise ConfigError(f"federation.memory_weight {self.memory_weight!r} unknown; valid: {list(MEMORY_WEIGHTS)}.")
+        if not isinstance(self.keep_optimizer_state, bool):
+            raise ConfigError(f"federation.keep_optimizer_state must be true or false, got {self.keep_optimizer_state!r}.")
         if not self.round_timeout_s > 0:
             raise ConfigError(f"federation.round_timeout_s must be > 0, got {self.round_timeout_s!r}.")
         if not self.norm_outlier_factor > 1:
@@ -179,6 +192,8 @@ class FederatedConfig:
         fed = dataclasses.asdict(self.federation)
         fed["sites"] = [s["name"] for s in fed["sites"]]
         fed.pop("round_timeout_s", None)
+        fed.pop("keep_optimizer_state", None)  # each site's own choice; runs from before the option still resume
+        fed.pop("memory_weight", None)  # the server's own choice (sites train the same either way); older runs still resume
         blob = json.dumps({"run": run, "federation": fed}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -191,6 +206,8 @@ class FederatedConfig:
             "local_epochs": fed.local_epochs,
             "aggregation": fed.aggregation,
             "min_sites": fed.min_sites,
+            "keep_optimizer_state": fed.keep_optimizer_state,
+            "memory_weight": fed.memory_weight,
             "privacy": dataclasses.asdict(fed.privacy),
         }
 

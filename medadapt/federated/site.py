@@ -27,6 +27,7 @@ from .model_setup import base_fingerprint, build_federated_model, frozen_digest,
 from .partition import partition_indices
 from .payload import load_wire, wire_tensors
 from .settings import FederatedConfig
+from .site_optimizer import restore_site_optimizer, save_site_optimizer
 
 MEMORY_FILE = "memory.json"
 logger = logging.getLogger(__name__)
@@ -140,12 +141,12 @@ class SiteRuntime:
                 continue
             key = f"{stage_index}:{phase.adapter}:{round_index}:{self.site}"
             schedule = BatchSchedule(pool, run.train.batch_size, epochs, run.seed, key, max_steps=run.train.max_steps_per_stage)
-            losses += self._fit(phase.adapter, schedule, replay, f"stage {stage_index + 1} round {round_index + 1}")
+            losses += self._fit(phase.adapter, schedule, replay, (stage_index, round_index), f"stage {stage_index + 1} round {round_index + 1}")
             counts[phase.adapter] = len(pool)
         return wire_tensors(self.model, adapters, fed.aggregation), counts, float(np.mean(losses)) if losses else 0.0
 
-    def _fit(self, adapter: str, schedule: BatchSchedule, replay: RehearsalBuffer | None, where: str) -> list[float]:
-        run = self.config.run
+    def _fit(self, adapter: str, schedule: BatchSchedule, replay: RehearsalBuffer | None, when: tuple[int, int], where: str) -> list[float]:
+        run, keep = self.config.run, self.config.federation.keep_optimizer_state
         params = self.model.set_trainable([adapter])
         if self.config.federation.aggregation == "ffa_lora":
             for name, param in self.model.named_parameters():
@@ -153,6 +154,8 @@ class SiteRuntime:
                     param.requires_grad_(False)
             params = [p for p in params if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=run.train.lr, weight_decay=run.train.weight_decay)
+        if keep:
+            restore_site_optimizer(self.state_dir, adapter, optimizer, self.config.fingerprint(), *when)
         self.objective.reset()
         self.model.train()
         losses = []
@@ -164,6 +167,8 @@ class SiteRuntime:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(report["loss"]))
+            if keep:
+                save_site_optimizer(self.state_dir, adapter, optimizer, self.config.fingerprint(), *when)
         finally:
             self.model.set_trainable([])
             self.model.eval()

@@ -59,7 +59,8 @@ def checkpoint_hashes(folder: str | Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in (OPTIM_NAME, RNG_NAME, MANIFEST_FILE) if (folder / name).is_file()}
 
 
-def _optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as safetensors-ready tensors (``"<param id>.<key>"``) and JSON-ready metadata."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -72,7 +73,8 @@ def _optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[st
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``state_dict`` that :func:`optimizer_to_safetensors` took apart."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -88,7 +90,7 @@ def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optim
         save_model(model.parts(), tmp / MODEL_DIR, save_base=False)  # the base is rebuilt on resume
         meta: dict[str, Any] = {}
         if optimizer is not None:
-            tensors, meta = _optimizer_to_safetensors(optimizer)
+            tensors, meta = optimizer_to_safetensors(optimizer)
             save_file(tensors or {"__empty__": torch.zeros(0)}, str(tmp / OPTIM_NAME))
         rng_tensors, rng_meta = capture_rng()
         save_file(rng_tensors, str(tmp / RNG_NAME))
@@ -135,7 +137,7 @@ def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, meta
     if not meta or not path.is_file():
         return
     tensors = {k: v for k, v in load_file(str(path)).items() if k != "__empty__"}
-    optimizer.load_state_dict(_optimizer_from_safetensors(tensors, meta))
+    optimizer.load_state_dict(optimizer_from_safetensors(tensors, meta))
 
 
 def restore_rng(folder: str | Path, meta: dict[str, Any] | None = None) -> None:
