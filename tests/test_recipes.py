@@ -36,6 +36,8 @@ def test_every_recipe_defaults_to_the_demo_config_and_its_paradigm():
     assert DEFAULT_CONFIG == "demo"
     # the checkout's recipes/configs are the package's own files (links), so `--config recipes/configs/x.yaml` stays valid
     for path in (RECIPES / "configs").glob("*.yaml"):
+        if path.stem == "federated":  # read by the federated runner (recipes/federated.py), not by `medadapt train`
+            continue
         assert path.resolve() == packaged_config(path.stem).resolve(), path
 
 

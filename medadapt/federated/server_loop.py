@@ -26,7 +26,7 @@ from flwr.serverapp import Grid  # noqa: E402
 
 from .._io import storage_errors  # noqa: E402
 from ..errors import FederationError  # noqa: E402
-from ..training.outputs import strict_results, summarise, write_outputs  # noqa: E402
+from ..training.outputs import run_results, strict_results, write_outputs  # noqa: E402
 from .aggregation import add_dp_noise, replay_ratio_weights, weighted_mean  # noqa: E402
 from .messages import METRICS, SITE, evaluate_content, parse_train_reply, query_content, train_content  # noqa: E402
 from .model_setup import base_fingerprint, build_federated_model, frozen_digest, stage_adapters, trainable_adapters  # noqa: E402
@@ -253,23 +253,11 @@ class FederatedServer:
         run, plan = self.config.run, self.plan
         rows = {v: [[float("nan") if x is None else x for x in row] for row in r] for v, r in state.rows.items()}
         primary = plan.primary_view
-        matrix = rows[primary]
-        final = state.metrics[-1][primary]
         config = run.to_dict()
         config["domains"] = [{k: v for k, v in d.items() if k != "data"} for d in config["domains"]]  # no data paths
         up = [b for h in state.history for b in h["bytes_up"].values()]
         results: dict[str, Any] = {
-            "paradigm": run.paradigm,
-            "rehearsal": run.rehearsal.size > 0 and run.paradigm in ("continual", "rehearsal"),
-            "model": run.model,
-            "evaluated_adapter": primary,
-            "domains": [d.name for d in run.domains],
-            "stages": [s.name for s in plan.stages],
-            "accuracy_matrix": matrix,
-            **summarise(matrix),
-            "final_metrics": final,
-            "auroc": {d: m.get("auroc", float("nan")) for d, m in final.items()},
-            "views": {view: {"accuracy_matrix": r, **summarise(r)} for view, r in rows.items()},
+            **run_results(run, [s.name for s in plan.stages], primary, rows, state.metrics[-1][primary]),
             "num_processes": 1,
             "wall_time_s": wall,
             "config": config,
@@ -284,6 +272,6 @@ class FederatedServer:
         }
         if primary != "specialists" and "specialists" in rows:
             results["specialist_accuracy_matrix"] = rows["specialists"]
-        if not all(math.isfinite(x) for row in matrix for x in row):
+        if not all(math.isfinite(x) for row in results["accuracy_matrix"] for x in row):
             logger.warning("some domains could not be evaluated (no connected site held them): their accuracies are NaN.")
         return results

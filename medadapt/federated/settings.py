@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..errors import ConfigError
-from ..training.config import RunConfig, load_config, parse_overrides
+from ..training.config import RunConfig, load_config, parse_overrides, read_config_file
 
 AGGREGATIONS = ("fedavg", "ffa_lora")
 """``fedavg``: sample-weighted mean of every adapter tensor (LoRA A and B averaged separately, as
@@ -260,15 +259,7 @@ def _check_data_block(config: FederatedConfig, site: str, domain: str) -> None:
 
 def load_federated_config(path: str | Path, overrides: list[str] | None = None) -> FederatedConfig:
     """Read a run config with a ``federation:`` block (``overrides`` like ``federation.rounds_per_stage=2``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+    data = read_config_file(path)
     extra = parse_overrides(overrides or [])
     fed_raw = copy.deepcopy(data.pop("federation", None))
     fed_over = extra.pop("federation", None)

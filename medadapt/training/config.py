@@ -361,19 +361,24 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML run config holds; :class:`ConfigError` when missing, not YAML or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, defaults: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML config (or ``defaults``), apply overrides, validate, and return a :class:`RunConfig`."""
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
-        data = _merge(data, loaded)
+        data = _merge(data, read_config_file(path))
     data = _merge(data, parse_overrides(overrides or []))
     return _build(RunConfig, data, "")

@@ -121,6 +121,26 @@ def summarise(matrix: list[list[float]]) -> dict[str, float]:
 NULL_REASONS_KEY = "null_reasons"
 
 
+def run_results(config: RunConfig, stages: list[str], primary: str, rows: dict[str, list[list[float]]],
+                final: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The part of ``results.json`` every run shares (centralized or federated): paradigm, domains,
+    training stages, the primary view's accuracy matrix and its summary, final metrics, and every view."""
+    matrix = rows[primary]
+    return {
+        "paradigm": config.paradigm,
+        "rehearsal": config.rehearsal.size > 0 and config.paradigm in ("continual", "rehearsal"),
+        "model": config.model,
+        "evaluated_adapter": primary,
+        "domains": [d.name for d in config.domains],
+        "stages": list(stages),
+        "accuracy_matrix": matrix,
+        **summarise(matrix),
+        "final_metrics": final,
+        "auroc": {d: m.get("auroc", float("nan")) for d, m in final.items()},
+        "views": {view: {"accuracy_matrix": r, **summarise(r)} for view, r in rows.items()},
+    }
+
+
 def _null_reason(path: str) -> str:
     if path.endswith("auroc"):
         return ("AUROC is undefined: the domain's test split holds a single class, or the domain is open-ended "

@@ -39,7 +39,7 @@ from .objectives import build_objective
 from .data_fingerprint import check_same_data, data_fingerprint
 from .launch import check_distributed_type, check_launch_environment, resolve_launch
 from .memory import checkpointing_train_mode, enable_gradient_checkpointing, fp32_master_weights, prepare_quantized_base
-from .outputs import RUN_FILE, lock_output_dir, strict_json, strict_results, summarise, write_outputs
+from .outputs import RUN_FILE, lock_output_dir, run_results, strict_json, strict_results, write_outputs
 from .resume_check import CHECKPOINTED_KEY, check_loop_state, mark_checkpointed, resume_checkpoint
 from .trackers import log_stage
 from .guards import check_finite_loss, check_finite_params
@@ -424,20 +424,8 @@ class ContinualTrainer:
     def _results(self, wall: float) -> dict[str, Any]:
         cfg, plan = self.config, self.plan
         primary = plan.primary_view
-        matrix = self.state.rows[primary]
-        final = self.state.metrics[-1][primary]
         results: dict[str, Any] = {
-            "paradigm": cfg.paradigm,
-            "rehearsal": cfg.rehearsal.size > 0 and cfg.paradigm in ("continual", "rehearsal"),
-            "model": cfg.model,
-            "evaluated_adapter": primary,
-            "domains": [d.name for d in cfg.domains],
-            "stages": [s.name for s in plan.stages],
-            "accuracy_matrix": matrix,
-            **summarise(matrix),
-            "final_metrics": final,
-            "auroc": {d: m["auroc"] for d, m in final.items()},
-            "views": {view: {"accuracy_matrix": rows, **summarise(rows)} for view, rows in self.state.rows.items()},
+            **run_results(cfg, [s.name for s in plan.stages], primary, self.state.rows, self.state.metrics[-1][primary]),
             "buffer": {"size": cfg.rehearsal.size, "policy": cfg.rehearsal.policy, "items": len(self.buffer)},
             "buffer_consistent": buffers_agree(self.buffer, self._all_processes),
             "num_processes": self.accelerator.num_processes,
