@@ -29,7 +29,8 @@ KEY_HELP: dict[str, str] = {
     "trust_remote_code": "allow the base model's own Python code from the Hub (transformers trust_remote_code)",
     "quantization": "load the frozen base in 4bit or 8bit (bitsandbytes, QLoRA); empty = full precision",
     "adapter": "the adapter trained for each domain",
-    "adapter.type": "lora (peft LoRA on target_modules) or prompt (CoOp context vectors + optional VPT tokens)",
+    "adapter.type": "lora (peft LoRA on target_modules), prompt (CoOp context vectors + optional VPT tokens) "
+                    "or head (a linear head over the frozen image features; dual encoders)",
     "adapter.r": "LoRA rank",
     "adapter.alpha": "LoRA alpha (the update is scaled by alpha / r)",
     "adapter.dropout": "LoRA dropout in [0, 1)",
@@ -37,6 +38,7 @@ KEY_HELP: dict[str, str] = {
     "adapter.n_ctx": "prompt adapter: number of learned text context vectors",
     "adapter.ctx_init": "prompt adapter: 'template' (start from the prompt's words), 'random', or literal text",
     "adapter.n_visual_tokens": "prompt adapter: number of learned visual prompt tokens (VPT); 0 = none",
+    "adapter.head_init": "head adapter: how it starts from the training data: auto, class_mean, text or zero",
     "shared_adapter": "the shared adapter of the rehearsal paradigm (same keys as adapter); empty = the same settings as adapter",
     "rehearsal": "the replay memory of earlier domains",
     "rehearsal.size": "number of earlier samples kept in memory (0 = no rehearsal)",
@@ -54,6 +56,9 @@ KEY_HELP: dict[str, str] = {
     "train.max_steps_per_stage": "stop each stage after this many steps; empty = no limit",
     "train.gradient_checkpointing": "recompute the base's activations in backward to save memory",
     "train.dataloader_workers": "worker processes assembling batches; 0 = in the training process",
+    "train.image_cache_mb": "generative bases: MB of projected image tokens kept in memory for stages that train "
+                            "only the language model (reused from the second epoch on); 0 = off",
+    "train.image_cache_spill_mb": "then spilled to a memory-mapped file in output_dir, up to this many MB; 0 = no spill",
     "tracking": "experiment tracking through accelerate",
     "tracking.log_with": "tensorboard, wandb, ... (any accelerate tracker); empty = no tracking",
     "tracking.project": "project name given to the tracker",
