@@ -784,7 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone == REAL_TOWER:  # merged rows add LoRA specialists; the real tower's specialists are heads
         import dataclasses
 
-        suite = dataclasses.replace(suite, post_rows=[], cross_domain=False)  # a head scores its own domain's labels only
+        heads = {"specialized": "specialized: one head per domain", "rehearsal_specialists": "rehearsal paradigm: specialists (heads)"}
+        rows = [dataclasses.replace(r, label=heads.get(r.key, r.label)) for r in suite.rows]
+        suite = dataclasses.replace(suite, rows=rows, post_rows=[], cross_domain=False)  # a head scores its own domain's labels only
     args.quick = args.quick or args.smoke
     args.out = args.out or (suite.out.with_name(f"paradigms_{REAL_TOWER}.json") if args.backbone == REAL_TOWER else suite.out)
     missing = missing_data(config)
