@@ -174,7 +174,7 @@ def real_tower_targets(data: dict[str, Any]) -> str:
         value = t.get("value")
         rows.append([f"`{key}`", "n/a" if value is None else f"{value:+.3f}" if key.startswith(("specialist", "shared")) else f"{value:.3f}",
                      t.get("target") or "", "" if t.get("pass") is None else ("yes" if t["pass"] else "**no**")])
-    return table(["target", "value", "target", "pass"], rows)
+    return table(["figure", "value", "target", "pass"], rows)
 
 
 def render_paradigms(data: dict[str, Any], full: bool = True) -> str:
