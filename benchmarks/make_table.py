@@ -124,6 +124,12 @@ def _backbone_line(data: dict[str, Any]) -> str:
     return f"Backbone: {data['backbone']['description']}"
 
 
+def _adapter_text(adapter: dict[str, Any]) -> str:
+    if adapter.get("type") == "head":
+        return f"head (init {adapter.get('head_init', 'auto')})"
+    return f"{adapter['type']} r={adapter.get('r')}"
+
+
 def _setup_line(data: dict[str, Any]) -> str:
     seeds = data["seeds"]
     st = data["settings"]
@@ -133,17 +139,52 @@ def _setup_line(data: dict[str, Any]) -> str:
     env = data.get("environment", {})
     return (
         f"Data (train/test images): {caps}. {len(seeds)} seed(s) {seeds}; mean ± std (sample std over seeds). "
-        f"Adapter {st['adapter']['type']} r={st['adapter']['r']}; {tr['epochs']} epochs, batch {tr['batch_size']}, lr {tr['lr']}; "
+        f"Adapter {_adapter_text(st['adapter'])}; {tr['epochs']} epochs, batch {tr['batch_size']}, lr {tr['lr']}; "
         f"rehearsal memory {reh['size']} ({reh['policy']}), replay ratio {reh['ratio']}. "
         f"CPU, {env.get('torch_threads', '?')} torch thread(s), {env.get('cpu_count', '?')} cores shared with other jobs "
         f"(load average {data.get('load_average', {}).get('start', '?')}); total {data.get('total_wall_time_s', 0):.0f} s."
     )
 
 
+def real_tower_baselines(data: dict[str, Any]) -> str:
+    """medadapt's specialists against the plain PyTorch baselines of the same run and the paper row."""
+    b = data["baselines"]
+    domains = [d for d in data["domains"] if d in b["linear_probe"]["summary"]["final_accuracy"]]
+    header = ["run", *[f"{d} ACC / AUROC" for d in domains]]
+    rows = []
+    for row in data["rows"]:
+        if row["key"] in ("specialized", "rehearsal"):
+            s = row["summary"]
+            rows.append([f"medadapt {row['label']}"] + [f"{pm(s['final_accuracy'].get(d))} / {pm(s['final_auroc'].get(d))}" for d in domains])
+    for key in ("linear_probe", "full_finetune"):
+        s = b[key]["summary"]
+        rows.append([f"{b[key]['label']}, lr {b[key]['lr']:g}"] + [f"{pm(s['final_accuracy'][d])} / {pm(s['final_auroc'][d])}" for d in domains])
+    paper = b.get("paper_reference")
+    if paper:
+        rows.append([f"_{paper['label']}_ (published)"]
+                    + [f"{paper['accuracy'][d]:.3f} / {paper['auroc'][d]:.3f}" if d in paper["accuracy"] else "n/a" for d in domains])
+    return table(header, rows)
+
+
+def real_tower_targets(data: dict[str, Any]) -> str:
+    rows = []
+    order = ["specialist_vs_probe", "shared_rehearsal_bwt", "shared_rehearsal_acc", "cnn_train_step_ratio", "quick_wall_time_s"]
+    targets = sorted((data.get("targets") or {}).items(), key=lambda kv: (next((i for i, o in enumerate(order) if kv[0].startswith(o)), 9), kv[0]))
+    for key, t in targets:
+        value = t.get("value")
+        rows.append([f"`{key}`", "n/a" if value is None else f"{value:+.3f}" if key.startswith(("specialist", "shared")) else f"{value:.3f}",
+                     t.get("target") or "", "" if t.get("pass") is None else ("yes" if t["pass"] else "**no**")])
+    return table(["figure", "value", "target", "pass"], rows)
+
+
 def render_paradigms(data: dict[str, Any], full: bool = True) -> str:
     """Markdown for a ``paradigms.json``; ``full`` adds the quality bar, matrices and notes."""
+    real = "baselines" in data
+    title = "Continual-learning paradigms on real medical data"
+    if real:
+        title += ", real pretrained image tower (EfficientNet-Lite0)"
     parts = [
-        "## Continual-learning paradigms on real medical data" + (" (quick run)" if data.get("quick") else ""),
+        "## " + title + (" (quick run)" if data.get("quick") else ""),
         "",
         "PneumoniaMNIST -> BreastMNIST -> VQA-RAD organ (head/chest/abdomen), learned in that order. "
         "Per-domain columns: test accuracy after the last stage. ACC = mean of those; BWT = mean change on "
@@ -155,11 +196,24 @@ def render_paradigms(data: dict[str, Any], full: bool = True) -> str:
         _backbone_line(data),
         "",
         _setup_line(data),
-        "",
-        "BreastMNIST accuracy sits at or near its majority-class rate for every paradigm (this random-weight backbone "
-        "separates its classes only weakly; AUROC in `paradigms.md`), so its BWT mostly measures whether an adapter keeps "
-        "that class prior; the class-balanced memory row shows what happens when replay changes it.",
     ]
+    if real:
+        parts += [
+            "", "Specialists are `head` adapters (a linear head over the frozen tower's pooled features, see "
+            "[the head adapter kind](#the-head-adapter-kind-a-linear-head-over-frozen-image-features)); the shared adapter is a LoRA on the "
+            "tower's default CNN targets. Below: the same run's plain PyTorch baselines on the same tower, images, epochs, "
+            "batch size and seeds, and the MedMNIST v2 paper's reference row.",
+            "", real_tower_baselines(data),
+            "", f"Reference: {data['baselines']['paper_reference']['citation']}",
+            "", "Targets (means over seeds; specialist rows: specialist minus linear probe):", "", real_tower_targets(data),
+        ]
+    else:
+        parts += [
+            "",
+            "BreastMNIST accuracy sits at or near its majority-class rate for every paradigm (this random-weight backbone "
+            "separates its classes only weakly; AUROC in `paradigms.md`), so its BWT mostly measures whether an adapter keeps "
+            "that class prior; the class-balanced memory row shows what happens when replay changes it.",
+        ]
     notes = data.get("row_notes") or {}
     if notes and full:
         parts += ["", *[f"- **{label}**: {text}" for label, text in notes.items()]]
@@ -376,7 +430,7 @@ def render_file(path: Path, full: bool = False) -> str | None:
 
 def render_document(files: list[Path], full: bool = False) -> tuple[str, list[str]]:
     """Markdown for ``files`` (paradigms first), and the names of files no renderer knows."""
-    order = {"paradigms": 0, "speed": 1}
+    order = {"paradigms": 0, "paradigms_efficientnet-lite0": 0.5, "speed": 1}
     files = sorted(files, key=lambda p: (order.get(p.stem, 9), p.name))
     parts = ["<!-- generated by benchmarks/make_table.py from benchmarks/results/*.json; do not edit by hand -->", ""]
     skipped = []

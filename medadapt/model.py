@@ -538,10 +538,19 @@ class ContinualVLM(nn.Module):
         check_threshold(threshold)
         check_routable(list(self.domains), images)
         spec = options.pop("spec", FeatureSpec())
-        fallback = self.stages.fallback(fallback)
         with self.evaluating():
             feats = {name: self.router_features(x if preprocessed else self.preprocess(x), spec) for name, x in images.items()}
-        router = DomainRouter.fit(feats, threshold, fallback=fallback, spec=spec, base_fingerprint=self.backbone.fingerprints.get("weights"), **options)
+        return self.fit_router_on_features(feats, threshold, fallback, spec=spec, **options)
+
+    @changes_adapters
+    def fit_router_on_features(self, features: Mapping[str, torch.Tensor], threshold: float = 0.99, fallback: str | None = "auto",
+                               spec: FeatureSpec = FeatureSpec(), **options: Any) -> DomainRouter:
+        """:meth:`fit_router` from ``{domain: router_features(images, spec)}`` computed beforehand
+        (e.g. kept across training stages: they come from the frozen base, so they do not change)."""
+        check_threshold(threshold)
+        check_routable(list(self.domains), features)
+        router = DomainRouter.fit(features, threshold, fallback=self.stages.fallback(fallback), spec=spec,
+                                  base_fingerprint=self.backbone.fingerprints.get("weights"), **options)
         self.extras[ROUTER_KEY] = router.to_dict()
         return router
 

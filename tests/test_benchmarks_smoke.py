@@ -66,3 +66,34 @@ def test_speed_script_writes_all_keys(tmp_path: Path) -> None:
     # smoke runs measure tensor bytes, not resident memory: the memory targets cannot pass on them
     assert result["targets"]["memory_per_adapter_ratio"]["pass"] is False
     assert "memory_measured_rss is false" in result["targets"]["memory_per_adapter_ratio"]["cause"]
+
+
+MODELS = SCRIPT.parents[2] / "shared" / "models" / "efficientnet-lite0"
+
+
+@pytest.mark.timeout(120)
+def test_speed_only_cnn_train_step_merges_into_existing_results(tmp_path: Path) -> None:
+    """``--only cnn_train_step`` adds ``cnn_train_step_ratio`` (real tower, plain loop on the same LoRA
+    parameters) to an existing results file and keeps that file's other values."""
+    if not SCRIPT.is_file():
+        pytest.skip("benchmarks/speed.py is not part of this checkout")
+    out = tmp_path / "speed.json"
+    out.write_text(json.dumps({"schema": 1, "train_step_ratio": 0.5, "targets": {"train_step_ratio": {"value": 0.5, "target": "<= 1.1", "pass": True}},
+                               "measurements": {"training_overhead": {"value": 0.5}}, "section_seconds": {"training_overhead": 1.0}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--only", "cnn_train_step", "--out", str(out)],
+                          capture_output=True, text=True, timeout=110, env=env, cwd=SCRIPT.parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["train_step_ratio"] == 0.5 and result["measurements"]["training_overhead"] == {"value": 0.5}  # kept
+    assert result["targets"]["train_step_ratio"]["pass"] is True
+    entry = result["targets"]["cnn_train_step_ratio"]
+    section = result["measurements"]["cnn_training_overhead"]
+    if not (MODELS / "model.safetensors").is_file():
+        assert entry["pass"] is None and "efficientnet-lite0" in entry["skipped"] and "cnn_train_step_ratio" not in result
+        return
+    assert isinstance(result["cnn_train_step_ratio"], float) and result["cnn_train_step_ratio"] > 0
+    assert entry["target"] == "<= 1.1" and set(entry["correct"]) == {"same_losses", "same_trainable_parameters"}
+    assert section["same_losses"] and section["same_trainable_parameters"]  # the plain loop trains the same parameters
+    assert section["trainable_parameters"]["medadapt"] > 0
+    assert section["profile"]["medadapt"]["top_ops_self_ms"] and section["plain_step"]["cpu"]["repeats_s"]

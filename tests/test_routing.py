@@ -213,6 +213,32 @@ def test_trainer_fits_saves_and_reports_routing(tmp_path):
     assert np.mean([p.domain == "xr" for p in preds]) >= 0.8
 
 
+def test_stage_router_fits_reuse_earlier_features_and_fit_the_same_router(synthetic):
+    """The trainer refits the router after every stage; the frozen-base features of earlier domains
+    are taken from a cache instead of running the image tower again, and the router is the same."""
+    from medadapt.training.batches import PixelStore
+    from medadapt.training.composition import RouterFeatureCache, fit_stage_router, router_indices
+
+    model = build_model(synthetic)
+    store = PixelStore(model.preprocess)
+    names = list(synthetic)
+    for name in names:
+        spec = synthetic[name]["spec"]
+        store.register(name, "train", load_domain(name, spec["labels"], spec["data"]).splits["train"])
+    cache, cap = RouterFeatureCache(), 40  # 60 train images per domain: a fixed subset of 40
+    for stage in range(len(names)):
+        fit_stage_router(model, store, names[: stage + 1], cap=cap, cache=cache)
+    assert cache.computed == cap * len(names)  # each domain's images through the tower once, not once per stage
+    cached_state = dict(model.extras[ROUTER_KEY])
+    indices = {n: router_indices(len(store.labels(n, "train")), cap) for n in names}
+    assert all(len(i) == cap for i in indices.values()) and indices[names[0]] != list(range(cap))
+    for name in names:  # the cached features are what the tower gives now
+        fresh = model.router_features(store.pixels(name, "train", indices[name]))
+        assert torch.equal(cache.entries[name][1], fresh)
+    model.fit_router({n: store.pixels(n, "train", indices[n]) for n in names}, preprocessed=True)  # no cache
+    assert model.extras[ROUTER_KEY] == cached_state
+
+
 # -- real data ---------------------------------------------------------------------------------------
 REAL = {
     "pneumonia": (["normal", "pneumonia"], {"format": "npz", "path": str(DATA / "pneumoniamnist.npz"), "max_samples": {"train": 1000}}),

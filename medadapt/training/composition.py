@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..adapters import LORA
 from ..errors import AdapterError
@@ -41,15 +42,41 @@ def _all_indices(store: PixelStore, domain: str, split: str) -> range:
     return range(len(store.labels(domain, split)))
 
 
-def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap: int = ROUTER_TRAIN_CAP, seed: int = 0) -> DomainRouter | None:
+class RouterFeatureCache:
+    """Routing features of each domain's router training images, kept across the stages of one run.
+
+    They come from the frozen base with no adapter (:meth:`medadapt.ContinualVLM.router_features`),
+    so training never changes them: a refit after stage *k* computes only the new domains' features
+    instead of running the image tower again over every earlier domain's images."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self.computed = 0  # images whose features were computed (not taken from the cache)
+
+    def features(self, model: Any, store: PixelStore, domain: str, indices: Sequence[int]) -> torch.Tensor:
+        key = tuple(int(i) for i in indices)
+        hit = self.entries.get(domain)
+        if hit is None or hit[0] != key:
+            with model.evaluating():
+                feats = model.router_features(store.pixels(domain, "train", list(key)))
+            self.entries[domain] = hit = (key, feats)
+            self.computed += len(key)
+        return hit[1]
+
+
+def router_indices(n: int, cap: int = ROUTER_TRAIN_CAP, seed: int = 0) -> list[int]:
+    """The training images (at most ``cap`` of ``n``, a fixed random subset above it) the router is fitted on."""
+    return list(range(n)) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)).tolist()
+
+
+def fit_stage_router(model: Any, store: PixelStore, domains: Sequence[str], cap: int = ROUTER_TRAIN_CAP, seed: int = 0,
+                     cache: RouterFeatureCache | None = None) -> DomainRouter | None:
     """Fit (or refit) the model's router on the train splits of the classification ``domains`` (at
-    most ``cap`` images each); open-ended domains have no labels to route to. None when there are none."""
-    images = {}
-    for d in routable(model, domains):
-        n = len(store.labels(d, "train"))
-        indices = range(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)).tolist()
-        images[d] = store.pixels(d, "train", indices)
-    return model.fit_router(images, preprocessed=True) if images else None
+    most ``cap`` images each); open-ended domains have no labels to route to. None when there are none.
+    With ``cache``, features computed by an earlier stage's fit are reused."""
+    cache = cache if cache is not None else RouterFeatureCache()
+    feats = {d: cache.features(model, store, d, router_indices(len(store.labels(d, "train")), cap, seed)) for d in routable(model, domains)}
+    return model.fit_router_on_features(feats) if feats else None
 
 
 def routable(model: Any, domains: Sequence[str]) -> list[str]:

@@ -32,7 +32,7 @@ from ..tiny import tiny_base, tiny_names
 from .batches import BatchSchedule, PixelStore, phase_batches
 from .checkpoint import MODEL_DIR, STATE_NAME, latest_checkpoint, read_state, restore_adapters, restore_optimizer, restore_rng, save_checkpoint
 from .config import ConfigError, RunConfig, model_not_found
-from .composition import composition_results, fit_stage_router, trained_domains
+from .composition import RouterFeatureCache, composition_results, fit_stage_router, trained_domains
 from .consistency import buffers_agree
 from .evaluate import evaluate_view
 from .objectives import build_objective
@@ -188,6 +188,7 @@ class ContinualTrainer:
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.store = PixelStore(self.model.preprocess)
+        self.router_cache = RouterFeatureCache()  # frozen-base routing features, reused by every stage's router fit
         for name, domain in self.data.items():
             for split in ("train", "test"):
                 self.store.register(name, split, domain.splits[split])
@@ -370,7 +371,7 @@ class ContinualTrainer:
             raise TrainingError("rehearsal buffers differ across processes; refusing to continue.")
         if len({w for _, w in digests}) != 1:
             raise TrainingError("adapter weights differ across processes (gradients out of sync); refusing to continue.")
-        fit_stage_router(self.model, self.store, trained_domains(self.plan, stage_index))  # saved with the stage
+        fit_stage_router(self.model, self.store, trained_domains(self.plan, stage_index), cache=self.router_cache)  # saved with the stage
 
     def run(self) -> dict[str, Any]:
         """Train every stage, evaluate after each, write outputs; returns the results dict."""
