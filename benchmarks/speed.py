@@ -179,20 +179,11 @@ def training_batch(s: Settings, domain: str = "scan") -> Any:
 
 
 # -- 1. training overhead ---------------------------------------------------------------------------
-def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
-    """A hand-written peft + torch loop doing the same forward/backward on an identical model."""
-    from peft import get_peft_model
 
-    from medadapt.tiny import tiny_backbone
-
-    backbone = tiny_backbone("clip", seed=0, image_size=s.image_size, hidden=s.hidden)
-    torch.manual_seed(1)
-    model = get_peft_model(backbone.model, lora_config(list(LORA_TARGETS), s.lora_r))
-    texts = [PROMPT.format(label) for label in LABELS]
-    tokens = backbone.tokenizer(texts, padding=True, truncation=True, max_length=backbone.text_max_length(), return_tensors="pt")
+def plain_contrastive_step(model: Any, tokens: Any, optimizer: Any) -> Any:
+    """One plain peft training step of a dual encoder on a batch: image and label-prompt features,
+    CLIP logits, cross-entropy, backward, AdamW (the baseline medadapt's step is raced against)."""
     input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    model.train()
 
     def step(batch: Any) -> float:
         image = model.get_image_features(pixel_values=batch.pixel_values).pooler_output
@@ -206,6 +197,21 @@ def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
         return float(loss.detach())
 
     return step
+
+def peft_baseline_step(s: Settings, lr: float = 1e-3) -> Callable[[Any], float]:
+    """A hand-written peft + torch loop doing the same forward/backward on an identical model."""
+    from peft import get_peft_model
+
+    from medadapt.tiny import tiny_backbone
+
+    backbone = tiny_backbone("clip", seed=0, image_size=s.image_size, hidden=s.hidden)
+    torch.manual_seed(1)
+    model = get_peft_model(backbone.model, lora_config(list(LORA_TARGETS), s.lora_r))
+    texts = [PROMPT.format(label) for label in LABELS]
+    tokens = backbone.tokenizer(texts, padding=True, truncation=True, max_length=backbone.text_max_length(), return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    model.train()
+    return plain_contrastive_step(model, tokens, optimizer)
 
 
 def bench_training(s: Settings) -> dict[str, Any]:
@@ -271,23 +277,10 @@ def plain_cnn_step(targets: list[str], lr: float = 1e-3) -> tuple[Callable[[Any]
     model = get_peft_model(backbone.model, lora_config(list(targets), CNN_LORA_R))
     texts = [CNN_PROMPT.format(label) for label in CNN_LABELS]
     tokens = backbone.tokenizer(texts, padding=True, truncation=True, max_length=backbone.text_max_length(), return_tensors="pt")
-    input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.eval()  # frozen base: no BatchNorm statistics updates, no dropout (LoRA dropout is 0)
-
-    def step(batch: Any) -> float:
-        image = model.get_image_features(pixel_values=batch.pixel_values).pooler_output
-        text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-        logits = model.logit_scale.exp() * image @ text.t()
-        loss = F.cross_entropy(logits, batch.labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step, sum(p.numel() for p in params)
+    return plain_contrastive_step(model, tokens, optimizer), sum(p.numel() for p in params)
 
 
 def profile_steps(steps: dict[str, Callable[[Any], float]], batch: Any, top: int = 8) -> dict[str, Any]:

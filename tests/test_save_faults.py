@@ -64,12 +64,16 @@ def _leftovers(root) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name not in LOCK_FILES)
 
 
-def _steps(models, root) -> list[str]:
-    """The fault-hook steps of a save that replaces, creates and removes folders."""
+def _steps(models, root, back: bool = False) -> list[str]:
+    """The fault-hook steps of a save that replaces, creates and removes folders: saving ``models[1]``
+    over ``models[0]`` (``back``: ``models[0]`` over ``models[1]``, whose folders differ); the folder
+    ends holding ``models[0]``."""
     seen: list[str] = []
+    if back:
+        models[1].save_pretrained(root)
     transaction.FAULT_HOOK = seen.append
     try:
-        models[1].save_pretrained(root)
+        models[0 if back else 1].save_pretrained(root)
     finally:
         transaction.FAULT_HOOK = None
     models[0].save_pretrained(root)
@@ -162,7 +166,8 @@ def test_killed_at_every_step_and_at_random_instants_the_folder_loads_old_or_new
     root = tmp_path / "save"
     models[0].save_pretrained(root)
     steps = _steps(models, root)
-    assert "manifest" in steps
+    steps_to = {1: steps, 0: _steps(models, root, back=True)}  # the steps of a save of models[target]
+    assert "manifest" in steps and "manifest" in steps_to[0] and steps != steps_to[0]
     # 1) killed (no cleanup at all) right before each step: old before the commit, new after it
     for dying in steps:
         current = _which(root, models)
@@ -211,7 +216,7 @@ def test_killed_at_every_step_and_at_random_instants_the_folder_loads_old_or_new
         if finished:
             assert after == 1 - current
         else:
-            assert after in _expected(steps, reached[-1] if reached else None, current), reached
+            assert after in _expected(steps_to[1 - current], reached[-1] if reached else None, current), reached
         outcomes.append((len(reached), finished, after != current))
     mid_save = [o for o in outcomes if 0 < o[0] and not o[1]]
     assert mid_save, f"no kill landed inside a save (steps reached, finished, new) per kill: {outcomes}"
