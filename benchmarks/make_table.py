@@ -413,7 +413,50 @@ def render_gpu(data: dict[str, Any], full: bool = True) -> str:
                       f"Mode `{data.get('mode')}`; {data.get('total_seconds', 0):.0f} s in all."]) + "\n"
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed, "gpu": render_gpu}
+FEDERATED_ROWS = [
+    ("centralized_rehearsal", "centralized rehearsal (pooled data)"),
+    ("centralized_joint", "centralized joint"),
+    ("federated_fedavg", "federated rehearsal, FedAvg"),
+    ("federated_exact", "federated rehearsal, exact (FFA-LoRA)"),
+    ("federated_naive", "federated naive (no rehearsal)"),
+    ("federated_fedavg_fresh_optimizer", "FedAvg, optimizer restarted every round, sample weights (before the fix)"),
+    ("federated_fedavg_sample_weights", "FedAvg, optimizer kept, sample weights"),
+    ("local_only", "local-only (mean of sites)"),
+]
+
+
+def render_federated(data: dict[str, Any], full: bool = True) -> str:
+    """Markdown for ``federated.json``: ACC/BWT per row (mean ± std over seeds, each seed's ACC), the
+    targets with their measured values, and the communication figures."""
+    rows_in = data.get("rows") or {}
+
+    def pm(row: dict[str, Any], key: str) -> str:
+        value, std = row.get(key), row.get(f"{key}_std")
+        if not isinstance(value, (int, float)):
+            return "n/a"
+        shown = f"{value:+.3f}" if key == "bwt" else f"{value:.3f}"
+        return shown if std is None else f"{shown} ± {std:.3f}"
+
+    rows = []
+    for key, what in FEDERATED_ROWS:
+        row = rows_in.get(key)
+        if row is None:
+            continue
+        seeds = ", ".join(f"{r['acc']:.3f}" for r in row.get("per_seed", []) if isinstance(r.get("acc"), (int, float)))
+        rows.append([what, pm(row, "acc"), pm(row, "bwt"), seeds])
+    targets = [[f"`{k}`", f"{t['value']:+.3f}" if isinstance(t.get("value"), (int, float)) else "n/a", t.get("target", ""),
+                "yes" if t.get("pass") else "**no**"] for k, t in (data.get("targets") or {}).items()]
+    base, per_round = data.get("base_bytes") or 0, data.get("bytes_per_site_round") or 0
+    comm = (f"Bytes sent per site per round (FedAvg): {per_round:,.0f} ({per_round / base:.2f}x the base's {base:,.0f}); "
+            f"{(data.get('bytes_to_final') or 0) / 1e6:.1f} MB in all to the final ACC; "
+            f"{data.get('quick_wall_s', 0):.0f} s per quick federated simulation run.") if base else ""
+    title = "## Federated continual training (Flower simulation, 3 sites)" + (" (quick: 1 seed)" if data.get("quick") else "")
+    return "\n".join([title, "", table(["row", "ACC", "BWT", "ACC per seed"], rows), "",
+                      table(["target", "value", "target", "pass"], targets), "", comm]).rstrip() + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], bool], str]] = {"paradigms": render_paradigms, "speed": render_speed, "gpu": render_gpu,
+                                                             "federated": render_federated}
 RENDERERS.update(GENERATIVE_RENDERERS)
 RENDERERS["serving"] = lambda data, full=True: render_speed(data, full).replace("## Speed (CPU)", "## Serving from threads (CPU)", 1)
 
