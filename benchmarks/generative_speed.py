@@ -441,9 +441,9 @@ def causes(training: dict[str, Any], scoring: dict[str, Any], generation: dict[s
 
 
 def run(mode: str, out: Path, threads: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from medadapt.tiny import _quiet_transformers
+    from medadapt.tiny import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     warnings.filterwarnings("ignore")
     if threads > 0:
         torch.set_num_threads(threads)

@@ -824,19 +824,25 @@ def cnn_miss_cause(cnn: dict[str, Any]) -> str:
             + ", ".join(f"{k} +{v:.1f} ms" for k, v in worst))
 
 
-def run_only(name: str, mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one section (see :data:`ONLY`) and merge its keys into ``out`` (other values kept; a new
-    file when ``out`` does not exist)."""
+def _prepare(threads: int, clock: str) -> None:
+    """Quiet transformers' load reports and known warnings, set the torch threads and the clock, seed 0."""
     global CLOCK
-    from medadapt.tiny import _quiet_transformers
+    from medadapt.tiny import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed", category=UserWarning)
     if threads > 0:
         torch.set_num_threads(threads)
     CLOCK = clock
-    s = MODES[mode]
     torch.manual_seed(0)
+
+
+def run_only(name: str, mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one section (see :data:`ONLY`) and merge its keys into ``out`` (other values kept; a new
+    file when ``out`` does not exist)."""
+    _prepare(threads, clock)
+    s = MODES[mode]
     started = time.perf_counter()
     section = ONLY[name]
     cnn = bench_cnn_training(s)
@@ -869,17 +875,8 @@ def run_only(name: str, mode: str, out: Path, threads: int = 1, clock: str = "cp
 
 
 def run(mode: str, out: Path, threads: int = 1, clock: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
-    global CLOCK
-    from medadapt.tiny import _quiet_transformers
-
-    _quiet_transformers()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed", category=UserWarning)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    CLOCK = clock
+    _prepare(threads, clock)
     s = MODES[mode]
-    torch.manual_seed(0)
     started = time.perf_counter()
     measurements: dict[str, Any] = {}
     stamps: dict[str, float] = {}

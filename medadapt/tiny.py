@@ -40,7 +40,7 @@ def byte_level_tokenizer(max_length: int = 64) -> Any:
     )
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
@@ -52,7 +52,7 @@ def _quiet_transformers() -> None:
 
 def tiny_backbone(family: str = "clip", seed: int = 0, image_size: int = 32, hidden: int = 32) -> Backbone:
     """Build a 2-layer CLIP or SigLIP with hidden size ``hidden`` from config, deterministically."""
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -136,7 +136,7 @@ def tiny_tower_dual_encoder(tower: str = "resnet", seed: int = 0, image_size: in
     ``"timm-resnet"`` is a timm ``resnet10t`` created with ``pretrained=False`` and wrapped as
     ``TimmWrapperModel`` (needs timm, so torchvision: the ``open_clip`` extra).
     """
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import (
         AutoModel,
         BertConfig,
