@@ -15,7 +15,7 @@ zero-shot model, so a real text tower's label prompts stay the prior the head st
 (buffers set from data, identity before), and ``step_scale`` (``HeadConfig.step_scale``, 0.1) makes
 the weights move ten times slower than the run's learning rate: measured on EfficientNet-Lite0
 features, a linear layer on standardised features trains best near lr 3e-4 while LoRA stages want
-about 3e-3, and one run has one learning rate (benchmarks/results/paradigms_efficientnet-lite0.json).
+about 3e-3, and one run has one learning rate (benchmarks/results/real_tower_quick/paradigms_efficientnet-lite0.json).
 
 Before its first training step a head can be initialised from data (:func:`initial_head`, called by
 the trainer through :meth:`medadapt.adapters.kind.AdapterKind.initialise`): the bias starts at the
