@@ -31,7 +31,7 @@ def save_site_optimizer(state_dir: str | Path, adapter: str, optimizer: torch.op
     weights, info = _paths(Path(state_dir), adapter)
     with storage_errors(f"cannot keep the optimizer state of adapter {adapter!r} in {weights.parent}"):
         weights.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(weights, save_tensors(tensors or {"__empty__": torch.zeros(0)}))
+        atomic_write_bytes(weights, save_tensors(tensors))
         atomic_write_json(info, {"config": config, "stage": stage, "round": round_index, "optimizer": meta})
 
 
@@ -48,8 +48,7 @@ def restore_site_optimizer(state_dir: str | Path, adapter: str, optimizer: torch
     saved_round = meta.get("round")
     if meta.get("config") != config or meta.get("stage") != stage or not isinstance(saved_round, int) or saved_round >= round_index:
         return False
-    tensors = {k: v for k, v in load_tensors(weights.read_bytes()).items() if k != "__empty__"}
-    state = optimizer_from_safetensors(tensors, meta["optimizer"])
+    state = optimizer_from_safetensors(load_tensors(weights.read_bytes()), meta["optimizer"])
     if len(state["param_groups"]) != len(optimizer.param_groups) or any(
         len(a["params"]) != len(b["params"]) for a, b in zip(state["param_groups"], optimizer.param_groups)
     ):

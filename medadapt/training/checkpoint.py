@@ -59,8 +59,12 @@ def checkpoint_hashes(folder: str | Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in (OPTIM_NAME, RNG_NAME, MANIFEST_FILE) if (folder / name).is_file()}
 
 
+EMPTY_KEY = "__empty__"  # the placeholder tensor of an optimizer with no state yet
+
+
 def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state as safetensors-ready tensors (``"<param id>.<key>"``) and JSON-ready metadata."""
+    """An optimizer's state as safetensors-ready tensors (``"<param id>.<key>"``; a zero-size placeholder
+    when there are none, since a safetensors file needs one) and JSON-ready metadata."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -70,13 +74,15 @@ def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str
                 tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors or {EMPTY_KEY: torch.zeros(0)}, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     """The ``state_dict`` that :func:`optimizer_to_safetensors` took apart."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
+        if key == EMPTY_KEY:
+            continue
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     for pid, values in meta.get("scalars", {}).items():
@@ -91,7 +97,7 @@ def save_checkpoint(folder: str | Path, model: Any, optimizer: torch.optim.Optim
         meta: dict[str, Any] = {}
         if optimizer is not None:
             tensors, meta = optimizer_to_safetensors(optimizer)
-            save_file(tensors or {"__empty__": torch.zeros(0)}, str(tmp / OPTIM_NAME))
+            save_file(tensors, str(tmp / OPTIM_NAME))
         rng_tensors, rng_meta = capture_rng()
         save_file(rng_tensors, str(tmp / RNG_NAME))
         full = {**state, "optimizer": meta, "rng": rng_meta, FILES_KEY: checkpoint_hashes(tmp)}
@@ -136,8 +142,7 @@ def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, meta
     path = Path(folder) / OPTIM_NAME
     if not meta or not path.is_file():
         return
-    tensors = {k: v for k, v in load_file(str(path)).items() if k != "__empty__"}
-    optimizer.load_state_dict(optimizer_from_safetensors(tensors, meta))
+    optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(path)), meta))
 
 
 def restore_rng(folder: str | Path, meta: dict[str, Any] | None = None) -> None:
