@@ -320,23 +320,30 @@ def test_missing_data_at_one_site_is_reported_and_the_run_goes_on(tmp_path: Path
         simulate({**cfg, "federation": {**cfg["federation"], "round_timeout_s": 0.5}})
 
 
-def test_a_site_that_dies_mid_run_is_left_out_and_recorded(tmp_path: Path) -> None:
-    from medadapt.federated.simulation import simulation_grid
-
-    cfg = federated_config_from_dict(tiny_config(tmp_path / "run", domains=1, rounds=3))
-    grid = simulation_grid(cfg)
-    real = grid.push_messages
-    trains = []
+def _on_train_rounds(grid: Any, before: Any) -> None:
+    """Call ``before(n)`` as the grid is about to send the n-th batch of train messages (n from 1)."""
+    real, sent = grid.push_messages, []
 
     def push(messages: Any) -> Any:
         messages = list(messages)
         if messages and messages[0].metadata.message_type == "train":
-            trains.append(1)
-            if len(trains) == 2:
-                grid.dead.add(max(grid.nodes))  # hospital-2's node dies as round 2 starts
+            sent.append(1)
+            before(len(sent))
         return real(messages)
 
     grid.push_messages = push
+
+
+def test_a_site_that_dies_mid_run_is_left_out_and_recorded(tmp_path: Path) -> None:
+    from medadapt.federated.simulation import simulation_grid
+
+    grid = simulation_grid(federated_config_from_dict(tiny_config(tmp_path / "run", domains=1, rounds=3)))
+
+    def kill(n: int) -> None:
+        if n == 2:
+            grid.dead.add(max(grid.nodes))  # hospital-2's node dies as round 2 starts
+
+    _on_train_rounds(grid, kill)
     results = simulate(tiny_config(tmp_path / "run", domains=1, rounds=3), grid=grid)
     rounds = results["federation"]["rounds"]
     assert rounds[0]["sites"] == ["site-1", "site-2", "site-3"]
@@ -348,20 +355,13 @@ def test_a_restarted_server_resumes_after_the_last_completed_round(tmp_path: Pat
     from medadapt.federated.simulation import simulation_grid
 
     cfg_dict = tiny_config(tmp_path / "run", rounds=2)
-    cfg = federated_config_from_dict(cfg_dict)
-    grid = simulation_grid(cfg)
-    real = grid.push_messages
-    calls = []
+    grid = simulation_grid(federated_config_from_dict(cfg_dict))
 
-    def crash(messages: Any) -> Any:
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt("server killed")
-        return real(messages)
+    def crash(n: int) -> None:
+        if n == 3:
+            raise KeyboardInterrupt("server killed")
 
-    grid.push_messages = crash
+    _on_train_rounds(grid, crash)
     with pytest.raises(KeyboardInterrupt):
         simulate(cfg_dict, grid=grid)
     state = json.loads((tmp_path / "run" / "federation" / "state.json").read_text())
