@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .adapters import AdapterSet, adapter_kind, kind_for_spec
+from .adapters import LORA, AdapterSet, adapter_kind, adapter_kinds, kind_for_spec
 from . import call_checks
 from .adapters.gate import changes_adapters, served
 from .adapters.lora import default_lora_config
@@ -223,8 +223,8 @@ class ContinualVLM(nn.Module):
         if adapter is None:
             return default_lora_config(self.family.default_lora_targets(self.base_model))
         if isinstance(adapter, dict):
-            kind = adapter.get("adapter_type")
-            return adapter_kind(kind).config_from_dict(adapter, "adapter") if kind in ("prompt", "head") else LoraConfig(**adapter)
+            kind = adapter.get("adapter_type")  # a registered kind's own config dict; else peft LoraConfig keywords
+            return adapter_kind(kind).config_from_dict(adapter, "adapter") if kind in adapter_kinds() and kind != LORA else LoraConfig(**adapter)
         return adapter
 
     @changes_adapters
