@@ -77,7 +77,6 @@ class Recorder:
         (lambda c: c["federation"].update(min_sites=4), "fewer than federation.min_sites=4"),
         (lambda c: c["federation"]["sites"][1]["data"].update(brain={}), "not in domains"),
         (lambda c: c["federation"]["sites"][1]["data"]["xray"].update(partition={"num": 3, "index": 3}), "partition.index"),
-        (lambda c: c["federation"].update(privacy={"secure_aggregation": True}), "legacy workflow"),
     ],
 )
 def test_bad_federation_blocks_are_clear_errors_before_training(tmp_path: Path, change: Any, message: str) -> None:

@@ -4,25 +4,25 @@ The site reads everything local from its node config (``flower-supernode --node-
 ``site`` (its name in ``federation.sites``), ``config`` (the run config YAML on this machine),
 ``data-dir`` (folder that relative data paths resolve against; optional) and ``state-dir`` (where
 its rehearsal memory is checkpointed; default ``.medadapt-site/<site>``). Client-side DP clipping is
-Flower's ``fixedclipping_mod``, applied when the server's train message carries a clipping norm.
+Flower's ``fixedclipping_mod``, applied when the server's train message carries a clipping norm;
+secure aggregation is Flower's ``secaggplus_mod`` (:mod:`.secure_client`), for SecAgg+ rounds.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from .extra import require_flwr
 
 require_flwr()
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 
 from ..errors import FederationError  # noqa: E402
-from .messages import ADAPTERS, CLIPPING_NORM_KEY, METRICS, SITE, arrays, config_of, train_reply  # noqa: E402
+from .messages import ADAPTERS, METRICS, SITE, arrays, config_of, train_adapters, train_reply  # noqa: E402
+from .secure_client import dp_clipping_mod, is_secure_train, secure_aggregation_mod, secure_train_reply, secure_train_request  # noqa: E402
 from .settings import FederatedConfig, load_federated_config  # noqa: E402
 from .site import SiteRuntime  # noqa: E402
 
@@ -60,14 +60,7 @@ def site_runtime(context: Context) -> SiteRuntime:
     return _RUNTIMES[key]
 
 
-def dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Flower's ``fixedclipping_mod`` on train messages that carry a clipping norm; other messages pass."""
-    if msg.metadata.message_type.split(".")[0] == MessageType.TRAIN and CLIPPING_NORM_KEY in config_of(msg.content):
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
-
-
-app = ClientApp(mods=[dp_clipping_mod])
+app = ClientApp(mods=[secure_aggregation_mod, dp_clipping_mod])  # a SecAgg+ reply is clipped first, then masked
 
 
 @app.query()
@@ -84,9 +77,14 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train this stage's adapters locally from the received tensors; reply with tensors and counts only."""
     runtime = site_runtime(context)
-    cfg = config_of(msg.content)
+    if is_secure_train(msg.content):
+        cfg, received, layout = secure_train_request(msg.content)
+    else:
+        cfg, received, layout = config_of(msg.content), arrays(msg.content.array_records[ADAPTERS]), None
     runtime.check_peer(str(cfg.get("base", "")), str(cfg.get("config", "")), cfg.get("frozen"))
-    tensors, counts, loss = runtime.train(int(cfg["stage"]), [str(a) for a in cfg["adapters"]], arrays(msg.content.array_records[ADAPTERS]), int(cfg["round"]), int(cfg["epochs"]))
+    tensors, counts, loss = runtime.train(int(cfg["stage"]), train_adapters(cfg), received, int(cfg["round"]), int(cfg["epochs"]))
+    if layout is not None:
+        return Message(secure_train_reply(tensors, counts, loss, runtime.base, layout), reply_to=msg)
     return Message(train_reply(tensors, counts, loss, runtime.base), reply_to=msg)
 
 

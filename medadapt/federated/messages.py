@@ -8,6 +8,7 @@ sample counts, the training loss, metrics and its base fingerprint; never data o
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,12 +37,23 @@ def arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def train_content(tensors: Mapping[str, np.ndarray], stage: int, round_index: int, adapters: list[str], epochs: int, checks: Mapping[str, str], clipping_norm: float | None) -> RecordDict:
-    """A ``train`` message: the tensors to start from and what to train."""
-    config: dict[str, Any] = {"stage": stage, "round": round_index, "adapters": list(adapters), "epochs": epochs, **checks}
+def train_config(stage: int, round_index: int, adapters: list[str], epochs: int, checks: Mapping[str, str], clipping_norm: float | None) -> dict[str, Any]:
+    """What a ``train`` message asks for (adapters as a JSON list, so the legacy FitIns config of SecAgg+ can carry it too)."""
+    config: dict[str, Any] = {"stage": stage, "round": round_index, "adapters": json.dumps(list(adapters)), "epochs": epochs, **checks}
     if clipping_norm is not None:
         config[CLIPPING_NORM_KEY] = float(clipping_norm)
-    return RecordDict({ADAPTERS: array_record(tensors), CONFIG: ConfigRecord(config)})
+    return config
+
+
+def train_adapters(config: Mapping[str, Any]) -> list[str]:
+    """The adapters a ``train`` config names."""
+    raw = config["adapters"]
+    return [str(a) for a in (json.loads(raw) if isinstance(raw, str) else raw)]
+
+
+def train_content(tensors: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> RecordDict:
+    """A ``train`` message: the tensors to start from and what to train (:func:`train_config`)."""
+    return RecordDict({ADAPTERS: array_record(tensors), CONFIG: ConfigRecord(dict(config))})
 
 
 def train_reply(tensors: Mapping[str, np.ndarray], counts: Mapping[str, int], loss: float, base: str) -> RecordDict:
@@ -51,11 +63,16 @@ def train_reply(tensors: Mapping[str, np.ndarray], counts: Mapping[str, int], lo
     return RecordDict({ADAPTERS: array_record(tensors), METRICS: MetricRecord(metrics), SITE: ConfigRecord({"base": base})})
 
 
+def counts_of(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The samples per adapter in a reply's metrics (``num-examples.<adapter>``)."""
+    return {k[len(NUM_EXAMPLES) + 1 :]: v for k, v in metrics.items() if k.startswith(NUM_EXAMPLES + ".")}
+
+
 def parse_train_reply(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[str, int], float, str]:
     """(tensors, counts per adapter, loss, base fingerprint) of a ``train`` reply; missing parts read as empty."""
     tensors = arrays(content.array_records[ADAPTERS]) if ADAPTERS in content.array_records else {}
     metrics = dict(content.metric_records[METRICS]) if METRICS in content.metric_records else {}
-    counts = {k[len(NUM_EXAMPLES) + 1 :]: v for k, v in metrics.items() if k.startswith(NUM_EXAMPLES + ".")}
+    counts = counts_of(metrics)
     base = str(content.config_records[SITE].get("base", "")) if SITE in content.config_records else ""
     return tensors, counts, float(metrics.get("train-loss", 0.0)), base
 
@@ -73,3 +90,31 @@ def query_content(checks: Mapping[str, str]) -> RecordDict:
 def config_of(content: RecordDict) -> dict[str, Any]:
     """The config record of a server message."""
     return dict(content.config_records[CONFIG]) if CONFIG in content.config_records else {}
+
+
+# -- SecAgg+ rounds: the train instruction is a legacy FitIns, the reply a FitRes whose metrics travel in clear --
+LAYOUT_KEY = "secure-layout"
+SLOTS_KEY = "secure-slots"
+DIGEST_KEY = "secure-layout-digest"
+
+
+@dataclass
+class SiteReply:
+    """What a site's masked reply tells in clear: its counts per adapter, loss and base fingerprint."""
+
+    node_id: int
+    counts: dict[str, int]
+    loss: float
+    base: str
+    layout: str
+    bytes_up: int = 0
+
+
+def clear_metrics(counts: Mapping[str, int], loss: float, base: str, layout_digest: str) -> dict[str, Any]:
+    """The FitRes metrics a site sends in clear beside its masked vector (SecAgg+ rounds)."""
+    return {"train-loss": float(loss), "base": base, DIGEST_KEY: layout_digest, **{f"{NUM_EXAMPLES}.{k}": int(v) for k, v in counts.items()}}
+
+
+def read_clear_metrics(node: int, metrics: dict[str, Any]) -> SiteReply:
+    """:func:`clear_metrics` read back (missing parts read as empty)."""
+    return SiteReply(node, counts_of(metrics), float(metrics.get("train-loss", 0.0) or 0.0), str(metrics.get("base", "")), str(metrics.get(DIGEST_KEY, "")))

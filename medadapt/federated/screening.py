@@ -33,6 +33,19 @@ class Screened:
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class RoundUpdates:
+    """What a round collected: ``accepted`` is averaged (site updates, or the secure sum's group means);
+    ``contributors`` are the sites whose training entered it (tensors empty under SecAgg+);
+    ``memory_only`` names the entries of ``accepted`` that only rehearsed (None: worked out from the sites' data)."""
+
+    accepted: list[SiteUpdate] = field(default_factory=list)
+    contributors: list[SiteUpdate] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    memory_only: set[str] | None = None
+
+
 def _problem(update: SiteUpdate, expected: Mapping[str, tuple[int, ...]], base: str, adapters: list[str]) -> str | None:
     if update.base != base:
         return f"base fingerprint {update.base[:12]!r} differs from the server's {base[:12]!r}"

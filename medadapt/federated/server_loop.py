@@ -28,10 +28,12 @@ from .._io import storage_errors  # noqa: E402
 from ..errors import FederationError  # noqa: E402
 from ..training.outputs import run_results, strict_results, write_outputs  # noqa: E402
 from .aggregation import add_dp_noise, replay_ratio_weights, weighted_mean  # noqa: E402
-from .messages import METRICS, SITE, evaluate_content, parse_train_reply, query_content, train_content  # noqa: E402
+from .messages import METRICS, SITE, evaluate_content, parse_train_reply, query_content, train_config, train_content  # noqa: E402
 from .model_setup import base_fingerprint, build_federated_model, frozen_digest, stage_adapters, trainable_adapters  # noqa: E402
 from .payload import load_wire, nbytes, wire_tensors  # noqa: E402
-from .screening import SiteUpdate, screen  # noqa: E402
+from .screening import RoundUpdates, SiteUpdate, screen  # noqa: E402
+from .secure_layout import SLOT_NAMES, SecureLayout  # noqa: E402
+from .secure_round import SecureRequest, run_secure_round  # noqa: E402
 from .server_state import ServerState, load_state, save_state  # noqa: E402
 from .settings import FederatedConfig  # noqa: E402
 
@@ -94,52 +96,101 @@ class FederatedServer:
         adapters = stage_adapters(self.plan, stage)
         sent = wire_tensors(self.model, adapters, fed.aggregation)
         checks = {**self.checks, **({"frozen": self.frozen} if fed.aggregation == "ffa_lora" else {})}
+        config = train_config(stage, round_index, adapters, fed.local_epochs, checks, fed.privacy.clipping_norm)
+        collect = self._collect_secure if fed.privacy.secure_aggregation else self._collect
         for attempt in range(ROUND_ATTEMPTS):
             self._wait_for_sites()
-            content = train_content(sent, stage, round_index, adapters, fed.local_epochs, checks, fed.privacy.clipping_norm)
-            group = f"stage{stage}-round{round_index}-try{attempt}"
-            messages = [self.grid.create_message(content, MessageType.TRAIN, n, group) for n in sorted(self.sites)]
-            replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout_s))
-            updates, failed = self._parse(replies, sorted(self.sites))
-            result = screen(updates, sent, self.checks["base"], adapters, fed.norm_outlier_factor)
-            for site, reason in result.dropped:
+            got = collect(stage, round_index, attempt, sent, config)
+            for site, reason in got.dropped:
                 logger.error("round %d.%d: update of %s dropped: %s", stage + 1, round_index + 1, site, reason)
-            if len(result.accepted) >= fed.min_sites:
+            if len(got.contributors) >= fed.min_sites:
                 break
-            logger.error("round %d.%d: %d usable update(s), fewer than min_sites=%d; retrying.", stage + 1, round_index + 1, len(result.accepted), fed.min_sites)
+            logger.error("round %d.%d: %d usable update(s), fewer than min_sites=%d; retrying.", stage + 1, round_index + 1, len(got.contributors), fed.min_sites)
         else:
             raise FederationError(f"stage {stage + 1} round {round_index + 1}: fewer than {fed.min_sites} usable site updates in {ROUND_ATTEMPTS} attempts; the run stops here and resumes from the last completed round.")
-        tensors, totals = weighted_mean(result.accepted, sent, self._weights(stage, result.accepted))
+        tensors, _ = weighted_mean(got.accepted, sent, self._weights(stage, got.accepted, got.memory_only))
         if fed.privacy.enabled:
-            tensors = add_dp_noise(tensors, sent, fed.privacy.noise_multiplier, float(fed.privacy.clipping_norm), len(result.accepted), self.rng)
+            tensors = add_dp_noise(tensors, sent, fed.privacy.noise_multiplier, float(fed.privacy.clipping_norm), len(got.contributors), self.rng)
         load_wire(self.model, tensors)
+        sites = got.contributors
         return {
             "stage": stage,
             "stage_name": self.plan.stages[stage].name,
             "round": round_index,
             "attempts": attempt + 1,
-            "sites": [self._label(u.site) for u in result.accepted if sum(u.counts.values()) > 0],
-            "idle": [self._label(u.site) for u in result.accepted if sum(u.counts.values()) == 0],
-            "samples": {self._label(u.site): dict(u.counts) for u in result.accepted},
-            "adapter_samples": totals,
-            "loss": {self._label(u.site): u.loss for u in result.accepted},
-            "dropped": [{"site": self._label(site), "reason": reason} for site, reason in result.dropped],
-            "failed": failed,
-            "bytes_up": {self._label(u.site): u.bytes_up for u in result.accepted},
+            "secure_aggregation": fed.privacy.secure_aggregation,
+            "sites": [self._label(u.site) for u in sites if sum(u.counts.values()) > 0],
+            "idle": [self._label(u.site) for u in sites if sum(u.counts.values()) == 0],
+            "samples": {self._label(u.site): dict(u.counts) for u in sites},
+            "adapter_samples": {a: sum(int(u.counts.get(a, 0)) for u in sites) for a in adapters},
+            "loss": {self._label(u.site): u.loss for u in sites},
+            "dropped": [{"site": self._label(site), "reason": reason} for site, reason in got.dropped],
+            "failed": got.failed,
+            "bytes_up": {self._label(u.site): u.bytes_up for u in sites},
             "bytes_down_per_site": nbytes(sent),
         }
 
-    def _weights(self, stage: int, updates: list[SiteUpdate]) -> dict[str, dict[str, float]] | None:
-        """``federation.memory_weight: replay_ratio``: per replaying adapter, its sites' weights in the mean (None: sample counts)."""
+    def _collect(self, stage: int, round_index: int, attempt: int, sent: dict[str, np.ndarray], config: dict[str, Any]) -> RoundUpdates:
+        """Plain round: every site's tensors reach the server, which screens each before averaging."""
+        fed = self.config.federation
+        content = train_content(sent, config)
+        group = f"stage{stage}-round{round_index}-try{attempt}"
+        messages = [self.grid.create_message(content, MessageType.TRAIN, n, group) for n in sorted(self.sites)]
+        replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout_s))
+        updates, failed = self._parse(replies, sorted(self.sites))
+        result = screen(updates, sent, self.checks["base"], stage_adapters(self.plan, stage), fed.norm_outlier_factor)
+        return RoundUpdates(result.accepted, result.accepted, result.dropped, failed)
+
+    def _collect_secure(self, stage: int, round_index: int, attempt: int, sent: dict[str, np.ndarray], config: dict[str, Any]) -> RoundUpdates:
+        """SecAgg+ round: the server gets only the sum of the sites' weighted updates, read back as group means."""
+        fed = self.config.federation
+        nodes = sorted(self.sites)
+        slots, slot_of = self._slots(stage, nodes)
+        layout = SecureLayout.build(sent, slots, fed.privacy.secure_max_weight, fed.privacy.secure_clipping_range)
+        request = SecureRequest({n: config for n in nodes}, sent, layout, slot_of, self.checks["base"], stage_adapters(self.plan, stage),
+                                fed.round_timeout_s, stage * fed.rounds_per_stage + round_index + 1)
+        outcome = run_secure_round(self.grid, request)
+        site = {n: str(self.sites[n]["site"]) for n in nodes}
+        contributors = [SiteUpdate(site[r.node_id], r.node_id, {}, r.counts, r.base, r.loss, r.bytes_up) for r in outcome.replies]
+        groups = [SiteUpdate(name, -1, tensors, dict(counts), self.checks["base"]) for name, tensors, counts in outcome.groups]
+        answered = {r.node_id for r in outcome.replies} | set(outcome.dropped)
+        failed = []
+        for node in nodes:
+            if node not in answered:
+                self.sites.pop(node, None)  # asked again when it comes back
+                logger.error("site %s dropped out of the SecAgg+ round (no reply or an error reply).", self._label(site[node]))
+                failed.append({"site": self._label(site[node]), "error": "dropped out of the SecAgg+ round"})
+        return RoundUpdates(groups, contributors if groups else [], [(site[n], reason) for n, reason in outcome.dropped.items()], failed, {SLOT_NAMES[1]})
+
+    def _memory_only(self, phase: Any) -> set[str]:
+        """The sites that hold none of ``phase``'s new data (they only rehearse their memory)."""
+        return {s.name for s in self.config.federation.sites if not set(phase.domains) & set(s.data)}
+
+    def _replay_phases(self, stage: int) -> list[Any]:
+        """The phases of ``stage`` whose adapter is averaged with ``memory_weight: replay_ratio``."""
         fed, ratio = self.config.federation, self.config.run.rehearsal.ratio
         if fed.memory_weight != "replay_ratio" or not ratio > 0:
+            return []
+        return [phase for phase in self.plan.stages[stage].phases if phase.replay]
+
+    def _slots(self, stage: int, nodes: list[int]) -> tuple[dict[str, int], dict[int, dict[str, int]]]:
+        """SecAgg+ groups: per adapter how many (2 where memory-only sites weigh by replay ratio), per node its own."""
+        slots: dict[str, int] = {}
+        slot_of: dict[int, dict[str, int]] = {n: {} for n in nodes}
+        for phase in self._replay_phases(stage):
+            slots[phase.adapter] = 2
+            memory_only = self._memory_only(phase)
+            for node in nodes:
+                slot_of[node][phase.adapter] = int(self.sites[node]["site"] in memory_only)
+        return slots, slot_of
+
+    def _weights(self, stage: int, updates: list[SiteUpdate], memory_only: set[str] | None = None) -> dict[str, dict[str, float]] | None:
+        """``federation.memory_weight: replay_ratio``: per replaying adapter, its sites' weights in the mean (None: sample counts)."""
+        phases = self._replay_phases(stage)
+        if not phases:
             return None
-        weights = {}
-        for phase in self.plan.stages[stage].phases:
-            if phase.replay:
-                memory_only = {s.name for s in fed.sites if not set(phase.domains) & set(s.data)}
-                weights[phase.adapter] = replay_ratio_weights(updates, phase.adapter, memory_only, ratio)
-        return weights
+        ratio = self.config.run.rehearsal.ratio
+        return {p.adapter: replay_ratio_weights(updates, p.adapter, self._memory_only(p) if memory_only is None else memory_only, ratio) for p in phases}
 
     def _parse(self, replies: list[Message], asked: list[int]) -> tuple[list[SiteUpdate], list[dict[str, str]]]:
         updates, failed = [], []

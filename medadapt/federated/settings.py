@@ -81,15 +81,21 @@ class SiteSettings:
 
 @dataclass
 class PrivacySettings:
-    """Client-side differential privacy with fixed clipping (Flower's ``fixedclipping_mod``).
+    """Client-side differential privacy with fixed clipping, and secure aggregation (both Flower's own).
 
-    ``clipping_norm``: each site's update (new - received adapter tensors) is clipped to this L2 norm;
-    ``noise_multiplier``: the server adds Gaussian noise of std ``noise_multiplier * clipping_norm / n``
-    to the mean of ``n`` clipped updates. ``secure_aggregation`` is refused (see the README)."""
+    ``clipping_norm``: each site's update (new - received adapter tensors) is clipped to this L2 norm
+    (Flower's ``fixedclipping_mod``); ``noise_multiplier``: the server adds Gaussian noise of std
+    ``noise_multiplier * clipping_norm / n`` to the mean of ``n`` clipped updates.
+    ``secure_aggregation``: rounds run Flower's SecAgg+ (``secaggplus_mod`` + ``SecAggPlusWorkflow``),
+    so the server sees only the sum of the sites' weighted updates; each entry of a site's weighted
+    update (``samples / secure_max_weight`` times its change) must lie within ``secure_clipping_range``
+    (a site refuses otherwise: SecAgg+'s quantisation would clip it silently)."""
 
     clipping_norm: float | None = None
     noise_multiplier: float = 0.0
     secure_aggregation: bool = False
+    secure_clipping_range: float = 1.0
+    secure_max_weight: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.clipping_norm is not None and not self.clipping_norm > 0:
@@ -98,12 +104,12 @@ class PrivacySettings:
             raise ConfigError(f"federation.privacy.noise_multiplier must be >= 0, got {self.noise_multiplier!r}.")
         if self.noise_multiplier > 0 and self.clipping_norm is None:
             raise ConfigError("federation.privacy.noise_multiplier needs a clipping_norm (the noise is scaled by it).")
-        if self.secure_aggregation:
-            raise ConfigError(
-                "federation.privacy.secure_aggregation is not supported: Flower 1.42 offers SecAgg+ only through its "
-                "legacy workflow (secaggplus_mod + SecAggPlusWorkflow, bound to FitIns/FitRes and a legacy Strategy), "
-                "not on the Message API that medadapt's ServerApp/ClientApp use. See README 'Federated training'."
-            )
+        if not isinstance(self.secure_aggregation, bool):
+            raise ConfigError(f"federation.privacy.secure_aggregation must be true or false, got {self.secure_aggregation!r}.")
+        for key in ("secure_clipping_range", "secure_max_weight"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"federation.privacy.{key} must be a number > 0, got {value!r}.")
 
     @property
     def enabled(self) -> bool:
@@ -150,6 +156,8 @@ class FederationSettings:
             raise ConfigError(f"federation.sites lists site(s) {twice} more than once; each site must appear once.")
         if len(self.sites) < self.min_sites:
             raise ConfigError(f"federation lists {len(self.sites)} site(s), fewer than federation.min_sites={self.min_sites}.")
+        if self.privacy.secure_aggregation and self.min_sites < 2:
+            raise ConfigError("federation.privacy.secure_aggregation needs federation.min_sites >= 2: a sum over one site reveals that site's update.")
 
     def site(self, name: str) -> SiteSettings:
         """The site called ``name`` (a clear error lists the configured ones)."""
@@ -229,7 +237,7 @@ def _federation(raw: Any, run: RunConfig) -> FederationSettings:
         sites.append(SiteSettings(name=s.get("name"), data=s.get("data") or {}))
     privacy_raw = raw.pop("privacy", None) or {}
     if not isinstance(privacy_raw, dict) or set(privacy_raw) - {f.name for f in dataclasses.fields(PrivacySettings)}:
-        raise ConfigError(f"federation.privacy must be a mapping with keys clipping_norm, noise_multiplier, secure_aggregation, got {privacy_raw!r}.")
+        raise ConfigError(f"federation.privacy must be a mapping with keys {[f.name for f in dataclasses.fields(PrivacySettings)]}, got {privacy_raw!r}.")
     try:
         fed = FederationSettings(sites=sites, privacy=PrivacySettings(**privacy_raw), **raw)
     except TypeError as exc:
@@ -266,7 +274,7 @@ def load_federated_config(path: str | Path, overrides: list[str] | None = None) 
     if fed_raw is None:
         raise ConfigError(f"config file {path} has no `federation:` block; a federated run needs one (see README 'Federated training').")
     if fed_over:
-        fed_raw = {**fed_raw, **fed_over}
+        fed_raw = _merged(fed_raw, fed_over)
     run = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(extra).items()], defaults=data)
     return FederatedConfig(run=run, federation=_federation(fed_raw, run))
 
@@ -279,6 +287,14 @@ def federated_config_from_dict(data: dict[str, Any]) -> FederatedConfig:
         raise ConfigError("the config has no `federation:` block.")
     run = load_config(None, defaults=data)
     return FederatedConfig(run=run, federation=_federation(fed_raw, run))
+
+
+def _merged(base: Any, over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping by mapping (``federation.privacy.secure_aggregation=true`` keeps the other privacy keys)."""
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in over.items():
+        out[key] = _merged(out.get(key), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
