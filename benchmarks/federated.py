@@ -50,7 +50,8 @@ from benchmarks.harness import check, results_record, write_results  # noqa: E40
 
 CONFIG = ROOT / "recipes" / "configs" / "federated.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "federated.json"
-ROWS = ("centralized_rehearsal", "centralized_joint", "federated_fedavg", "federated_exact", "federated_naive", "federated_fedavg_fresh_optimizer", "federated_fedavg_sample_weights", "local_only")
+ROWS = ("centralized_rehearsal", "centralized_joint", "federated_fedavg", "federated_exact", "federated_naive", "federated_fedavg_fresh_optimizer", "federated_fedavg_sample_weights",
+        "federated_fedavg_secure", "local_only")
 
 
 @dataclass
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             ("federated_naive", lambda: federated({**cfg, "rehearsal": {**cfg["rehearsal"], "size": 0}}, runs / "federated_naive", aggregation="fedavg")),
             ("federated_fedavg_fresh_optimizer", lambda: federated(cfg, runs / "federated_fedavg_fresh_optimizer", aggregation="fedavg", keep_optimizer_state=False, memory_weight="samples")),
             ("federated_fedavg_sample_weights", lambda: federated(cfg, runs / "federated_fedavg_sample_weights", aggregation="fedavg", memory_weight="samples")),
+            ("federated_fedavg_secure", lambda: federated(cfg, runs / "federated_fedavg_secure", aggregation="fedavg", privacy={"secure_aggregation": True})),
             ("local_only", lambda: local_only(cfg, runs / "local_only")),
         ):
             t0 = time.perf_counter()
@@ -188,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                 if row == "federated_exact" and seed == seeds[0]:
                     traffic["exact_bytes_per_site_round"] = fed["bytes_up_per_site_round"]
                     traffic["exact_bytes_to_final"] = entry["bytes_total"]
+                if row == "federated_fedavg_secure" and seed == seeds[0]:
+                    traffic["secure_bytes_per_site_round"] = fed["bytes_up_per_site_round"]
+                    traffic["secure_wall_s"] = round(wall, 2)
             per_seed[row].append(entry)
             print(f"seed {seed} {row}: ACC {entry['acc']:.3f} BWT {entry['bwt']:+.3f} ({wall:.0f} s)", flush=True)
         stamps[f"seed{seed}"] = round(time.perf_counter() - tick, 2)
@@ -212,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     fresh, sample_weights, fedavg = (rows[r]["acc"] for r in ("federated_fedavg_fresh_optimizer", "federated_fedavg_sample_weights", "federated_fedavg"))
     targets["kept_optimizer_state_gain"] = check((">", 0.0), sample_weights - fresh, cause=f"FedAvg ACC {sample_weights:.3f} keeping each site's AdamW state vs {fresh:.3f} restarting it every round (both sample-weighted)")
     targets["replay_ratio_weight_gain"] = check((">", 0.0), fedavg - sample_weights, cause=f"FedAvg ACC {fedavg:.3f} with replay_ratio memory weights vs {sample_weights:.3f} with sample weights")
+    secure_gap = max(abs(a["acc"] - b["acc"]) for a, b in zip(per_seed["federated_fedavg_secure"], per_seed["federated_fedavg"]))
+    targets["secure_aggregation_acc_gap"] = check(("<=", 0.01), secure_gap, cause="largest per-seed |ACC(SecAgg+) - ACC(FedAvg)|: only SecAgg+'s quantisation differs")
+    traffic["secure_bytes_over_fedavg"] = traffic["secure_bytes_per_site_round"] / traffic["bytes_per_site_round"]
     bb = base_bytes()
     values = {
         "bytes_per_site_round": float(traffic["bytes_per_site_round"]),

@@ -421,6 +421,7 @@ FEDERATED_ROWS = [
     ("federated_naive", "federated naive (no rehearsal)"),
     ("federated_fedavg_fresh_optimizer", "FedAvg, optimizer restarted every round, sample weights (before the fix)"),
     ("federated_fedavg_sample_weights", "FedAvg, optimizer kept, sample weights"),
+    ("federated_fedavg_secure", "federated rehearsal, FedAvg under SecAgg+"),
     ("local_only", "local-only (mean of sites)"),
 ]
 
@@ -450,6 +451,10 @@ def render_federated(data: dict[str, Any], full: bool = True) -> str:
     comm = (f"Bytes sent per site per round (FedAvg): {per_round:,.0f} ({per_round / base:.2f}x the base's {base:,.0f}); "
             f"{(data.get('bytes_to_final') or 0) / 1e6:.1f} MB in all to the final ACC; "
             f"{data.get('quick_wall_s', 0):.0f} s per quick federated simulation run.") if base else ""
+    traffic = (data.get("measurements") or {}).get("traffic") or {}
+    if comm and traffic.get("secure_bytes_per_site_round"):
+        comm += (f" Under SecAgg+: {traffic['secure_bytes_per_site_round']:,.0f} bytes per site per round "
+                 f"({traffic.get('secure_bytes_over_fedavg', 0):.2f}x FedAvg's: masked 64-bit integers), {traffic.get('secure_wall_s', 0):.0f} s per run.")
     title = "## Federated continual training (Flower simulation, 3 sites)" + (" (quick: 1 seed)" if data.get("quick") else "")
     return "\n".join([title, "", table(["row", "ACC", "BWT", "ACC per seed"], rows), "",
                       table(["target", "value", "target", "pass"], targets), "", comm]).rstrip() + "\n"

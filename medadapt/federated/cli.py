@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. federation.rounds_per_stage=2 output_dir=runs/x")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints its own INFO lines; its DEBUG (every SecAgg+ stage) stays out
     try:
         from .extra import require_flwr
         from .settings import load_federated_config

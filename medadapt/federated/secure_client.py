@@ -64,7 +64,7 @@ def secure_train_reply(tensors: dict[str, Any], counts: dict[str, int], loss: fl
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 
 
-def _pack(msg: Message, reply: Message) -> Message:
+def pack_reply(msg: Message, reply: Message) -> Message:
     """Replace the plain trained tensors of ``reply`` by this site's weighted vector (:meth:`SecureLayout.pack`)."""
     if reply.has_error():
         return reply
@@ -84,7 +84,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Next) -> M
     """Flower's ``secaggplus_mod`` for SecAgg+ train messages (packing the trained tensors first); others pass."""
     if not (is_train(msg) and RECORD_KEY_CONFIGS in msg.content.config_records):
         return call_next(msg, context)
-    return secaggplus_mod(msg, context, lambda m, c: _pack(m, call_next(m, c)))
+    return secaggplus_mod(msg, context, lambda m, c: pack_reply(m, call_next(m, c)))
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: Next) -> Message:

@@ -117,6 +117,28 @@ class ScreeningGrid(Grid):
         return kept
 
 
+class SecAggPlus(SecAggPlusWorkflow):
+    """Flower's ``SecAggPlusWorkflow``, with a site that never answered the setup or key-sharing stage left out.
+
+    In Flower 1.42 the unmask stage treats every node *sampled at setup* that is not active as a
+    dropout whose masks must be removed, and asks the others for their shares of its key. A node
+    that died before it shared keys has no such shares (no mask was ever made with it), so the other
+    sites fail with a missing share and the whole round halts. Narrowing the sampled set to the nodes
+    that completed the key sharing keeps the protocol's dropout recovery for the sites that die later
+    (their masks are in the sum and are removed from their neighbours' shares).
+    """
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:  # noqa: D102 - Flower's stage
+        ok = super().setup_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return ok
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:  # noqa: D102
+        ok = super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return ok
+
+
 @dataclass
 class SecureRequest:
     """One secure round: per node its train config, the tensors sent, the layout and per node its slots."""
@@ -185,7 +207,7 @@ def run_secure_round(grid: Grid, request: SecureRequest) -> SecureOutcome:
     from flwr.compat.common import recorddict_compat as compat
 
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
-    workflow = SecAggPlusWorkflow(
+    workflow = SecAggPlus(
         num_shares=1.0,  # every site is every other site's neighbour (cross-silo: a handful of hospitals)
         reconstruction_threshold=max(2, len(nodes) // 2 + 1),  # a majority: the server never gets both secrets of a site
         max_weight=1.0,  # each site's weight travels inside its vector (per adapter), so SecAgg+'s own weight is 1

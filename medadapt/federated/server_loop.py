@@ -67,7 +67,7 @@ class FederatedServer:
         new = sorted(nodes - set(self.sites))
         if not new:
             return
-        messages = [self.grid.create_message(query_content(self.checks), MessageType.QUERY, n, "hello") for n in new]
+        messages = [Message(query_content(self.checks), dst_node_id=n, message_type=MessageType.QUERY, group_id="hello") for n in new]
         for reply in self.grid.send_and_receive(messages, timeout=self.config.federation.round_timeout_s):
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -112,7 +112,8 @@ class FederatedServer:
         if fed.privacy.enabled:
             tensors = add_dp_noise(tensors, sent, fed.privacy.noise_multiplier, float(fed.privacy.clipping_norm), len(got.contributors), self.rng)
         load_wire(self.model, tensors)
-        sites = got.contributors
+        order = [s.name for s in fed.sites]
+        sites = sorted(got.contributors, key=lambda u: order.index(u.site) if u.site in order else len(order))
         return {
             "stage": stage,
             "stage_name": self.plan.stages[stage].name,
@@ -135,7 +136,7 @@ class FederatedServer:
         fed = self.config.federation
         content = train_content(sent, config)
         group = f"stage{stage}-round{round_index}-try{attempt}"
-        messages = [self.grid.create_message(content, MessageType.TRAIN, n, group) for n in sorted(self.sites)]
+        messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN, group_id=group) for n in sorted(self.sites)]
         replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout_s))
         updates, failed = self._parse(replies, sorted(self.sites))
         result = screen(updates, sent, self.checks["base"], stage_adapters(self.plan, stage), fed.norm_outlier_factor)
@@ -178,8 +179,10 @@ class FederatedServer:
         slots: dict[str, int] = {}
         slot_of: dict[int, dict[str, int]] = {n: {} for n in nodes}
         for phase in self._replay_phases(stage):
-            slots[phase.adapter] = 2
             memory_only = self._memory_only(phase)
+            if not any(self.sites[node]["site"] in memory_only for node in nodes):
+                continue  # every connected site holds new data: one group, half the bytes
+            slots[phase.adapter] = 2
             for node in nodes:
                 slot_of[node][phase.adapter] = int(self.sites[node]["site"] in memory_only)
         return slots, slot_of
@@ -227,7 +230,7 @@ class FederatedServer:
                 logger.error("no connected site holds domain %r; its accuracy after stage %d is unknown (NaN).", d, stage + 1)
         everything = wire_tensors(self.model, trainable_adapters(self.plan), everything=True)
         messages = [
-            self.grid.create_message(evaluate_content(everything, {v: {d: m[d] for d in ds} for v, m in views.items()}, self.checks), MessageType.EVALUATE, n, f"eval{stage}")
+            Message(evaluate_content(everything, {v: {d: m[d] for d in ds} for v, m in views.items()}, self.checks), dst_node_id=n, message_type=MessageType.EVALUATE, group_id=f"eval{stage}")
             for n, ds in assigned.items()
         ]
         values: dict[str, float] = {}
