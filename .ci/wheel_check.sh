@@ -19,7 +19,7 @@ python - <<'PY'
 import pathlib, medadapt
 root = pathlib.Path(medadapt.__file__).parent
 assert "site-packages" in str(root), f"medadapt imported from {root}, not from the installed wheel"
-for shipped in ("py.typed", "configs/demo.yaml", "configs/synthetic.yaml", "demo/medical_demo.npz", "hub_cards/medadapt_card.md"):
+for shipped in ("py.typed", "configs/demo.yaml", "configs/synthetic.yaml", "demo/medical_demo.npz", "hub_cards/medadapt_card.md", "federated/app/pyproject.toml"):
     assert (root / shipped).is_file(), f"the wheel lacks medadapt/{shipped}"
 print("wheel contents ok:", root)
 PY

@@ -3,6 +3,7 @@ Flower ClientApp; only adapter tensors travel; each site keeps its data and rehe
 
     python recipes/federated.py --config recipes/configs/federated.yaml
     python recipes/federated.py --config recipes/configs/federated.yaml federation.aggregation=ffa_lora output_dir=runs/fed_exact
+    python recipes/federated.py --config recipes/configs/federated.yaml --runtime loopback   # Flower's deployment runtime on 127.0.0.1
 
 Outputs in output_dir: results.json, accuracy_matrix.png, report.md and a medadapt save (manifest +
 stage folders). Restarting the same command resumes after the last completed round.

@@ -99,6 +99,39 @@ def test_missing_flwr_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         extra.require_flwr()
 
 
+def test_the_recipes_flower_app_is_the_one_the_package_ships() -> None:
+    from medadapt.federated.loopback import APP_DIR
+
+    app = Path(__file__).resolve().parent.parent / "recipes" / "federated_app" / "pyproject.toml"
+    assert app.resolve() == (APP_DIR / "pyproject.toml").resolve()
+    text = app.read_text()
+    assert 'serverapp = "medadapt.federated.server_app:app"' in text and 'clientapp = "medadapt.federated.client_app:app"' in text
+
+
+def test_loopback_writes_one_effective_config_for_the_server_and_every_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from medadapt.federated import load_federated_config
+    from medadapt.federated.loopback import LoopbackFederation, flower_tool
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(Path("runs/fed"), domains=1)
+    (tmp_path / "fed.yaml").write_text(yaml.safe_dump(cfg))
+    overrides = ["federation.aggregation=exact", "federation.privacy.secure_aggregation=true"]
+    fed = LoopbackFederation("fed.yaml", overrides)  # nothing starts before start()
+    assert fed.workdir == tmp_path / "runs" / "fed.loopback" and not fed.processes
+    written = yaml.safe_load(fed.config_path.read_text())
+    assert written["output_dir"] == str(tmp_path / "runs" / "fed")  # absolute: the ServerApp runs elsewhere
+    assert written["federation"]["aggregation"] == "exact" and written["federation"]["privacy"]["secure_aggregation"] is True
+    assert fed.config.fingerprint() == load_federated_config("fed.yaml", overrides).fingerprint()  # sites and server agree
+    assert f'address = "127.0.0.1:{fed.control}"' in (fed.workdir / "flwr-home" / "config.toml").read_text()
+    assert fed.sites == ["hospital-0", "hospital-1", "hospital-2"] and len(set(fed.site_ports + [fed.control])) == 4
+    with pytest.raises(FederationError, match="medadapt\\[federated\\]"):
+        flower_tool("flower-no-such-command")
+    with pytest.raises(ConfigError, match="unknown"):
+        LoopbackFederation("fed.yaml", ["federation.aggregation=fedprox"])
+
+
 def test_yaml_block_of_the_issue_loads(tmp_path: Path) -> None:
     from medadapt.federated import load_federated_config
 

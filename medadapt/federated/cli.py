@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     """Parse arguments, run the simulation, print ACC/BWT; returns the exit status."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=str, default=str(default_config) if default_config else None, help="run config YAML with a federation: block")
+    parser.add_argument("--runtime", choices=("inprocess", "loopback"), default="inprocess",
+                        help="inprocess: every site a ClientApp in this process (seconds to start); loopback: Flower's deployment runtime on "
+                             "this machine, a SuperLink and one SuperNode per site as processes on 127.0.0.1 and `flwr run`")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. federation.rounds_per_stage=2 output_dir=runs/x")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -27,9 +30,14 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
         if not args.config:
             raise MedAdaptError("give --config (a run config with a federation: block).")
         config = load_federated_config(args.config, args.overrides)
-        from .simulation import run_simulation
+        if args.runtime == "loopback":
+            from .loopback import LoopbackFederation
 
-        results = run_simulation(config)
+            results = LoopbackFederation(args.config, args.overrides, echo=print).run()
+        else:
+            from .simulation import run_simulation
+
+            results = run_simulation(config)
     except MedAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

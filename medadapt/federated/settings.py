@@ -274,7 +274,7 @@ def load_federated_config(path: str | Path, overrides: list[str] | None = None) 
     if fed_raw is None:
         raise ConfigError(f"config file {path} has no `federation:` block; a federated run needs one (see README 'Federated training').")
     if fed_over:
-        fed_raw = _merged(fed_raw, fed_over)
+        fed_raw = merged_mapping(fed_raw, fed_over)
     run = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(extra).items()], defaults=data)
     return FederatedConfig(run=run, federation=_federation(fed_raw, run))
 
@@ -289,11 +289,11 @@ def federated_config_from_dict(data: dict[str, Any]) -> FederatedConfig:
     return FederatedConfig(run=run, federation=_federation(fed_raw, run))
 
 
-def _merged(base: Any, over: dict[str, Any]) -> dict[str, Any]:
+def merged_mapping(base: Any, over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``base``, mapping by mapping (``federation.privacy.secure_aggregation=true`` keeps the other privacy keys)."""
     out = dict(base) if isinstance(base, dict) else {}
     for key, value in over.items():
-        out[key] = _merged(out.get(key), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merged_mapping(out.get(key), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
