@@ -26,6 +26,8 @@ require_flwr()
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.common import FitIns, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key  # noqa: E402
+from flwr.compat.common import recorddict_compat as compat  # noqa: E402
+from flwr.server.client_manager import SimpleClientManager  # noqa: E402
 from flwr.server.compat.grid_client_proxy import GridClientProxy  # noqa: E402
 from flwr.server.compat.legacy_context import LegacyContext  # noqa: E402
 from flwr.server.strategy import Strategy  # noqa: E402
@@ -46,10 +48,9 @@ QUANTIZATION_RANGE = 2**22  # Flower's default: n sites' quantised sums stay bel
 class RoundStrategy(Strategy):
     """The legacy ``Strategy`` SecAgg+ needs: hands out ``fitins`` per node and keeps the secure mean it is given."""
 
-    def __init__(self, fitins: dict[int, FitIns], grid: Grid, run_id: int) -> None:
+    def __init__(self, fitins: dict[int, FitIns], proxies: dict[int, GridClientProxy]) -> None:
         self.fitins = fitins
-        self.grid = grid
-        self.run_id = run_id
+        self.proxies = proxies
         self.mean: list[np.ndarray] | None = None
         self.replies: list[SiteReply] = []
 
@@ -57,7 +58,7 @@ class RoundStrategy(Strategy):
         return None
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:  # noqa: D102
-        return [(GridClientProxy(node, self.grid, self.run_id), ins) for node, ins in sorted(self.fitins.items())]
+        return [(self.proxies[node], ins) for node, ins in sorted(self.fitins.items())]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, Any]], failures: list[Any]) -> tuple[None, dict[str, Any]]:  # noqa: D102
         if results:
@@ -201,11 +202,13 @@ def run_secure_round(grid: Grid, request: SecureRequest) -> SecureOutcome:
         node: FitIns(params, {**request.configs[node], LAYOUT_KEY: request.layout.to_json(), SLOTS_KEY: json.dumps(request.slots.get(node, {}))})
         for node in nodes
     }
-    strategy = RoundStrategy(fitins, screening, run_id)
-    context = LegacyContext(Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=strategy)
+    proxies = {node: GridClientProxy(node, screening, run_id) for node in nodes}
+    clients = SimpleClientManager()
+    for proxy in proxies.values():
+        clients.register(proxy)
+    strategy = RoundStrategy(fitins, proxies)
+    context = LegacyContext(Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=strategy, client_manager=clients)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: request.round_number})
-    from flwr.compat.common import recorddict_compat as compat
-
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
     workflow = SecAggPlus(
         num_shares=1.0,  # every site is every other site's neighbour (cross-silo: a handful of hospitals)
