@@ -325,7 +325,8 @@ def test_poisoned_updates_are_dropped_logged_and_never_averaged(tmp_path: Path, 
     assert all(np.isfinite(t.numpy()).all() and np.abs(t.numpy()).max() < 100 for t in model.adapter_state_dict("shared").values())
 
 
-def test_a_site_with_another_base_refuses_with_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("privacy", [{}, {"secure_aggregation": True}], ids=["plain", "secagg"])
+def test_a_site_with_another_base_refuses_with_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture, privacy: dict[str, Any]) -> None:
     from medadapt.federated import client_app
 
     def other_base(msg: Any, ctx: Any, call_next: Any) -> Any:
@@ -333,7 +334,7 @@ def test_a_site_with_another_base_refuses_with_a_clear_message(tmp_path: Path, c
         return call_next(msg, ctx)
 
     with caplog.at_level(logging.ERROR):
-        results = simulate(tiny_config(tmp_path / "run", domains=1, rounds=1), mods={"hospital-1": [other_base]})
+        results = simulate(tiny_config(tmp_path / "run", domains=1, rounds=1, privacy=privacy), mods={"hospital-1": [other_base]})
     assert "refuses the round: the server's base model" in caplog.text
     assert results["federation"]["rounds"][0]["sites"] == ["site-1", "site-3"]
 
