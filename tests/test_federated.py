@@ -117,12 +117,13 @@ def test_loopback_writes_one_effective_config_for_the_server_and_every_site(tmp_
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(Path("runs/fed"), domains=1)
     (tmp_path / "fed.yaml").write_text(yaml.safe_dump(cfg))
-    overrides = ["federation.aggregation=exact", "federation.privacy.secure_aggregation=true"]
+    overrides = ["federation.aggregation=exact", "federation.privacy.secure_aggregation=true", "domains.xray.data.seed=3"]
     fed = LoopbackFederation("fed.yaml", overrides)  # nothing starts before start()
     assert fed.workdir == tmp_path / "runs" / "fed.loopback" and not fed.processes
     written = yaml.safe_load(fed.config_path.read_text())
     assert written["output_dir"] == str(tmp_path / "runs" / "fed")  # absolute: the ServerApp runs elsewhere
     assert written["federation"]["aggregation"] == "exact" and written["federation"]["privacy"]["secure_aggregation"] is True
+    assert isinstance(written["domains"], list) and written["domains"][0]["data"]["seed"] == 3  # a list item picked by name, as in a run
     assert fed.config.fingerprint() == load_federated_config("fed.yaml", overrides).fingerprint()  # sites and server agree
     assert f'address = "127.0.0.1:{fed.control}"' in (fed.workdir / "flwr-home" / "config.toml").read_text()
     assert fed.sites == ["hospital-0", "hospital-1", "hospital-2"] and len(set(fed.site_ports + [fed.control])) == 4

@@ -29,14 +29,17 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
         require_flwr()
         if not args.config:
             raise MedAdaptError("give --config (a run config with a federation: block).")
-        config = load_federated_config(args.config, args.overrides)
         if args.runtime == "loopback":
             from .loopback import LoopbackFederation
 
-            results = LoopbackFederation(args.config, args.overrides, echo=print).run()
+            federation = LoopbackFederation(args.config, args.overrides, echo=print)  # checks the config before any process starts
+            output_dir = str(federation.output_dir)
+            results = federation.run()
         else:
             from .simulation import run_simulation
 
+            config = load_federated_config(args.config, args.overrides)
+            output_dir = config.run.output_dir
             results = run_simulation(config)
     except MedAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -44,5 +47,5 @@ def main(argv: list[str] | None = None, default_config: str | Path | None = None
     summary = {k: results[k] for k in ("acc", "bwt", "forgetting", "wall_time_s")}
     summary["rounds"] = results["federation"]["completed_rounds"]
     print(json.dumps(summary, indent=1))
-    print(f"outputs in {config.run.output_dir}")
+    print(f"outputs in {output_dir}")
     return 0

@@ -24,8 +24,8 @@ import yaml
 
 from .._io import atomic_write_bytes, read_json_file
 from ..errors import FederationError
-from ..training.config import parse_overrides, read_config_file
-from .settings import FederatedConfig, load_federated_config, merged_mapping
+from ..training.config import merge_config, parse_overrides, read_config_file
+from .settings import FederatedConfig, load_federated_config
 from .simulation import site_state_root
 
 APP_DIR = Path(__file__).parent / "app"
@@ -56,7 +56,7 @@ def flower_tool(name: str) -> str:
 def effective_config(path: str | Path, overrides: list[str], config: FederatedConfig, workdir: Path) -> Path:
     """Write ``path`` with ``overrides`` applied (``config``, already loaded from them) and ``output_dir`` made
     absolute into ``workdir``; every process reads that one file, so the server and the sites agree on its fingerprint."""
-    raw = merged_mapping(read_config_file(path), parse_overrides(overrides))
+    raw = merge_config(read_config_file(path), parse_overrides(overrides))
     raw["output_dir"] = str(Path(config.run.output_dir).resolve())
     out = workdir / "federated.yaml"
     atomic_write_bytes(out, yaml.safe_dump(raw, sort_keys=False).encode())
@@ -82,9 +82,9 @@ class LoopbackFederation:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.config_path = effective_config(config, overrides, loaded, self.workdir)
-        self.config = load_federated_config(self.config_path)
+        self.config = loaded
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else Path.cwd()
-        self.output_dir = Path(self.config.run.output_dir)
+        self.output_dir = out
         self.timeout_s = float(timeout_s)
         self.echo = echo
         self.sites = [s.name for s in self.config.federation.sites]

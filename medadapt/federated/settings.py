@@ -17,7 +17,7 @@ from typing import Any
 
 
 from ..errors import ConfigError
-from ..training.config import RunConfig, load_config, parse_overrides, read_config_file
+from ..training.config import RunConfig, load_config, merge_config, parse_overrides, read_config_file
 
 AGGREGATIONS = ("fedavg", "ffa_lora")
 """``fedavg``: sample-weighted mean of every adapter tensor (LoRA A and B averaged separately, as
@@ -268,15 +268,9 @@ def _check_data_block(config: FederatedConfig, site: str, domain: str) -> None:
 def load_federated_config(path: str | Path, overrides: list[str] | None = None) -> FederatedConfig:
     """Read a run config with a ``federation:`` block (``overrides`` like ``federation.rounds_per_stage=2``)."""
     data = read_config_file(path)
-    extra = parse_overrides(overrides or [])
-    fed_raw = copy.deepcopy(data.pop("federation", None))
-    fed_over = extra.pop("federation", None)
-    if fed_raw is None:
+    if data.get("federation") is None:
         raise ConfigError(f"config file {path} has no `federation:` block; a federated run needs one (see README 'Federated training').")
-    if fed_over:
-        fed_raw = merged_mapping(fed_raw, fed_over)
-    run = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(extra).items()], defaults=data)
-    return FederatedConfig(run=run, federation=_federation(fed_raw, run))
+    return federated_config_from_dict(merge_config(data, parse_overrides(overrides or [])))
 
 
 def federated_config_from_dict(data: dict[str, Any]) -> FederatedConfig:
@@ -287,21 +281,3 @@ def federated_config_from_dict(data: dict[str, Any]) -> FederatedConfig:
         raise ConfigError("the config has no `federation:` block.")
     run = load_config(None, defaults=data)
     return FederatedConfig(run=run, federation=_federation(fed_raw, run))
-
-
-def merged_mapping(base: Any, over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, mapping by mapping (``federation.privacy.secure_aggregation=true`` keeps the other privacy keys)."""
-    out = dict(base) if isinstance(base, dict) else {}
-    for key, value in over.items():
-        out[key] = merged_mapping(out.get(key), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -337,13 +337,13 @@ def _list_index(items: list[Any], key: str) -> int | None:
     return names.index(key) if key in names else None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``extra`` into ``base``; in lists, ``domains.0.x`` or ``domains.<name>.x`` picks one item."""
     merged = dict(base)
     for key, value in extra.items():
         current = merged.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
-            merged[key] = _merge(current, value)
+            merged[key] = merge_config(current, value)
         elif isinstance(value, dict) and isinstance(current, list) and value and all(isinstance(k, str) for k in value):
             items = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in current]
             for sub, subvalue in value.items():
@@ -352,7 +352,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
                     names = [i.get("name") for i in items if isinstance(i, dict)]
                     raise ConfigError(f"override {key}.{sub}: no item {sub!r} in {key}; use an index 0..{len(items) - 1} or a name {names}.")
                 if isinstance(subvalue, dict) and isinstance(items[index], dict):
-                    items[index] = _merge(items[index], subvalue)
+                    items[index] = merge_config(items[index], subvalue)
                 else:
                     items[index] = subvalue
             merged[key] = items
@@ -379,6 +379,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML config (or ``defaults``), apply overrides, validate, and return a :class:`RunConfig`."""
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
-        data = _merge(data, read_config_file(path))
-    data = _merge(data, parse_overrides(overrides or []))
+        data = merge_config(data, read_config_file(path))
+    data = merge_config(data, parse_overrides(overrides or []))
     return _build(RunConfig, data, "")
