@@ -124,7 +124,7 @@ def test_loopback_writes_one_effective_config_for_the_server_and_every_site(tmp_
     assert written["output_dir"] == str(tmp_path / "runs" / "fed")  # absolute: the ServerApp runs elsewhere
     assert written["federation"]["aggregation"] == "exact" and written["federation"]["privacy"]["secure_aggregation"] is True
     assert isinstance(written["domains"], list) and written["domains"][0]["data"]["seed"] == 3  # a list item picked by name, as in a run
-    assert fed.config.fingerprint() == load_federated_config("fed.yaml", overrides).fingerprint()  # sites and server agree
+    assert load_federated_config(fed.config_path).fingerprint() == load_federated_config("fed.yaml", overrides).fingerprint()  # sites and server agree
     assert f'address = "127.0.0.1:{fed.control}"' in (fed.workdir / "flwr-home" / "config.toml").read_text()
     assert fed.sites == ["hospital-0", "hospital-1", "hospital-2"] and len(set(fed.site_ports + [fed.control])) == 4
     with pytest.raises(FederationError, match="medadapt\\[federated\\]"):
