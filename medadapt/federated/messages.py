@@ -8,7 +8,6 @@ sample counts, the training loss, metrics and its base fingerprint; never data o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -98,23 +97,11 @@ SLOTS_KEY = "secure-slots"
 DIGEST_KEY = "secure-layout-digest"
 
 
-@dataclass
-class SiteReply:
-    """What a site's masked reply tells in clear: its counts per adapter, loss and base fingerprint."""
-
-    node_id: int
-    counts: dict[str, int]
-    loss: float
-    base: str
-    layout: str
-    bytes_up: int = 0
-
-
 def clear_metrics(counts: Mapping[str, int], loss: float, base: str, layout_digest: str) -> dict[str, Any]:
     """The FitRes metrics a site sends in clear beside its masked vector (SecAgg+ rounds)."""
     return {"train-loss": float(loss), "base": base, DIGEST_KEY: layout_digest, **{f"{NUM_EXAMPLES}.{k}": int(v) for k, v in counts.items()}}
 
 
-def read_clear_metrics(node: int, metrics: dict[str, Any]) -> SiteReply:
-    """:func:`clear_metrics` read back (missing parts read as empty)."""
-    return SiteReply(node, counts_of(metrics), float(metrics.get("train-loss", 0.0) or 0.0), str(metrics.get("base", "")), str(metrics.get(DIGEST_KEY, "")))
+def read_clear_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, int], float, str, str]:
+    """(counts per adapter, loss, base fingerprint, layout digest) of :func:`clear_metrics`; missing parts read as empty."""
+    return counts_of(metrics), float(metrics.get("train-loss", 0.0) or 0.0), str(metrics.get("base", "")), str(metrics.get(DIGEST_KEY, ""))

@@ -72,7 +72,7 @@ def pack_reply(msg: Message, reply: Message) -> Message:
     layout = SecureLayout.from_json(str(fitins.config.get(LAYOUT_KEY, "")))
     slots = {str(k): int(v) for k, v in json.loads(str(fitins.config.get(SLOTS_KEY, "{}"))).items()}
     fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
-    counts = read_clear_metrics(0, dict(fitres.metrics)).counts
+    counts = read_clear_metrics(fitres.metrics)[0]
     vector = layout.pack(parameters_to_ndarrays(fitres.parameters), parameters_to_ndarrays(fitins.parameters), counts, slots)
     fitres.parameters = ndarrays_to_parameters(vector)
     fitres.num_examples = 1  # SecAgg+'s own weight; the real ones travel inside the vector

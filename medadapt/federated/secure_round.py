@@ -37,7 +37,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
 from ..errors import FederationError  # noqa: E402
-from .messages import LAYOUT_KEY, SLOTS_KEY, SiteReply, read_clear_metrics  # noqa: E402
+from .messages import LAYOUT_KEY, SLOTS_KEY, read_clear_metrics  # noqa: E402
+from .screening import SiteUpdate  # noqa: E402
 from .secure_layout import SecureLayout  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class RoundStrategy(Strategy):
         self.fitins = fitins
         self.proxies = proxies
         self.mean: list[np.ndarray] | None = None
-        self.replies: list[SiteReply] = []
+        self.metrics: dict[int, dict[str, Any]] = {}
 
     def initialize_parameters(self, client_manager: Any) -> None:  # noqa: D102 - the Strategy interface
         return None
@@ -63,7 +64,7 @@ class RoundStrategy(Strategy):
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, Any]], failures: list[Any]) -> tuple[None, dict[str, Any]]:  # noqa: D102
         if results:
             self.mean = parameters_to_ndarrays(results[0][1].parameters)
-            self.replies = [read_clear_metrics(proxy.node_id, dict(res.metrics)) for proxy, res in results]
+            self.metrics = {proxy.node_id: dict(res.metrics) for proxy, res in results}
         return None, {}
 
     def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list[Any]:  # noqa: D102
@@ -142,9 +143,10 @@ class SecAggPlus(SecAggPlusWorkflow):
 
 @dataclass
 class SecureRequest:
-    """One secure round: per node its train config, the tensors sent, the layout and per node its slots."""
+    """One secure round: the sites (node id -> name), the train config, the tensors sent, the layout and per node its slots."""
 
-    configs: dict[int, dict[str, Any]]
+    sites: dict[int, str]
+    config: dict[str, Any]
     sent: dict[str, np.ndarray]
     layout: SecureLayout
     slots: dict[int, dict[str, int]]
@@ -156,10 +158,10 @@ class SecureRequest:
 
 @dataclass
 class SecureOutcome:
-    """The secure sum read back as group means, the sites that were summed (clear parts) and those dropped."""
+    """The secure sum read back as group means, the sites that were summed (their clear parts; no tensors) and those dropped."""
 
     groups: list[tuple[str, dict[str, np.ndarray], dict[str, float]]] = field(default_factory=list)
-    replies: list[SiteReply] = field(default_factory=list)
+    replies: list[SiteUpdate] = field(default_factory=list)
     dropped: dict[int, str] = field(default_factory=dict)
 
 
@@ -168,14 +170,13 @@ def secure_problem(request: SecureRequest) -> Callable[[int, Message], str | Non
     expected = [(1,)] + request.layout.vector_shapes()
 
     def problem(node: int, reply: Message) -> str | None:
-        metrics = dict(reply.content.config_records.get("fitres.metrics", {}))
-        clear = read_clear_metrics(node, metrics)
-        if clear.base != request.base:
-            return f"base fingerprint {clear.base[:12]!r} differs from the server's {request.base[:12]!r}"
-        if clear.layout != request.layout.digest():
+        counts, _, base, layout = read_clear_metrics(reply.content.config_records.get("fitres.metrics", {}))
+        if base != request.base:
+            return f"base fingerprint {base[:12]!r} differs from the server's {request.base[:12]!r}"
+        if layout != request.layout.digest():
             return "its masked vector follows another layout than the one sent"
-        if set(clear.counts) - set(request.adapters) or any(not isinstance(v, int) or v < 0 for v in clear.counts.values()):
-            return f"sample counts {clear.counts} are not non-negative integers for this round's adapters {request.adapters}"
+        if set(counts) - set(request.adapters) or any(not isinstance(v, int) or v < 0 for v in counts.values()):
+            return f"sample counts {counts} are not non-negative integers for this round's adapters {request.adapters}"
         try:
             shapes = [tuple(bytes_to_ndarray(b).shape) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
         except (ValueError, TypeError) as exc:
@@ -189,7 +190,7 @@ def secure_problem(request: SecureRequest) -> Callable[[int, Message], str | Non
 
 def run_secure_round(grid: Grid, request: SecureRequest) -> SecureOutcome:
     """Run SecAgg+ for one round over ``grid``; an empty ``groups`` means the protocol halted (too few sites)."""
-    nodes = sorted(request.configs)
+    nodes = sorted(request.sites)
     if len(nodes) < 2:
         raise FederationError(f"secure aggregation needs at least 2 sites in a round; {len(nodes)} connected.")
     screening = ScreeningGrid(grid, secure_problem(request))
@@ -199,7 +200,7 @@ def run_secure_round(grid: Grid, request: SecureRequest) -> SecureOutcome:
         run_id = 0
     params = ndarrays_to_parameters([request.sent[n] for n in request.layout.names])
     fitins = {
-        node: FitIns(params, {**request.configs[node], LAYOUT_KEY: request.layout.to_json(), SLOTS_KEY: json.dumps(request.slots.get(node, {}))})
+        node: FitIns(params, {**request.config, LAYOUT_KEY: request.layout.to_json(), SLOTS_KEY: json.dumps(request.slots.get(node, {}))})
         for node in nodes
     }
     proxies = {node: GridClientProxy(node, screening, run_id) for node in nodes}
@@ -222,7 +223,9 @@ def run_secure_round(grid: Grid, request: SecureRequest) -> SecureOutcome:
     outcome = SecureOutcome(dropped=dict(screening.dropped))
     if strategy.mean is None:
         return outcome
-    total = [np.asarray(a, np.float64) * len(strategy.replies) for a in strategy.mean]  # the workflow divides by the number of sites
+    total = [np.asarray(a, np.float64) * len(strategy.metrics) for a in strategy.mean]  # the workflow divides by the number of sites
     outcome.groups = request.layout.group_means(total, request.sent)
-    outcome.replies = [SiteReply(r.node_id, r.counts, r.loss, r.base, r.layout, screening.bytes_up.get(r.node_id, 0)) for r in strategy.replies]
+    for node, metrics in strategy.metrics.items():
+        counts, loss, base, _ = read_clear_metrics(metrics)
+        outcome.replies.append(SiteUpdate(request.sites[node], node, {}, counts, base, loss, screening.bytes_up.get(node, 0)))
     return outcome

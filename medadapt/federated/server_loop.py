@@ -148,11 +148,10 @@ class FederatedServer:
         nodes = sorted(self.sites)
         slots, slot_of = self._slots(stage, nodes)
         layout = SecureLayout.build(sent, slots, fed.privacy.secure_max_weight, fed.privacy.secure_clipping_range)
-        request = SecureRequest({n: config for n in nodes}, sent, layout, slot_of, self.checks["base"], stage_adapters(self.plan, stage),
+        site = {n: str(self.sites[n]["site"]) for n in nodes}
+        request = SecureRequest(site, config, sent, layout, slot_of, self.checks["base"], stage_adapters(self.plan, stage),
                                 fed.round_timeout_s, stage * fed.rounds_per_stage + round_index + 1)
         outcome = run_secure_round(self.grid, request)
-        site = {n: str(self.sites[n]["site"]) for n in nodes}
-        contributors = [SiteUpdate(site[r.node_id], r.node_id, {}, r.counts, r.base, r.loss, r.bytes_up) for r in outcome.replies]
         groups = [SiteUpdate(name, -1, tensors, dict(counts), self.checks["base"]) for name, tensors, counts in outcome.groups]
         answered = {r.node_id for r in outcome.replies} | set(outcome.dropped)
         failed = []
@@ -161,7 +160,7 @@ class FederatedServer:
                 self.sites.pop(node, None)  # asked again when it comes back
                 logger.error("site %s dropped out of the SecAgg+ round (no reply or an error reply).", self._label(site[node]))
                 failed.append({"site": self._label(site[node]), "error": "dropped out of the SecAgg+ round"})
-        return RoundUpdates(groups, contributors if groups else [], [(site[n], reason) for n, reason in outcome.dropped.items()], failed, {SLOT_NAMES[1]})
+        return RoundUpdates(groups, outcome.replies if groups else [], [(site[n], reason) for n, reason in outcome.dropped.items()], failed, {SLOT_NAMES[1]})
 
     def _memory_only(self, phase: Any) -> set[str]:
         """The sites that hold none of ``phase``'s new data (they only rehearse their memory)."""
