@@ -68,12 +68,11 @@ def pack_reply(msg: Message, reply: Message) -> Message:
     """Replace the plain trained tensors of ``reply`` by this site's weighted vector (:meth:`SecureLayout.pack`)."""
     if reply.has_error():
         return reply
-    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    layout = SecureLayout.from_json(str(fitins.config.get(LAYOUT_KEY, "")))
-    slots = {str(k): int(v) for k, v in json.loads(str(fitins.config.get(SLOTS_KEY, "{}"))).items()}
+    config, received, layout = secure_train_request(msg.content)
+    slots = {str(k): int(v) for k, v in json.loads(str(config.get(SLOTS_KEY, "{}"))).items()}
     fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
     counts = read_clear_metrics(fitres.metrics)[0]
-    vector = layout.pack(parameters_to_ndarrays(fitres.parameters), parameters_to_ndarrays(fitins.parameters), counts, slots)
+    vector = layout.pack(parameters_to_ndarrays(fitres.parameters), [received[n] for n in layout.names], counts, slots)
     fitres.parameters = ndarrays_to_parameters(vector)
     fitres.num_examples = 1  # SecAgg+'s own weight; the real ones travel inside the vector
     reply.content = compat.fitres_to_recorddict(fitres, keep_input=True)

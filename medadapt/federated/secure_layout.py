@@ -89,12 +89,14 @@ class SecureLayout:
             mine = int(slot_of.get(adapter, 0))
             if not 0 <= mine < slots:
                 raise FederationError(f"secure aggregation: slot {mine} of adapter {adapter!r} is outside its {slots} slot(s).")
+            deltas = []
+            for i in self._keys(adapter):
+                delta = np.asarray(trained[i], np.float64) - np.asarray(received[i], np.float64)
+                if not np.all(np.isfinite(delta)):
+                    raise FederationError(f"secure aggregation: this site's tensor {self.names[i]} holds NaN or inf; it is not sent.")
+                deltas.append(delta)
             for slot in range(slots):
-                for i in self._keys(adapter):
-                    delta = np.asarray(trained[i], np.float64) - np.asarray(received[i], np.float64)
-                    if not np.all(np.isfinite(delta)):
-                        raise FederationError(f"secure aggregation: this site's tensor {self.names[i]} holds NaN or inf; it is not sent.")
-                    out.append((weight * delta if slot == mine and weight > 0 else np.zeros_like(delta)).astype(np.float64))
+                out += [weight * d if slot == mine and weight > 0 else np.zeros_like(d) for d in deltas]
                 out.append(np.array([weight if slot == mine else 0.0], np.float64))
         peak = max((float(np.max(np.abs(a))) for a in out if a.size), default=0.0)
         if peak > self.clipping_range:
