@@ -454,7 +454,8 @@ def render_federated(data: dict[str, Any], full: bool = True) -> str:
     traffic = (data.get("measurements") or {}).get("traffic") or {}
     if comm and traffic.get("secure_bytes_per_site_round"):
         comm += (f" Under SecAgg+: {traffic['secure_bytes_per_site_round']:,.0f} bytes per site per round "
-                 f"({traffic.get('secure_bytes_over_fedavg', 0):.2f}x FedAvg's: masked 64-bit integers), {traffic.get('secure_wall_s', 0):.0f} s per run.")
+                 f"({traffic.get('secure_bytes_over_fedavg', 0):.2f}x FedAvg's: masked 64-bit integers, and a second slot for the shared adapter where some sites only rehearse), "
+                 f"{traffic.get('secure_wall_s', 0):.0f} s per run.")
     title = "## Federated continual training (Flower simulation, 3 sites)" + (" (quick: 1 seed)" if data.get("quick") else "")
     return "\n".join([title, "", table(["row", "ACC", "BWT", "ACC per seed"], rows), "",
                       table(["target", "value", "target", "pass"], targets), "", comm]).rstrip() + "\n"
